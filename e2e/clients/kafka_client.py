@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""A real Kafka client for Streamward's end-to-end tests: confluent-kafka (librdkafka).
+
+Each subcommand does one thing a user's application does and prints one JSON object on its
+last line, so a test can assert on what the client saw, errors included.
+
+  produce  --bootstrap B --topic T --count N [--prefix P] [--compression C] [--acks A]
+  consume  --bootstrap B --topic T --count N [--group G] [--timeout S]
+  group-member --bootstrap B --topic T --group G --seconds S   (prints its assignments)
+"""
+
+import argparse
+import json
+import sys
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+
+
+def common(args):
+    conf = {"bootstrap.servers": args.bootstrap, "client.id": args.client_id}
+    for item in args.config or []:
+        key, _, value = item.partition("=")
+        conf[key] = value
+    return conf
+
+
+def produce(args):
+    conf = common(args)
+    conf.update({"acks": args.acks, "compression.type": args.compression,
+                 "linger.ms": 5, "message.timeout.ms": int(args.timeout * 1000)})
+    producer = Producer(conf)
+    delivered, errors = 0, []
+
+    def on_delivery(err, msg):
+        nonlocal delivered
+        if err is None:
+            delivered += 1
+        elif len(errors) < 5:
+            errors.append(err.str())
+
+    values = sys.stdin.read().splitlines() if args.stdin else None
+    count = len(values) if values is not None else args.count
+    for i in range(count):
+        value = values[i] if values is not None else f"{args.prefix}-{i}"
+        while True:
+            try:
+                producer.produce(args.topic, value=value.encode(), key=str(i).encode(),
+                                 on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    remaining = producer.flush(args.timeout)
+    print(json.dumps({"delivered": delivered, "undelivered": remaining, "errors": errors}))
+    return 0 if delivered == count else 1
+
+
+def consume(args):
+    conf = common(args)
+    conf.update({"group.id": args.group, "auto.offset.reset": "earliest",
+                 "enable.auto.commit": True})
+    consumer = Consumer(conf)
+    consumer.subscribe([args.topic])
+    values, errors = [], []
+    deadline = time.monotonic() + args.timeout
+    try:
+        while len(values) < args.count and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    errors.append(msg.error().name())
+                    if msg.error().fatal() or len(errors) > 20:
+                        break
+                continue
+            values.append(msg.value().decode(errors="replace"))
+    except KafkaException as exc:
+        errors.append(exc.args[0].name())
+    finally:
+        consumer.close()
+    print(json.dumps({"count": len(values), "values": values if args.print_values else None,
+                      "errors": sorted(set(errors))}))
+    return 0 if len(values) >= args.count else 1
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("produce", "consume"):
+        p = sub.add_parser(name)
+        p.add_argument("--bootstrap", required=True)
+        p.add_argument("--topic", required=True)
+        p.add_argument("--count", type=int, default=0)
+        p.add_argument("--client-id", default=f"streamward-e2e-{name}")
+        p.add_argument("--timeout", type=float, default=60.0)
+        p.add_argument("--config", action="append", help="extra librdkafka key=value")
+    produce_p = sub.choices["produce"]
+    produce_p.add_argument("--prefix", default="record")
+    produce_p.add_argument("--stdin", action="store_true", help="one value per input line")
+    produce_p.add_argument("--acks", default="all")
+    produce_p.add_argument("--compression", default="none")
+    consume_p = sub.choices["consume"]
+    consume_p.add_argument("--group", default="streamward-e2e")
+    consume_p.add_argument("--print-values", action="store_true")
+    args = parser.parse_args()
+    return {"produce": produce, "consume": consume}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

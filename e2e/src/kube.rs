@@ -1,0 +1,251 @@
+//! A real kube-apiserver on a real etcd, the way controller-runtime's envtest runs them, built
+//! from the `k8s.io/kubernetes` Go module (see `e2e/k8s/go.mod`) rather than downloaded.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::pki::{self, Ca};
+use crate::process::{Process, run, wait_for};
+use crate::{cache, net};
+
+/// The pinned Kubernetes release (kube-apiserver and kubectl).
+pub const KUBERNETES_VERSION: &str = "v1.36.3";
+/// The etcd release that Kubernetes release is built and tested against.
+pub const ETCD_VERSION: &str = "v3.6.8";
+
+/// The built binaries: `kube-apiserver`, `etcd`, `kubectl`.
+#[derive(Clone, Debug)]
+pub struct KubeBinaries {
+    bin: PathBuf,
+}
+
+impl KubeBinaries {
+    /// The path of one binary.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+}
+
+/// Builds (once) kube-apiserver, kubectl and etcd with the machine's Go toolchain.
+pub fn install() -> Result<KubeBinaries> {
+    let module = cache::source_root().join("e2e/k8s");
+    let dir = cache::ensure(
+        &format!("kubernetes-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}"),
+        |dir| {
+            let bin = dir.join("bin");
+            for (name, package) in [
+                ("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver"),
+                ("kubectl", "k8s.io/kubernetes/cmd/kubectl"),
+                ("etcd", "go.etcd.io/etcd/server/v3"),
+            ] {
+                run(
+                    &format!("go build {package}"),
+                    Command::new("go")
+                        .current_dir(&module)
+                        // Never fetch another toolchain: the machine's Go must do.
+                        .env("GOTOOLCHAIN", "local")
+                        .env("CGO_ENABLED", "0")
+                        .args(["build", "-trimpath", "-ldflags=-s -w", "-o"])
+                        .arg(bin.join(name))
+                        .arg(package),
+                )?;
+            }
+            Ok(())
+        },
+    )?;
+    Ok(KubeBinaries {
+        bin: dir.join("bin"),
+    })
+}
+
+/// A running kube-apiserver (RBAC, admission webhooks on) backed by its own etcd, with an
+/// admin kubeconfig. Both processes are killed when this is dropped.
+pub struct KubeApiServer {
+    binaries: KubeBinaries,
+    ca: Ca,
+    url: String,
+    kubeconfig: PathBuf,
+    dir: tempfile::TempDir,
+    // Declared in stop order: the apiserver before its etcd.
+    apiserver: Process,
+    _etcd: Process,
+}
+
+impl KubeApiServer {
+    /// Starts etcd and kube-apiserver on free loopback ports and waits for `/readyz`.
+    pub fn start() -> Result<KubeApiServer> {
+        let binaries = install()?;
+        let dir = cache::run_dir("kube")?;
+        let path = dir.path();
+
+        let etcd_port = net::free_port()?;
+        let etcd_peer_port = net::free_port()?;
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
+        let mut etcd = Command::new(binaries.path("etcd"));
+        etcd.arg(format!("--data-dir={}", path.join("etcd").display()))
+            .arg(format!("--listen-client-urls={etcd_url}"))
+            .arg(format!("--advertise-client-urls={etcd_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=default={peer_url}"))
+            .arg("--unsafe-no-fsync=true")
+            .arg("--log-level=warn");
+        let etcd = Process::spawn("etcd", etcd, &path.join("etcd.log"))?;
+
+        let ca = Ca::new("streamward-e2e-kubernetes-ca")?;
+        let serving = ca.issue_server(&["127.0.0.1", "localhost"])?;
+        let admin = ca.issue_client("streamward-e2e-admin", &["system:masters"])?;
+        let write = |name: &str, text: &str| -> Result<PathBuf> {
+            let file = path.join(name);
+            std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+            Ok(file)
+        };
+        let ca_file = write("ca.crt", ca.cert_pem())?;
+        let serving_cert = write("apiserver.crt", &serving.cert_pem)?;
+        let serving_key = write("apiserver.key", &serving.key_pem)?;
+        let admin_cert = write("admin.crt", &admin.cert_pem)?;
+        let admin_key = write("admin.key", &admin.key_pem)?;
+        let sa = pki::signing_key()?;
+        let sa_key = write("service-account.key", &sa.private_pem)?;
+        let sa_pub = write("service-account.pub", &sa.public_pem)?;
+
+        let port = net::free_port()?;
+        let url = format!("https://127.0.0.1:{port}");
+        let mut apiserver = Command::new(binaries.path("kube-apiserver"));
+        apiserver
+            .arg(format!("--etcd-servers={etcd_url}"))
+            .arg(format!("--cert-dir={}", path.join("certs").display()))
+            .arg(format!("--tls-cert-file={}", serving_cert.display()))
+            .arg(format!("--tls-private-key-file={}", serving_key.display()))
+            .arg(format!("--client-ca-file={}", ca_file.display()))
+            .arg(format!("--secure-port={port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg("--authorization-mode=RBAC")
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--allow-privileged=true")
+            // No controller-manager creates service-account tokens for pods here.
+            .arg("--disable-admission-plugins=ServiceAccount")
+            .arg(format!("--service-account-issuer={url}"))
+            .arg(format!("--service-account-key-file={}", sa_pub.display()))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                sa_key.display()
+            ))
+            .arg("--v=1");
+        let apiserver = Process::spawn("kube-apiserver", apiserver, &path.join("apiserver.log"))?;
+
+        let kubeconfig = write(
+            "kubeconfig",
+            &admin_kubeconfig(&url, &ca_file, &admin_cert, &admin_key),
+        )?;
+        let mut server = KubeApiServer {
+            binaries,
+            ca,
+            url,
+            kubeconfig,
+            dir,
+            apiserver,
+            _etcd: etcd,
+        };
+        server.wait_ready()?;
+        eprintln!(
+            "streamward-e2e: kube-apiserver {KUBERNETES_VERSION} at {}, kubeconfig {}",
+            server.url,
+            server.kubeconfig.display()
+        );
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let kubectl = self.binaries.path("kubectl");
+        let kubeconfig = self.kubeconfig.clone();
+        let apiserver = &mut self.apiserver;
+        wait_for("kube-apiserver /readyz", Duration::from_secs(120), || {
+            apiserver.check_running()?;
+            let output = Command::new(&kubectl)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["get", "--raw", "/readyz"])
+                .output()?;
+            if output.status.success() && output.stdout.starts_with(b"ok") {
+                return Ok(Some(()));
+            }
+            bail!("{}", String::from_utf8_lossy(&output.stderr).trim())
+        })
+    }
+
+    /// The API server's URL, `https://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The admin (system:masters) kubeconfig file.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The CA that signed the API server's certificate and accepts client certificates.
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    /// The folder with the logs, certificates and etcd data of this run.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `kubectl` command with the admin kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        let mut command = Command::new(self.binaries.path("kubectl"));
+        command.arg("--kubeconfig").arg(&self.kubeconfig);
+        command
+    }
+
+    /// A `kube` client with admin rights.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// The last lines of the API server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.apiserver.log_tail(lines)
+    }
+}
+
+fn admin_kubeconfig(url: &str, ca: &Path, cert: &Path, key: &Path) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: {url}
+    certificate-authority: {ca}
+users:
+- name: admin
+  user:
+    client-certificate: {cert}
+    client-key: {key}
+contexts:
+- name: e2e
+  context:
+    cluster: e2e
+    user: admin
+current-context: e2e
+",
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display(),
+    )
+}

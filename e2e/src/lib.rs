@@ -1,0 +1,36 @@
+//! Streamward's end-to-end harness.
+//!
+//! Nothing here is a stand-in: [`kafka::KafkaCluster`] runs Apache Kafka in KRaft mode from its
+//! Maven Central jars, [`kube::KubeApiServer`] runs a kube-apiserver built from the
+//! `k8s.io/kubernetes` Go module on a real etcd, and [`clients`] drives the clients users run
+//! (kcat, confluent-kafka for Python, Kafka's own Java tools).
+//!
+//! Everything is installed on first use into the cache (see [`cache`]), keyed by version, and
+//! every server listens on 127.0.0.1 only. Processes die with the test binary, even when it
+//! panics or is killed.
+
+pub mod cache;
+pub mod clients;
+pub mod kafka;
+pub mod kube;
+pub mod net;
+pub mod pki;
+pub mod process;
+pub mod provision;
+
+pub use process::wait_for;
+
+/// A name no other test run uses (topics, namespaces, groups): `prefix-<pid>-<n>-<nanos>`.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
