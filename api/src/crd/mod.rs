@@ -1,0 +1,109 @@
+//! The custom resources teams write: [`StreamTarget`], [`StreamPolicy`] and [`AccessGrant`]
+//! (group `streamward.io`, version `v1alpha1`, namespaced, category `streamward`).
+//!
+//! The specs are what `kubectl apply` accepts; [`crate::compile::compile`] turns them into the
+//! [`crate::config::ProxyConfig`] the proxy trusts. The schema refuses what it can (required
+//! fields, enums, minimum sizes, CEL rules); the compiler refuses the rest with an error that
+//! names the object and the field.
+
+mod grant;
+mod policy;
+mod target;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+pub use grant::{AccessGrant, AccessGrantSpec, AccessGrantStatus};
+pub use policy::{RuleSpec, StreamPolicy, StreamPolicySpec, StreamPolicyStatus};
+pub use target::{StreamTarget, StreamTargetSpec, StreamTargetStatus};
+
+/// The version of every Streamward custom resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// The `apiVersion` of every Streamward custom resource.
+pub const API_VERSION: &str = "streamward.io/v1alpha1";
+
+/// The condition types Streamward writes into `status.conditions` (PascalCase, as Kubernetes
+/// names them).
+pub mod condition {
+    /// The object has been accepted and is in effect (StreamTarget, StreamPolicy).
+    pub const READY: &str = "Ready";
+    /// The policy was valid and compiled (StreamPolicy).
+    pub const ACCEPTED: &str = "Accepted";
+    /// An approver approved the grant (AccessGrant).
+    pub const APPROVED: &str = "Approved";
+    /// The grant is inside its validity window and in the proxies' config (AccessGrant).
+    pub const ACTIVE: &str = "Active";
+    /// The grant's window has passed (AccessGrant).
+    pub const EXPIRED: &str = "Expired";
+    /// Someone revoked the grant; it never counts again (AccessGrant).
+    pub const REVOKED: &str = "Revoked";
+}
+
+/// Whether `conditions` holds a condition of type `type_` with status `"True"`.
+pub fn condition_is_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// Who a StreamPolicy or an AccessGrant is about, as written in the resource. A principal
+/// matches when any listed subject matches it; the compiler turns this into
+/// [`crate::config::Subjects`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.serviceAccounts) && size(self.serviceAccounts) > 0) || has(self.podSelector) || (has(self.users) && size(self.users) > 0) || (has(self.groups) && size(self.groups) > 0)",
+    "message": "name at least one subject: serviceAccounts, podSelector, users or groups"
+}]))]
+pub struct SubjectsSpec {
+    /// Service accounts, as `name` (in this object's namespace) or `namespace/name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub service_accounts: Vec<String>,
+    /// Pods whose labels carry all of `matchLabels` (an empty selector selects every pod of the
+    /// namespace, as in Kubernetes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<PodSelector>,
+    /// Users a client authenticated to the proxy as (SASL or OIDC).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub users: Vec<String>,
+    /// Groups of the authenticated user (OIDC `groups` claim or the users file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub groups: Vec<String>,
+}
+
+/// A pod label selector. Only `matchLabels`: the proxy matches it against its own pod's labels
+/// on every request, so it stays a plain map lookup.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSelector {
+    /// Labels the pod must carry, all of them, with these values.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// The schema of an RFC 3339 instant (a `jiff::Timestamp` in Rust).
+pub(crate) fn rfc3339(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "format": "date-time",
+    })
+}
+
+/// The schema of `status.conditions`: Kubernetes Conditions, a list map keyed by `type` so
+/// server-side apply merges one condition at a time.
+pub(crate) fn conditions(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = <Vec<Condition>>::json_schema(generator);
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
+    schema
+}

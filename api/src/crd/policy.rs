@@ -1,0 +1,113 @@
+//! `StreamPolicy`: who may do what on which Kafka resources.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::SubjectsSpec;
+use crate::acl::{Operation, ResourcePattern};
+use crate::config::{AuditLevel, Effect, Guardrails, Mode};
+
+/// Ordered rules for a set of subjects. The first rule that matches a request decides for the
+/// policy; across policies a deny wins; what no rule allows is denied.
+// Each `printcolumn(...)` repeats keys such as `type_`, which this lint mistakes for
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "streamward.io",
+    version = "v1alpha1",
+    kind = "StreamPolicy",
+    namespaced,
+    status = "StreamPolicyStatus",
+    derive = "PartialEq",
+    shortname = "sp",
+    category = "streamward",
+    doc = "Who may do what on which Kafka resources, enforced by the Streamward proxy.",
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.targetRef",
+        description = "The StreamTarget the policy is limited to"
+    ),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".spec.mode",
+        description = "Enforce or DryRun"
+    ),
+    printcolumn(
+        name = "Workloads",
+        type_ = "integer",
+        json_path = ".status.workloads",
+        description = "Workload identities the policy applies to"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPolicySpec {
+    /// The StreamTarget (by name, same namespace) this policy is limited to; every target when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub target_ref: Option<String>,
+    /// Who the policy applies to.
+    pub subjects: SubjectsSpec,
+    /// Ordered rules: the first that matches a request decides for this policy.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+    /// Limits on what allowed requests may ask for.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub guardrails: Guardrails,
+    /// How much of each request its audit event carries.
+    #[serde(default)]
+    pub audit_level: AuditLevel,
+    /// `Enforce`, or `DryRun` to decide and audit what would be refused while forwarding it.
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// One rule: resource patterns × operations → effect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleSpec {
+    /// A name that audit events and error messages cite; `rule-<index>` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub name: Option<String>,
+    /// The resources the rule covers.
+    #[schemars(length(min = 1))]
+    pub resources: Vec<ResourcePattern>,
+    /// The operations the rule covers (`Read` and `Write` imply `Describe`, `All` covers all).
+    #[schemars(length(min = 1))]
+    pub operations: Vec<Operation>,
+    /// `Allow`, `Deny` or `RequireApproval`.
+    pub effect: Effect,
+}
+
+/// What the operator last observed about a StreamPolicy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPolicyStatus {
+    /// `Accepted` (the policy compiled) and `Ready` (it is in the configs of its workloads).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::conditions")]
+    pub conditions: Vec<Condition>,
+    /// How many workload identities the policy applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<i32>,
+}
