@@ -2,6 +2,8 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+target_dir := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target")
+
 # List the recipes.
 default:
     @just --list --unsorted
@@ -41,16 +43,21 @@ provision:
 
 # Unit tests: fast and pure, no Kafka, no Kubernetes.
 unit:
-    cargo test --workspace --exclude streamward-e2e
+    cargo test --workspace --lib --bins
 
 # End-to-end tests against real Kafka (1 and 3 nodes), a real kube-apiserver and real clients.
 e2e: provision
-    cargo test -p streamward-e2e -- --nocapture
+    cargo test --workspace --test '*'
 
 # Everything CI runs: lint, unit and end-to-end tests.
 test: lint unit e2e
 
-# The demo: real Kafka, the proxy and the collector with the sample policies.
-demo:
-    @echo "The Streamward demo needs the proxy, which is not built yet."
-    @echo "Today 'just demo' can only show the harness it will run on: 'just e2e' starts real Kafka and a real kube-apiserver."
+# The demo: real Kafka and the proxy with the policies in config/samples/, driven by real clients.
+demo: provision
+    cargo build -q -p streamward-sidecar
+    cargo run -q -p streamward-e2e --bin demo -- --sidecar {{target_dir}}/debug/streamward-sidecar
+
+# Benchmark: Kafka's producer/consumer performance tools direct and through the proxy, same run.
+bench-proxy records="1000000": provision
+    cargo build -q --release -p streamward-sidecar
+    cargo run -q --release -p streamward-e2e --bin bench_proxy -- --sidecar {{target_dir}}/release/streamward-sidecar --records {{records}}

@@ -6,7 +6,6 @@ last line, so a test can assert on what the client saw, errors included.
 
   produce  --bootstrap B --topic T --count N [--prefix P] [--compression C] [--acks A]
   consume  --bootstrap B --topic T --count N [--group G] [--timeout S]
-  group-member --bootstrap B --topic T --group G --seconds S   (prints its assignments)
 """
 
 import argparse
@@ -61,18 +60,24 @@ def consume(args):
     conf.update({"group.id": args.group, "auto.offset.reset": "earliest",
                  "enable.auto.commit": True})
     consumer = Consumer(conf)
-    consumer.subscribe([args.topic])
+    assignments = []
+
+    def on_assign(c, partitions):
+        assignments.append(sorted(p.partition for p in partitions))
+
+    consumer.subscribe([args.topic], on_assign=on_assign)
     values, errors = [], []
     deadline = time.monotonic() + args.timeout
+    # --stay: keep polling for the whole --timeout (a group member), not just until --count.
     try:
-        while len(values) < args.count and time.monotonic() < deadline:
+        while (args.stay or len(values) < args.count) and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
             if msg.error():
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     errors.append(msg.error().name())
-                    if msg.error().fatal() or len(errors) > 20:
+                    if msg.error().fatal() or len(errors) > 20 or args.stop_on_error:
                         break
                 continue
             values.append(msg.value().decode(errors="replace"))
@@ -81,7 +86,7 @@ def consume(args):
     finally:
         consumer.close()
     print(json.dumps({"count": len(values), "values": values if args.print_values else None,
-                      "errors": sorted(set(errors))}))
+                      "errors": sorted(set(errors)), "assignments": assignments}))
     return 0 if len(values) >= args.count else 1
 
 
@@ -105,6 +110,9 @@ def main():
     consume_p = sub.choices["consume"]
     consume_p.add_argument("--group", default="streamward-e2e")
     consume_p.add_argument("--print-values", action="store_true")
+    consume_p.add_argument("--stop-on-error", action="store_true")
+    consume_p.add_argument("--stay", action="store_true",
+                           help="keep consuming until --timeout even after --count records")
     args = parser.parse_args()
     return {"produce": produce, "consume": consume}[args.command](args)
 

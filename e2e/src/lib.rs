@@ -17,6 +17,7 @@ pub mod net;
 pub mod pki;
 pub mod process;
 pub mod provision;
+pub mod sidecar;
 
 pub use process::wait_for;
 

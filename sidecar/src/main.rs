@@ -1,7 +1,206 @@
-//! The Streamward proxy. Not built yet; until then this binary says so rather than pretending
-//! to proxy.
+//! `streamward-sidecar`: the Kafka proxy. Parses flags and wires the parts together.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("streamward-sidecar: not implemented yet (the Kafka proxy is planned)");
-    std::process::ExitCode::from(2)
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use clap::Parser;
+use streamward_api::config::WorkloadIdentity;
+use streamward_sidecar::metrics::Metrics;
+use streamward_sidecar::policy::ClientIdentity;
+use streamward_sidecar::proxy::{Settings, Shared, Upstream};
+use streamward_sidecar::source::{self, Source, State};
+use tokio_util::sync::CancellationToken;
+
+/// The Streamward Kafka proxy: enforces the compiled policy on every request of the clients
+/// that bootstrap through it.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Flags {
+    /// Local mode: a folder of StreamTarget/StreamPolicy/AccessGrant YAML (and Secrets), as you
+    /// would `kubectl apply` it, compiled with the operator's own function.
+    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    policies: Option<PathBuf>,
+    /// A compiled config (the operator's ConfigMap, mounted).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the target's Secrets are mounted (`<dir>/<secret>/<key>`), with --config.
+    #[arg(long, default_value = "/var/run/streamward/secrets")]
+    secrets_dir: PathBuf,
+    /// The namespace of the workload this proxy serves (local mode).
+    #[arg(long, env = "STREAMWARD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// The service account of the workload this proxy serves (local mode).
+    #[arg(long, env = "STREAMWARD_SERVICE_ACCOUNT", default_value = "default")]
+    service_account: String,
+    /// The StreamTarget to serve; needed when the config has more than one.
+    #[arg(long, env = "STREAMWARD_TARGET")]
+    target: Option<String>,
+    /// The bootstrap listener clients connect to.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    listen: SocketAddr,
+    /// Broker listeners on this port + the broker's node id (default: ports the OS picks).
+    #[arg(long)]
+    broker_port_base: Option<u16>,
+    /// The admin listener: /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    admin: SocketAddr,
+    /// A file of the pod's labels (downward API format, `key="value"` per line).
+    #[arg(long)]
+    pod_labels: Option<PathBuf>,
+    /// How often the config source is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    reload_interval_ms: u64,
+    /// The largest client request accepted, in bytes.
+    #[arg(long, default_value_t = streamward_sidecar::frame::DEFAULT_MAX_FRAME)]
+    max_request_bytes: usize,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    init_logging(flags.log_json);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(flags))
+}
+
+async fn run(flags: Flags) -> anyhow::Result<()> {
+    let source = match (&flags.policies, &flags.config) {
+        (Some(dir), _) => Source::Policies {
+            dir: dir.clone(),
+            identity: WorkloadIdentity {
+                namespace: flags.namespace.clone(),
+                service_account: flags.service_account.clone(),
+            },
+        },
+        (None, Some(file)) => Source::Compiled {
+            file: file.clone(),
+            secrets_dir: flags.secrets_dir.clone(),
+        },
+        (None, None) => anyhow::bail!("pass --policies DIR or --config FILE"),
+    };
+    let client = ClientIdentity {
+        pod_labels: match &flags.pod_labels {
+            Some(path) => read_pod_labels(path)?,
+            None => Default::default(),
+        },
+        user: None,
+        groups: Vec::new(),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let state = Arc::new(ArcSwap::from_pointee(State::FailClosed(
+        "the config has not been loaded yet".into(),
+    )));
+    let shutdown = CancellationToken::new();
+    let shared = Shared::new(
+        state.clone(),
+        metrics.clone(),
+        Settings {
+            advertised_host: flags.listen.ip().to_string(),
+            broker_port_base: flags.broker_port_base,
+            max_request_bytes: flags.max_request_bytes,
+            max_response_bytes: 1 << 30,
+            client,
+        },
+        shutdown.clone(),
+    );
+    tokio::spawn(source::watch(
+        source,
+        flags.target.clone(),
+        state.clone(),
+        metrics.clone(),
+        Duration::from_millis(flags.reload_interval_ms),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(flags.listen)
+        .await
+        .with_context(|| format!("listening on {}", flags.listen))?;
+    let admin = tokio::net::TcpListener::bind(flags.admin)
+        .await
+        .with_context(|| format!("listening on {} (admin)", flags.admin))?;
+    tracing::info!(bootstrap = %flags.listen, admin = %flags.admin, "streamward-sidecar listening");
+    shared.serve(listener, Upstream::Bootstrap);
+    let admin_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let app = streamward_sidecar::admin::router(state, metrics);
+        if let Err(error) = axum::serve(admin, app)
+            .with_graceful_shutdown(admin_shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(%error, "admin server failed");
+        }
+    });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing requests in flight");
+    shutdown.cancel();
+    shared.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections were still busy after 10 s");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn read_pod_labels(
+    path: &std::path::Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading pod labels from {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            Some((
+                key.trim().to_string(),
+                value.trim().trim_matches('"').to_string(),
+            ))
+        })
+        .collect())
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

@@ -1,4 +1,5 @@
-//! Apache Kafka in KRaft mode, run from its Maven Central jars with the machine's Java.
+//! Apache Kafka in KRaft mode, run from its Maven Central jars with the machine's Java, with a
+//! PLAINTEXT client listener and, on request, SASL_PLAINTEXT, SSL and SASL_SSL ones beside it.
 
 pub mod wire;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::pki::{Ca, Issued};
 use crate::process::{Process, run, wait_for};
 use crate::{cache, net};
 
@@ -37,10 +39,6 @@ pub fn install() -> Result<KafkaDist> {
                 .arg(format!("-DoutputDirectory={}", dir.join("lib").display()))
                 .arg("dependency:copy-dependencies"),
         )?;
-        std::fs::copy(
-            cache::source_root().join("e2e/kafka/log4j2.yaml"),
-            dir.join("log4j2.yaml"),
-        )?;
         Ok(())
     })?;
     Ok(KafkaDist { home })
@@ -50,16 +48,21 @@ impl KafkaDist {
     /// A `java` command running a broker-sized `main_class` with the Kafka classpath and
     /// logging set up.
     pub fn java(&self, main_class: &str) -> Command {
-        self.jvm(main_class, &["-Xms64m", "-Xmx512m"])
+        self.jvm(main_class, "log4j2.yaml", &["-Xms64m", "-Xmx512m"])
     }
 
-    fn jvm(&self, main_class: &str, jvm_args: &[&str]) -> Command {
+    /// `log_config` is a file of `e2e/kafka/`, read from the source tree so that editing it
+    /// needs no reinstall.
+    fn jvm(&self, main_class: &str, log_config: &str, jvm_args: &[&str]) -> Command {
         let mut command = Command::new("java");
         command
             .args(jvm_args)
             .arg(format!(
                 "-Dlog4j2.configurationFile={}",
-                self.home.join("log4j2.yaml").display()
+                cache::source_root()
+                    .join("e2e/kafka")
+                    .join(log_config)
+                    .display()
             ))
             .arg("-cp")
             .arg(format!("{}/*", self.home.join("lib").display()))
@@ -70,7 +73,136 @@ impl KafkaDist {
     /// One of Kafka's own command-line tools, e.g. `org.apache.kafka.tools.TopicCommand`.
     pub fn tool(&self, main_class: &str) -> Command {
         // Short-lived clients start faster small and without the optimising compiler.
-        self.jvm(main_class, &["-Xmx256m", "-XX:TieredStopAtLevel=1"])
+        // Their INFO chatter would bury what they print for the user: warnings only.
+        self.jvm(
+            main_class,
+            "tools-log4j2.yaml",
+            &["-Xmx256m", "-XX:TieredStopAtLevel=1"],
+        )
+    }
+}
+
+/// The security protocol of a secured client listener, in Kafka's vocabulary. The listener's
+/// name is the protocol's name (`SASL_PLAINTEXT`, `SSL`, `SASL_SSL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SecurityProtocol {
+    /// SASL without TLS.
+    SaslPlaintext,
+    /// TLS without SASL (no client certificates asked for).
+    Ssl,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// Kafka's name for the protocol, also the listener's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    fn sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// The SASL mechanisms every SASL listener of the harness enables. OAUTHBEARER uses Kafka's
+/// unsecured validator: it accepts any unsigned JWT (`alg: none`) with a `sub` claim.
+pub const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
+
+/// A user of the SASL listeners: known to PLAIN (in the listener's JAAS configuration) and to
+/// both SCRAM mechanisms (written into the metadata log when the storage is formatted).
+#[derive(Clone, Debug)]
+pub struct SaslUser {
+    /// The user name.
+    pub name: String,
+    /// The password.
+    pub password: String,
+}
+
+/// How to start a [`KafkaCluster`]: its size and the secured client listeners to open beside
+/// the PLAINTEXT one every cluster has. The brokers talk to each other and the controllers on
+/// PLAINTEXT, and the harness itself (readiness, [`wire`], Kafka's tools) uses the PLAINTEXT
+/// client listener, so it never needs credentials.
+#[derive(Clone, Debug)]
+pub struct KafkaOptions {
+    /// The number of combined broker+controller nodes.
+    pub size: usize,
+    /// The secured client listeners, each on its own port on every node.
+    pub secured_listeners: Vec<SecurityProtocol>,
+    /// The users of the SASL listeners.
+    pub sasl_users: Vec<SaslUser>,
+    /// The serving certificate of the TLS listeners; see [`KafkaOptions::tls`].
+    pub server_cert: Option<Issued>,
+}
+
+impl KafkaOptions {
+    /// `size` nodes with only the PLAINTEXT listener: what [`KafkaCluster::start`] runs.
+    pub fn new(size: usize) -> KafkaOptions {
+        KafkaOptions {
+            size,
+            secured_listeners: Vec::new(),
+            sasl_users: Vec::new(),
+            server_cert: None,
+        }
+    }
+
+    /// Also opens a client listener with `protocol`.
+    pub fn listener(mut self, protocol: SecurityProtocol) -> KafkaOptions {
+        if !self.secured_listeners.contains(&protocol) {
+            self.secured_listeners.push(protocol);
+        }
+        self
+    }
+
+    /// Adds a SASL user (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512). Keep names and passwords to
+    /// letters, digits, `-`, `_` and `.`: they are written into JAAS and tool arguments.
+    pub fn sasl_user(mut self, name: &str, password: &str) -> KafkaOptions {
+        self.sasl_users.push(SaslUser {
+            name: name.to_string(),
+            password: password.to_string(),
+        });
+        self
+    }
+
+    /// Serves the TLS listeners with a certificate from `ca` for `127.0.0.1` and `localhost`.
+    pub fn tls(mut self, ca: &Ca) -> Result<KafkaOptions> {
+        self.server_cert = Some(ca.issue_server(&["127.0.0.1", "localhost"])?);
+        Ok(self)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.size == 0 {
+            bail!("a Kafka cluster needs at least one node");
+        }
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        for user in &self.sasl_users {
+            if !plain(&user.name) || !plain(&user.password) {
+                bail!(
+                    "SASL user {:?}: names and passwords may only use letters, digits, '-', '_' \
+                     and '.'",
+                    user.name
+                );
+            }
+        }
+        if self.secured_listeners.iter().any(|p| p.tls()) && self.server_cert.is_none() {
+            bail!("a TLS listener needs a serving certificate: call KafkaOptions::tls");
+        }
+        Ok(())
     }
 }
 
@@ -80,6 +212,7 @@ pub struct KafkaNode {
     pub id: i32,
     /// The client (PLAINTEXT) port on 127.0.0.1.
     pub port: u16,
+    secured: BTreeMap<SecurityProtocol, u16>,
     process: Option<Process>,
     config: PathBuf,
     log: PathBuf,
@@ -89,6 +222,13 @@ impl KafkaNode {
     /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:<port>` of the secured client listener with `protocol`, if the cluster has one.
+    pub fn secured_addr(&self, protocol: SecurityProtocol) -> Option<String> {
+        self.secured
+            .get(&protocol)
+            .map(|port| format!("127.0.0.1:{port}"))
     }
 }
 
@@ -103,6 +243,14 @@ impl KafkaCluster {
     /// Formats and starts `size` nodes, and waits until every broker answers Metadata and sees
     /// all `size` brokers.
     pub fn start(size: usize) -> Result<KafkaCluster> {
+        KafkaCluster::start_with(KafkaOptions::new(size))
+    }
+
+    /// Formats and starts a cluster as `options` say, and waits until every broker answers
+    /// Metadata (on its PLAINTEXT listener) and sees all brokers.
+    pub fn start_with(options: KafkaOptions) -> Result<KafkaCluster> {
+        options.check()?;
+        let size = options.size;
         let dist = install()?;
         let dir = cache::run_dir(&format!("kafka{size}"))?;
         let ports: Vec<(u16, u16)> = (0..size)
@@ -124,15 +272,31 @@ impl KafkaCluster {
             let node_dir = dir.path().join(format!("node{id}"));
             std::fs::create_dir_all(&node_dir)?;
             let config = node_dir.join("server.properties");
-            std::fs::write(
-                &config,
-                server_properties(id, *port, *controller, &voters, &node_dir, replication),
-            )?;
+            let secured = options
+                .secured_listeners
+                .iter()
+                .map(|protocol| Ok((*protocol, net::free_port()?)))
+                .collect::<Result<BTreeMap<_, _>>>()?;
+            let mut properties =
+                server_properties(id, *port, *controller, &voters, &node_dir, replication);
+            if !secured.is_empty() {
+                secure_listeners(&mut properties, &secured, &options, &node_dir)?;
+            }
+            std::fs::write(&config, render(&properties))?;
             // Format all nodes at once: each is a JVM start.
             let mut format = dist.tool("kafka.tools.StorageTool");
             format
                 .args(["format", "--ignore-formatted", "-t", &cluster_id, "-c"])
-                .arg(&config)
+                .arg(&config);
+            for user in &options.sasl_users {
+                for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+                    format.arg("--add-scram").arg(format!(
+                        "{mechanism}=[name={},password={}]",
+                        user.name, user.password
+                    ));
+                }
+            }
+            format
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped());
@@ -144,6 +308,7 @@ impl KafkaCluster {
             nodes.push(KafkaNode {
                 id,
                 port: *port,
+                secured,
                 process: None,
                 log: node_dir.join("server.log"),
                 config,
@@ -215,6 +380,23 @@ impl KafkaCluster {
             .map(KafkaNode::addr)
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The bootstrap list of the running brokers' secured client listener with `protocol`.
+    pub fn secured_bootstrap(&self, protocol: SecurityProtocol) -> Result<String> {
+        let addrs = self
+            .nodes
+            .iter()
+            .filter(|n| n.process.is_some())
+            .map(|n| n.secured_addr(protocol))
+            .collect::<Option<Vec<_>>>()
+            .with_context(|| {
+                format!(
+                    "this cluster has no {} listener: start it with KafkaOptions::listener",
+                    protocol.name()
+                )
+            })?;
+        Ok(addrs.join(","))
     }
 
     /// The nodes, running or not.
@@ -325,7 +507,7 @@ fn server_properties(
     voters: &str,
     dir: &Path,
     replication: usize,
-) -> String {
+) -> BTreeMap<String, String> {
     let min_isr = if replication >= 3 { 2 } else { 1 };
     let properties: BTreeMap<&str, String> = BTreeMap::from([
         ("process.roles", "broker,controller".to_string()),
@@ -370,6 +552,92 @@ fn server_properties(
         ("num.network.threads", "2".to_string()),
         ("num.io.threads", "2".to_string()),
     ]);
+    properties
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value))
+        .collect()
+}
+
+/// Adds the secured client listeners to a node's properties. PLAINTEXT stays the inter-broker
+/// listener, so the brokers need no credentials of their own.
+fn secure_listeners(
+    properties: &mut BTreeMap<String, String>,
+    secured: &BTreeMap<SecurityProtocol, u16>,
+    options: &KafkaOptions,
+    dir: &Path,
+) -> Result<()> {
+    for key in [
+        "listeners",
+        "advertised.listeners",
+        "listener.security.protocol.map",
+    ] {
+        let value = properties
+            .get_mut(key)
+            .with_context(|| format!("{key} missing from the base properties"))?;
+        for (protocol, port) in secured {
+            let name = protocol.name();
+            let _ = if key == "listener.security.protocol.map" {
+                write!(value, ",{name}:{name}")
+            } else {
+                write!(value, ",{name}://127.0.0.1:{port}")
+            };
+        }
+    }
+    let mechanisms = SASL_MECHANISMS.join(",");
+    properties.insert("sasl.enabled.mechanisms".into(), mechanisms.clone());
+
+    let keystore = dir.join("server-keystore.pem");
+    if let Some(cert) = &options.server_cert {
+        // Kafka reads a PEM key store (the PKCS#8 key, then the certificate chain) directly.
+        std::fs::write(&keystore, format!("{}{}", cert.key_pem, cert.cert_pem))
+            .with_context(|| format!("writing {}", keystore.display()))?;
+    }
+
+    for protocol in secured.keys() {
+        let prefix = format!("listener.name.{}", protocol.name().to_lowercase());
+        if protocol.sasl() {
+            properties.insert(
+                format!("{prefix}.sasl.enabled.mechanisms"),
+                mechanisms.clone(),
+            );
+            let plain_users: String = options
+                .sasl_users
+                .iter()
+                .map(|u| format!(" user_{}=\"{}\"", u.name, u.password))
+                .collect();
+            properties.insert(
+                format!("{prefix}.plain.sasl.jaas.config"),
+                format!(
+                    "org.apache.kafka.common.security.plain.PlainLoginModule required{plain_users};"
+                ),
+            );
+            for mechanism in ["scram-sha-256", "scram-sha-512"] {
+                properties.insert(
+                    format!("{prefix}.{mechanism}.sasl.jaas.config"),
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;".into(),
+                );
+            }
+            properties.insert(
+                format!("{prefix}.oauthbearer.sasl.jaas.config"),
+                "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required \
+                 unsecuredLoginStringClaim_sub=\"broker\";"
+                    .into(),
+            );
+        }
+        if protocol.tls() {
+            properties.insert(format!("{prefix}.ssl.keystore.type"), "PEM".into());
+            properties.insert(
+                format!("{prefix}.ssl.keystore.location"),
+                keystore.display().to_string(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A `.properties` file. Values are the harness's own (paths, JAAS lines without backslashes),
+/// so no escaping is needed beyond what `check` refuses.
+fn render(properties: &BTreeMap<String, String>) -> String {
     let mut text = String::new();
     for (key, value) in properties {
         let _ = writeln!(text, "{key}={value}");

@@ -36,17 +36,7 @@ impl Connection {
     /// Sends `request` at `version` and decodes the response.
     pub fn send<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
         self.correlation_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("streamward-e2e")));
-        let mut body = BytesMut::new();
-        header.encode(&mut body, R::header_version(version))?;
-        request.encode(&mut body, version)?;
-        let mut frame = BytesMut::with_capacity(body.len() + 4);
-        frame.put_i32(i32::try_from(body.len())?);
-        frame.put(body);
+        let frame = request_frame(request, version, self.correlation_id)?;
         self.stream.write_all(&frame)?;
 
         let mut len = [0u8; 4];
@@ -54,21 +44,50 @@ impl Connection {
         let len = usize::try_from(i32::from_be_bytes(len)).context("negative frame size")?;
         let mut buf = vec![0u8; len];
         self.stream.read_exact(&mut buf)?;
-        let mut buf = bytes::Bytes::from(buf);
-        let header = ResponseHeader::decode(&mut buf, R::Response::header_version(version))?;
-        if header.correlation_id != self.correlation_id {
-            bail!(
-                "correlation id {} in the response, {} expected",
-                header.correlation_id,
-                self.correlation_id
-            );
-        }
-        let response = R::Response::decode(&mut buf, version)?;
-        if buf.has_remaining() {
-            bail!("{} bytes left over after the response", buf.remaining());
-        }
-        Ok(response)
+        response_body::<R>(bytes::Bytes::from(buf), version, self.correlation_id)
     }
+}
+
+/// `request` at `version` as one frame, size prefix included, ready to write to any stream
+/// (plain, TLS, or one the proxy opened).
+pub fn request_frame<R: Request>(
+    request: &R,
+    version: i16,
+    correlation_id: i32,
+) -> Result<BytesMut> {
+    let header = RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("streamward-e2e")));
+    let mut body = BytesMut::new();
+    header.encode(&mut body, R::header_version(version))?;
+    request.encode(&mut body, version)?;
+    let mut frame = BytesMut::with_capacity(body.len() + 4);
+    frame.put_i32(i32::try_from(body.len())?);
+    frame.put(body);
+    Ok(frame)
+}
+
+/// Decodes the response to a request of type `R` at `version` from one frame (size prefix
+/// already removed), checking its correlation id and that nothing is left over.
+pub fn response_body<R: Request>(
+    mut frame: bytes::Bytes,
+    version: i16,
+    correlation_id: i32,
+) -> Result<R::Response> {
+    let header = ResponseHeader::decode(&mut frame, R::Response::header_version(version))?;
+    if header.correlation_id != correlation_id {
+        bail!(
+            "correlation id {} in the response, {correlation_id} expected",
+            header.correlation_id
+        );
+    }
+    let response = R::Response::decode(&mut frame, version)?;
+    if frame.has_remaining() {
+        bail!("{} bytes left over after the response", frame.remaining());
+    }
+    Ok(response)
 }
 
 /// Metadata for every topic (v12), as `addr` sees the cluster.

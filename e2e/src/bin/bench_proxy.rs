@@ -1,0 +1,241 @@
+//! `just bench-proxy`: Kafka's own producer and consumer performance tools, direct to the
+//! broker and through the Streamward proxy, in the same run on the same broker.
+//!
+//! Usage: `bench_proxy --sidecar PATH/TO/release/streamward-sidecar [--records N] [--size BYTES]`
+//!
+//! Prints throughput (records/s, MB/s) and the ratio proxy/direct, the producer's latency
+//! percentiles at half of the direct peak rate for both paths, and the proxy's peak RSS.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use streamward_e2e::kafka::{KafkaCluster, KafkaDist};
+use streamward_e2e::process;
+use streamward_e2e::sidecar::Sidecar;
+
+const POLICY: &str = "apiVersion: streamward.io/v1alpha1
+kind: StreamPolicy
+metadata: {name: bench, namespace: bench}
+spec:
+  subjects:
+    serviceAccounts: [bench]
+  rules:
+  - name: bench-topics
+    resources: [{resourceType: Topic, name: bench., patternType: Prefixed}]
+    operations: [Read, Write, Create, Describe]
+    effect: Allow
+  - name: bench-groups
+    resources: [{resourceType: Group, name: '*'}]
+    operations: [Read, Describe]
+    effect: Allow
+  - name: idempotence
+    resources: [{resourceType: Cluster, name: kafka-cluster}]
+    operations: [IdempotentWrite]
+    effect: Allow
+";
+
+struct Args {
+    sidecar: PathBuf,
+    records: u64,
+    size: u64,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        sidecar: PathBuf::new(),
+        records: 1_000_000,
+        size: 1024,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--sidecar" => args.sidecar = PathBuf::from(value),
+            "--records" => args.records = value.parse()?,
+            "--size" => args.size = value.parse()?,
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    if args.sidecar.as_os_str().is_empty() {
+        bail!("usage: bench_proxy --sidecar PATH [--records N] [--size BYTES]");
+    }
+    Ok(args)
+}
+
+/// One ProducerPerformance summary.
+#[derive(Debug)]
+struct Produced {
+    records_per_sec: f64,
+    mb_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// One ConsumerPerformance summary.
+#[derive(Debug)]
+struct Consumed {
+    records_per_sec: f64,
+    mb_per_sec: f64,
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let kafka = KafkaCluster::start(1)?;
+    let direct = kafka.bootstrap();
+    let target = format!(
+        "apiVersion: streamward.io/v1alpha1\nkind: StreamTarget\nmetadata: {{name: kafka, namespace: bench}}\nspec:\n  bootstrapServers: [\"{direct}\"]\n"
+    );
+    let proxy = Sidecar::start(
+        &args.sidecar,
+        &[("target.yaml", target), ("policy.yaml", POLICY.to_string())],
+        "bench",
+        "bench",
+    )?;
+    let dist = kafka.dist();
+    let run_id = std::process::id();
+    println!(
+        "records: {}, record size: {} B, one broker, producer acks=1, all on 2 cores",
+        args.records, args.size
+    );
+
+    let mut rows = Vec::new();
+    for (path, bootstrap) in [
+        ("direct", direct.as_str()),
+        ("proxy", proxy.bootstrap.as_str()),
+    ] {
+        let topic = format!("bench.{path}-{run_id}");
+        let produced = produce(dist, bootstrap, &topic, args.records, args.size, -1)?;
+        let consumed = consume(dist, bootstrap, &topic, args.records)?;
+        rows.push((path, produced, consumed));
+    }
+    // Latency at half of the direct peak rate, on both paths.
+    let half = (rows[0].1.records_per_sec / 2.0) as i64;
+    let latency_records = (args.records / 2).max(10_000);
+    let mut latency = Vec::new();
+    for (path, bootstrap) in [
+        ("direct", direct.as_str()),
+        ("proxy", proxy.bootstrap.as_str()),
+    ] {
+        let topic = format!("bench.latency-{path}-{run_id}");
+        latency.push((
+            path,
+            produce(dist, bootstrap, &topic, latency_records, args.size, half)?,
+        ));
+    }
+    let rss_kib = peak_rss_kib(proxy.pid())?;
+
+    println!("\n| path | produce rec/s | produce MB/s | consume rec/s | consume MB/s |");
+    println!("|---|---|---|---|---|");
+    for (path, p, c) in &rows {
+        println!(
+            "| {path} | {:.0} | {:.1} | {:.0} | {:.1} |",
+            p.records_per_sec, p.mb_per_sec, c.records_per_sec, c.mb_per_sec
+        );
+    }
+    let (d, x) = (&rows[0], &rows[1]);
+    println!(
+        "| proxy / direct | {:.1} % | {:.1} % | {:.1} % | {:.1} % |",
+        100.0 * x.1.records_per_sec / d.1.records_per_sec,
+        100.0 * x.1.mb_per_sec / d.1.mb_per_sec,
+        100.0 * x.2.records_per_sec / d.2.records_per_sec,
+        100.0 * x.2.mb_per_sec / d.2.mb_per_sec,
+    );
+    println!("\nproduce latency at {half} records/s (half of the direct peak):");
+    println!("| path | p50 ms | p99 ms |");
+    println!("|---|---|---|");
+    for (path, p) in &latency {
+        println!("| {path} | {:.1} | {:.1} |", p.p50_ms, p.p99_ms);
+    }
+    println!(
+        "added p99: {:.1} ms (ProducerPerformance reports whole milliseconds)",
+        latency[1].1.p99_ms - latency[0].1.p99_ms
+    );
+    println!("proxy peak RSS: {:.1} MiB", rss_kib as f64 / 1024.0);
+    Ok(())
+}
+
+fn produce(
+    dist: &KafkaDist,
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+    size: u64,
+    throughput: i64,
+) -> Result<Produced> {
+    let output = process::run(
+        "ProducerPerformance",
+        dist.java("org.apache.kafka.tools.ProducerPerformance")
+            .args(["--topic", topic, "--num-records", &records.to_string()])
+            .args([
+                "--record-size",
+                &size.to_string(),
+                "--throughput",
+                &throughput.to_string(),
+            ])
+            .args([
+                "--producer-props",
+                &format!("bootstrap.servers={bootstrap}"),
+                "acks=1",
+            ])
+            .args(["linger.ms=5", "batch.size=131072"]),
+    )?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let summary = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("records sent"))
+        .with_context(|| format!("no summary from ProducerPerformance:\n{text}"))?;
+    // "N records sent, X records/sec (Y MB/sec), A ms avg latency, M ms max latency, P50 ms 50th, P95 ms 95th, P99 ms 99th, ..."
+    let number_before = |marker: &str| -> Result<f64> {
+        let at = summary
+            .find(marker)
+            .with_context(|| format!("no '{marker}' in: {summary}"))?;
+        let head = summary[..at].trim_end();
+        let token = head.rsplit([' ', '(']).next().unwrap_or_default();
+        token
+            .parse()
+            .with_context(|| format!("reading '{token}' before '{marker}'"))
+    };
+    Ok(Produced {
+        records_per_sec: number_before("records/sec")?,
+        mb_per_sec: number_before("MB/sec")?,
+        p50_ms: number_before("ms 50th")?,
+        p99_ms: number_before("ms 99th")?,
+    })
+}
+
+fn consume(dist: &KafkaDist, bootstrap: &str, topic: &str, records: u64) -> Result<Consumed> {
+    let output = process::run(
+        "ConsumerPerformance",
+        dist.java("org.apache.kafka.tools.ConsumerPerformance")
+            .args(["--bootstrap-server", bootstrap, "--topic", topic])
+            .args([
+                "--messages",
+                &records.to_string(),
+                "--group",
+                &format!("{topic}-g"),
+            ])
+            .args(["--timeout", "60000"]),
+    )?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // A CSV header then one row: start, end, MB, MB.sec, nMsg, nMsg.sec, ...
+    let row = text
+        .lines()
+        .rev()
+        .find(|l| l.split(',').count() >= 6 && !l.contains("start.time"))
+        .with_context(|| format!("no summary from ConsumerPerformance:\n{text}"))?;
+    let fields: Vec<&str> = row.split(',').map(str::trim).collect();
+    Ok(Consumed {
+        mb_per_sec: fields[3].parse()?,
+        records_per_sec: fields[5].parse()?,
+    })
+}
+
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/<pid>/status")
+}

@@ -1,0 +1,172 @@
+//! `just demo`: a real Kafka, the Streamward proxy serving the policies in `config/samples/`,
+//! and real clients showing what it allows and what it refuses, each with the client's own
+//! output.
+//!
+//! Usage: `demo --sidecar PATH/TO/streamward-sidecar`
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use streamward_e2e::kafka::KafkaCluster;
+use streamward_e2e::sidecar::Sidecar;
+use streamward_e2e::{cache, clients, process};
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let sidecar_binary = match (args.next().as_deref(), args.next()) {
+        (Some("--sidecar"), Some(path)) => PathBuf::from(path),
+        _ => bail!("usage: demo --sidecar PATH/TO/streamward-sidecar"),
+    };
+
+    say("Starting Apache Kafka (KRaft, one node) from its Maven Central jars...");
+    let kafka = KafkaCluster::start(1)?;
+    let direct = kafka.bootstrap();
+
+    // The platform team's topics, created directly on the broker.
+    for topic in ["orders.created", "payments.ledger"] {
+        process::run(
+            "kafka-topics --create",
+            kafka
+                .dist()
+                .tool("org.apache.kafka.tools.TopicCommand")
+                .args(["--bootstrap-server", &direct, "--create", "--topic", topic])
+                .args(["--partitions", "1", "--replication-factor", "1"]),
+        )?;
+    }
+
+    let samples = cache::source_root().join("config/samples");
+    let mut files = Vec::new();
+    for entry in
+        std::fs::read_dir(&samples).with_context(|| format!("reading {}", samples.display()))?
+    {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("sample.yaml")
+                .to_string();
+            // The samples point at 127.0.0.1:9092; the demo's broker is on a free port.
+            let text = std::fs::read_to_string(&path)?.replace("127.0.0.1:9092", &direct);
+            files.push((name, text));
+        }
+    }
+    let files: Vec<(&str, String)> = files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    say("Starting streamward-sidecar with config/samples/ for demo/orders-app...");
+    let proxy = Sidecar::start(&sidecar_binary, &files, "demo", "orders-app")?;
+    println!(
+        "  Kafka is at {direct}; the proxy's bootstrap is {}.\n",
+        proxy.bootstrap
+    );
+
+    step("1. Produce three orders through the proxy (allowed: rule orders-topics)");
+    let mut kcat = clients::kcat()?;
+    kcat.args(["-P", "-b", &proxy.bootstrap, "-t", "orders.created"]);
+    show(&mut kcat, Some("order-1001\norder-1002\norder-1003\n"))?;
+
+    step("2. Consume them back through the proxy");
+    let mut kcat = clients::kcat()?;
+    kcat.args([
+        "-C",
+        "-b",
+        &proxy.bootstrap,
+        "-t",
+        "orders.created",
+        "-o",
+        "beginning",
+        "-e",
+    ]);
+    show(&mut kcat, None)?;
+
+    step("3. Produce to payments.ledger (denied: the payments. prefix is off limits)");
+    let mut kcat = clients::kcat()?;
+    kcat.args([
+        "-P",
+        "-b",
+        &proxy.bootstrap,
+        "-t",
+        "payments.ledger",
+        "-X",
+        "message.timeout.ms=5000",
+    ]);
+    show(&mut kcat, Some("steal-1\n"))?;
+
+    step(
+        "4. Delete orders.created with Kafka's own topic tool (denied: rule no-destructive-admin)",
+    );
+    let mut delete = kafka.dist().tool("org.apache.kafka.tools.TopicCommand");
+    delete.args([
+        "--bootstrap-server",
+        &proxy.bootstrap,
+        "--delete",
+        "--topic",
+        "orders.created",
+    ]);
+    show(&mut delete, None)?;
+
+    step("5. The topic is still there (asked of the broker directly)");
+    let mut list = kafka.dist().tool("org.apache.kafka.tools.TopicCommand");
+    list.args(["--bootstrap-server", &direct, "--list"]);
+    show(&mut list, None)?;
+
+    step("6. The proxy's decisions, from its /metrics");
+    let (_, metrics) = streamward_e2e::net::http_get(&proxy.admin, "/metrics")?;
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("streamward_sidecar_decisions_total"))
+    {
+        println!("  {line}");
+    }
+    println!("\nThe audit trail of these requests comes with the collector (not built yet).");
+    Ok(())
+}
+
+fn say(text: &str) {
+    println!("{text}");
+}
+
+fn step(title: &str) {
+    println!("\n=== {title}");
+}
+
+/// Runs a client, printing the command line and everything it prints.
+fn show(command: &mut Command, stdin: Option<&str>) -> Result<()> {
+    let program = command
+        .get_program()
+        .to_string_lossy()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let args: Vec<String> = command
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .skip_while(|a| program == "java" && !a.starts_with("org.apache.kafka"))
+        .collect();
+    println!("$ {program} {}", args.join(" "));
+    let mut child = command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())?;
+    }
+    let output = child.wait_with_output()?;
+    for line in String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&output.stderr).lines())
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('\t'))
+        .take(12)
+    {
+        println!("  {line}");
+    }
+    println!("  (exit status: {})", output.status.code().unwrap_or(-1));
+    Ok(())
+}

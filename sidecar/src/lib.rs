@@ -1,0 +1,24 @@
+//! The Streamward proxy: a Kafka-protocol sidecar that enforces the compiled policy on every
+//! request. The modules follow a request's path:
+//!
+//! - [`proxy`]: listeners (bootstrap and one per broker) and what connections share;
+//! - [`session`]: one client connection, requests in and responses out, in order;
+//! - [`frame`]: Kafka framing and the fixed request header;
+//! - [`authorize`]: which resources and operations a request touches, and refusals;
+//! - [`policy`]: the compiled policy's answer for the current request, or fail closed;
+//! - [`upstream`]: the broker connection with the target's TLS and SASL;
+//! - [`brokers`], [`topics`], [`versions`]: what responses need fixing;
+//! - [`source`]: where the config comes from and reloading it; [`admin`], [`metrics`].
+
+pub mod admin;
+pub mod authorize;
+pub mod brokers;
+pub mod frame;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod session;
+pub mod source;
+pub mod topics;
+pub mod upstream;
+pub mod versions;

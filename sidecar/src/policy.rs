@@ -1,0 +1,106 @@
+//! The bridge between a request and the compiled policy: answers the authorizer's questions
+//! ("may this principal Read topic X?") from the current [`ProxyConfig`], or refuses everything
+//! when there is none (fail closed).
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use streamward_api::acl::{Operation, ResourceType};
+use streamward_api::config::{Effect, ProxyConfig};
+use streamward_api::decide::Principal;
+
+use crate::authorize::{Policy, Verdict};
+use crate::metrics::Metrics;
+
+/// Who is asking, beyond the workload identity in the config.
+#[derive(Clone, Debug, Default)]
+pub struct ClientIdentity {
+    /// The pod's labels (from the downward API), for policies that select pods by label.
+    pub pod_labels: BTreeMap<String, String>,
+    /// The user the client authenticated to the proxy as, if it did.
+    pub user: Option<String>,
+    /// That user's groups.
+    pub groups: Vec<String>,
+}
+
+/// The policy in force for one request.
+pub struct RequestPolicy<'a> {
+    config: &'a ProxyConfig,
+    principal: Principal<'a>,
+    target: &'a str,
+    now: Timestamp,
+    metrics: &'a Metrics,
+}
+
+impl<'a> RequestPolicy<'a> {
+    /// The policy of `config` for `client` talking to `target`, evaluated at `now`.
+    pub fn new(
+        config: &'a ProxyConfig,
+        client: &'a ClientIdentity,
+        target: &'a str,
+        now: Timestamp,
+        metrics: &'a Metrics,
+    ) -> RequestPolicy<'a> {
+        RequestPolicy {
+            config,
+            principal: Principal {
+                identity: &config.identity,
+                pod_labels: &client.pod_labels,
+                user: client.user.as_deref(),
+                groups: &client.groups,
+            },
+            target,
+            now,
+            metrics,
+        }
+    }
+}
+
+impl Policy for RequestPolicy<'_> {
+    fn check(&self, resource_type: ResourceType, name: &str, operation: Operation) -> Verdict {
+        let decision = self.config.decide(
+            &self.principal,
+            self.target,
+            resource_type,
+            name,
+            operation,
+            self.now,
+        );
+        self.metrics.decision(decision.effect, decision.dry_run);
+        if decision.dry_run {
+            tracing::info!(
+                %resource_type, name, %operation, rule = %decision.rule_name(),
+                would = ?decision.would, "dry run: would refuse, forwarded"
+            );
+        }
+        match decision.effect {
+            Effect::Allow => Verdict::allow(),
+            Effect::Deny => Verdict::deny(format!(
+                "{operation} on {resource_type} {name} denied by {}",
+                decision.rule_name()
+            )),
+            Effect::RequireApproval => Verdict::policy_violation(format!(
+                "{operation} on {resource_type} {name} requires approval ({}); the approval flow is not available in this proxy yet",
+                decision.rule_name()
+            )),
+        }
+    }
+}
+
+/// The policy when no valid config is loaded: everything is refused, and says why.
+pub struct FailClosed<'a> {
+    /// What went wrong with the config.
+    pub reason: &'a str,
+    /// Where refusals are counted.
+    pub metrics: &'a Metrics,
+}
+
+impl Policy for FailClosed<'_> {
+    fn check(&self, _: ResourceType, _: &str, _: Operation) -> Verdict {
+        self.metrics.decision(Effect::Deny, false);
+        Verdict::deny(format!(
+            "no valid Streamward config is loaded, so every request is refused (fail closed): {}",
+            self.reason
+        ))
+    }
+}

@@ -1,0 +1,120 @@
+//! The proxy as a whole: its listeners (one bootstrap listener, one per broker), the state all
+//! connections share, and the accept loops that hand each client to a [`crate::session`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::brokers::{BrokerMap, ListenerFactory};
+use crate::metrics::Metrics;
+use crate::policy::ClientIdentity;
+use crate::source::State;
+use crate::topics::TopicIds;
+
+/// Which broker a listener stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// The bootstrap listener: any of the target's bootstrap servers.
+    Bootstrap,
+    /// The listener of one broker, by node id.
+    Broker(i32),
+}
+
+/// Settings of the data path.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The host clients are told to connect to (the proxy's own address, loopback in a pod).
+    pub advertised_host: String,
+    /// Broker listeners on `base + node id` when set, else on ports the OS picks.
+    pub broker_port_base: Option<u16>,
+    /// The largest client request accepted; larger closes the connection.
+    pub max_request_bytes: usize,
+    /// The largest broker response accepted.
+    pub max_response_bytes: usize,
+    /// Who the clients are, beyond the workload identity.
+    pub client: ClientIdentity,
+}
+
+/// What every connection shares.
+pub struct Shared {
+    /// The config in force.
+    pub state: Arc<ArcSwap<State>>,
+    /// Broker routes.
+    pub brokers: BrokerMap,
+    /// Topic ids learned from Metadata.
+    pub topic_ids: TopicIds,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Data-path settings.
+    pub settings: Settings,
+    /// Cancelled on shutdown: listeners stop accepting, sessions finish their current request.
+    pub shutdown: CancellationToken,
+    /// Every session and accept loop, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    this: Weak<Shared>,
+}
+
+impl Shared {
+    /// The shared state of one proxy.
+    pub fn new(
+        state: Arc<ArcSwap<State>>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> Arc<Shared> {
+        Arc::new_cyclic(|this| Shared {
+            brokers: BrokerMap::new(&settings.advertised_host, settings.broker_port_base),
+            state,
+            topic_ids: TopicIds::default(),
+            metrics,
+            settings,
+            shutdown,
+            tasks: TaskTracker::new(),
+            this: this.clone(),
+        })
+    }
+
+    /// Starts accepting clients on `listener` for `upstream`.
+    pub fn serve(self: &Arc<Self>, listener: TcpListener, upstream: Upstream) {
+        let shared = self.clone();
+        self.tasks.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = shared.shutdown.cancelled() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let session = crate::session::run(shared.clone(), stream, peer, upstream);
+                        shared.tasks.spawn(session);
+                    }
+                    Err(error) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl ListenerFactory for Shared {
+    fn open(&self, node_id: i32, port: u16) -> std::io::Result<SocketAddr> {
+        let std_listener =
+            std::net::TcpListener::bind((self.settings.advertised_host.as_str(), port))?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let listener = TcpListener::from_std(std_listener)?;
+        let shared = self
+            .this
+            .upgrade()
+            .ok_or_else(|| std::io::Error::other("the proxy is shutting down"))?;
+        shared.serve(listener, Upstream::Broker(node_id));
+        Ok(addr)
+    }
+}

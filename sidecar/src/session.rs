@@ -1,0 +1,529 @@
+//! One client connection: read a request, decide, forward or answer, and send the responses
+//! back in the order the requests came — pipelined clients rely on that order.
+//!
+//! Two halves run side by side. The request half reads client frames, asks the policy, and
+//! either writes the request to the broker (queueing what to expect back) or queues a local
+//! answer. The response half takes the queue in order: a local answer is written as is; for a
+//! forwarded request it reads the broker's next response, fixes it up where needed (broker
+//! addresses, topics the client may not see, denied topics merged back) and writes it. The queue
+//! is bounded, so a client that pipelines faster than the broker answers is slowed, not buffered.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use jiff::Timestamp;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, MetadataResponse, RequestHeader, RequestKind, ResponseHeader,
+    ResponseKind, SaslAuthenticateResponse, SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tracing::Instrument;
+
+use crate::authorize::{self, Fixup, Outcome, Policy, TopicNames};
+use crate::frame::{self, RequestStart};
+use crate::policy::{FailClosed, RequestPolicy};
+use crate::proxy::{Shared, Upstream};
+use crate::source::State;
+use crate::versions;
+
+/// How many requests a client may have in flight before the proxy stops reading more.
+const PIPELINE_DEPTH: usize = 128;
+
+/// Why a session ended other than by the client closing it.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client sent something that is not a Kafka request.
+    #[error("malformed request from the client: {0}")]
+    Malformed(String),
+    /// Reading from or writing to the client failed.
+    #[error("client connection: {0}")]
+    Client(std::io::Error),
+    /// Reading from or writing to the broker failed.
+    #[error("broker connection: {0}")]
+    Broker(std::io::Error),
+    /// No broker connection could be made.
+    #[error("connecting to the broker: {0}")]
+    Connect(String),
+    /// The broker answered out of order or unreadably.
+    #[error("broker response: {0}")]
+    Response(String),
+}
+
+/// What the response half expects next.
+enum Pending {
+    /// A response made by the proxy.
+    Local(Bytes),
+    /// The broker's response to a forwarded request.
+    Broker {
+        start: RequestStart,
+        fixup: Fixup,
+        /// For Metadata: whether the client asked for every topic (hidden topics are then left
+        /// out rather than reported as unauthorized).
+        all_topics: bool,
+    },
+}
+
+/// Serves one client until it disconnects, the broker goes away, or the proxy shuts down.
+pub async fn run(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, upstream: Upstream) {
+    let _ = client.set_nodelay(true);
+    shared.metrics.connections().inc();
+    let span = tracing::info_span!("session", %peer, ?upstream);
+    match serve(&shared, client, upstream)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(()) => tracing::debug!(parent: &span, "client closed the connection"),
+        Err(SessionError::Malformed(reason)) => {
+            shared.metrics.malformed();
+            tracing::warn!(parent: &span, %reason, "closing the connection: malformed request");
+        }
+        Err(error) => tracing::info!(parent: &span, %error, "session ended"),
+    }
+    shared.metrics.connections().dec();
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    client: TcpStream,
+    upstream: Upstream,
+) -> Result<(), SessionError> {
+    let state = shared.state.load_full();
+    let loaded = match &*state {
+        State::Ready(loaded) => loaded.clone(),
+        State::FailClosed(reason) => return serve_without_config(shared, client, reason).await,
+    };
+    let addresses: Vec<String> = match upstream {
+        Upstream::Bootstrap => loaded.bootstrap.clone(),
+        Upstream::Broker(id) => shared.brokers.upstream_of(id).into_iter().collect(),
+    };
+    let mut last_error = String::from("no broker address is known for this listener");
+    let mut broker = None;
+    for address in &addresses {
+        match loaded.connector.connect(address).await {
+            Ok(stream) => {
+                broker = Some(stream);
+                break;
+            }
+            Err(error) => {
+                shared.metrics.upstream_error();
+                tracing::warn!(%address, %error, "broker connection failed");
+                last_error = error.to_string();
+            }
+        }
+    }
+    let broker = broker.ok_or(SessionError::Connect(last_error))?;
+    drop(state);
+
+    let (client_read, client_write) = client.into_split();
+    let (broker_read, broker_write) = tokio::io::split(broker);
+    let settings = &shared.settings;
+    let requests = FramedRead::new(client_read, frame::codec(settings.max_request_bytes));
+    let to_broker = FramedWrite::new(broker_write, frame::codec(settings.max_request_bytes));
+    let responses = FramedRead::new(broker_read, frame::codec(settings.max_response_bytes));
+    let to_client = FramedWrite::new(client_write, frame::codec(settings.max_response_bytes));
+    let (queue, pending) = mpsc::channel(PIPELINE_DEPTH);
+
+    let request_half = forward_requests(shared, requests, to_broker, queue);
+    let response_half = return_responses(shared, pending, responses, to_client);
+    tokio::try_join!(request_half, response_half).map(|_| ())
+}
+
+async fn forward_requests<R, W>(
+    shared: &Shared,
+    mut requests: FramedRead<R, LengthDelimitedCodec>,
+    mut to_broker: FramedWrite<W, LengthDelimitedCodec>,
+    queue: mpsc::Sender<Pending>,
+) -> Result<(), SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let frame = tokio::select! {
+            // On shutdown, stop taking requests; those in flight are still answered.
+            _ = shared.shutdown.cancelled() => return Ok(()),
+            frame = requests.next() => frame,
+        };
+        let Some(frame) = frame else { return Ok(()) };
+        let frame = frame.map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => SessionError::Malformed(e.to_string()),
+            _ => SessionError::Client(e),
+        })?;
+        let frame = frame.freeze();
+        let (to_send, expect) = handle_request(shared, frame)?;
+        if let Some(expect) = expect
+            && queue.send(expect).await.is_err()
+        {
+            return Ok(()); // the response half has ended and says why
+        }
+        if let Some(request) = to_send {
+            to_broker
+                .send(request)
+                .await
+                .map_err(SessionError::Broker)?;
+        }
+    }
+}
+
+/// Decides what to do with one request: what to send to the broker (if anything) and what the
+/// response half should expect (if anything).
+fn handle_request(
+    shared: &Shared,
+    frame: Bytes,
+) -> Result<(Option<Bytes>, Option<Pending>), SessionError> {
+    let start = RequestStart::parse(&frame).map_err(|e| SessionError::Malformed(e.to_string()))?;
+    let Ok(api_key) = ApiKey::try_from(start.api_key) else {
+        // Withheld from ApiVersions, so a client that sends it ignored the proxy's ranges; it
+        // cannot be authorized, and its response format is unknown.
+        return Err(SessionError::Malformed(format!(
+            "API key {} is not one the proxy can authorize",
+            start.api_key
+        )));
+    };
+    shared.metrics.request(api_key_name(api_key));
+    let forward_untouched = |fixup| {
+        Ok((
+            Some(frame.clone()),
+            Some(Pending::Broker {
+                start,
+                fixup,
+                all_topics: false,
+            }),
+        ))
+    };
+    match api_key {
+        ApiKey::ApiVersions => return forward_untouched(Fixup::None),
+        ApiKey::SaslHandshake => {
+            let response = SaslHandshakeResponse::default()
+                .with_error_code(ResponseError::UnsupportedSaslMechanism.code());
+            return Ok((
+                None,
+                Some(local(start, ResponseKind::SaslHandshake(response))?),
+            ));
+        }
+        ApiKey::SaslAuthenticate => {
+            let response = SaslAuthenticateResponse::default()
+                .with_error_code(ResponseError::IllegalSaslState.code())
+                .with_error_message(Some(StrBytes::from_static_str(
+                    "this Streamward proxy does not authenticate clients",
+                )));
+            return Ok((
+                None,
+                Some(local(start, ResponseKind::SaslAuthenticate(response))?),
+            ));
+        }
+        _ => {}
+    }
+
+    let mut body = frame.clone();
+    let header_version = api_key.request_header_version(start.api_version);
+    let header = RequestHeader::decode(&mut body, header_version)
+        .map_err(|e| SessionError::Malformed(format!("{api_key:?} header: {e}")))?;
+    let request = RequestKind::decode(api_key, &mut body, start.api_version)
+        .map_err(|e| SessionError::Malformed(format!("{api_key:?} v{}: {e}", start.api_version)))?;
+    let no_response = matches!(&request, RequestKind::Produce(p) if p.acks == 0);
+    let all_topics = matches!(&request, RequestKind::Metadata(m) if m.topics.is_none());
+
+    let state = shared.state.load();
+    let ids = SharedTopicIds(shared);
+    let inspection = match &**state {
+        State::Ready(loaded) => {
+            let policy = RequestPolicy::new(
+                &loaded.config,
+                &shared.settings.client,
+                &loaded.target_name,
+                Timestamp::now(),
+                &shared.metrics,
+            );
+            authorize::inspect(&header, request, start.api_version, &policy, &ids)
+        }
+        State::FailClosed(reason) => {
+            let policy = FailClosed {
+                reason,
+                metrics: &shared.metrics,
+            };
+            authorize::inspect(&header, request, start.api_version, &policy, &ids)
+        }
+    };
+    for access in inspection.accesses.iter().filter(|a| !a.allowed) {
+        tracing::info!(
+            correlation_id = start.correlation_id,
+            api = api_key_name(api_key),
+            resource_type = %access.resource_type,
+            resource = %access.name,
+            operation = %access.operation,
+            reason = access.message.as_deref().unwrap_or_default(),
+            "refused"
+        );
+    }
+    let expect = |fixup| Pending::Broker {
+        start,
+        fixup,
+        all_topics,
+    };
+    Ok(match inspection.outcome {
+        Outcome::Forward => (Some(frame), (!no_response).then(|| expect(Fixup::None))),
+        Outcome::ForwardRewritten { request, fixup } => {
+            let mut out = BytesMut::with_capacity(frame.len());
+            header
+                .encode(&mut out, header_version)
+                .and_then(|()| request.encode(&mut out, start.api_version))
+                .map_err(|e| SessionError::Malformed(format!("re-encoding {api_key:?}: {e}")))?;
+            (Some(out.freeze()), (!no_response).then(|| expect(fixup)))
+        }
+        Outcome::Respond(response) => (None, Some(local(start, response)?)),
+        Outcome::NoResponse => (None, None),
+    })
+}
+
+async fn return_responses<R, W>(
+    shared: &Shared,
+    mut pending: mpsc::Receiver<Pending>,
+    mut responses: FramedRead<R, LengthDelimitedCodec>,
+    mut to_client: FramedWrite<W, LengthDelimitedCodec>,
+) -> Result<(), SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    while let Some(next) = pending.recv().await {
+        let out = match next {
+            Pending::Local(bytes) => bytes,
+            Pending::Broker {
+                start,
+                fixup,
+                all_topics,
+            } => {
+                let frame = responses
+                    .next()
+                    .await
+                    .ok_or_else(|| SessionError::Broker(std::io::ErrorKind::UnexpectedEof.into()))?
+                    .map_err(SessionError::Broker)?
+                    .freeze();
+                let correlation_id = frame::response_correlation_id(&frame);
+                if correlation_id != Some(start.correlation_id) {
+                    return Err(SessionError::Response(format!(
+                        "expected correlation id {}, got {correlation_id:?}",
+                        start.correlation_id
+                    )));
+                }
+                fix_response(shared, start, fixup, all_topics, frame)?
+            }
+        };
+        to_client.send(out).await.map_err(SessionError::Client)?;
+    }
+    Ok(())
+}
+
+/// Applies what the proxy must change in a broker response; returns the original bytes when
+/// nothing changes.
+fn fix_response(
+    shared: &Shared,
+    start: RequestStart,
+    fixup: Fixup,
+    all_topics: bool,
+    frame: Bytes,
+) -> Result<Bytes, SessionError> {
+    let Ok(api_key) = ApiKey::try_from(start.api_key) else {
+        return Ok(frame);
+    };
+    let must_decode = matches!(fixup, Fixup::Produce(_) | Fixup::Fetch(_))
+        || api_key == ApiKey::ApiVersions
+        || crate::brokers::carries_addresses(start.api_key);
+    if !must_decode {
+        return Ok(frame);
+    }
+    let version = start.api_version;
+    let header_version = api_key.response_header_version(version);
+    let mut body = frame.clone();
+    let header = ResponseHeader::decode(&mut body, header_version)
+        .map_err(|e| SessionError::Response(format!("{api_key:?} header: {e}")))?;
+    let decoded = if api_key == ApiKey::ApiVersions {
+        // A broker that does not speak the client's ApiVersions version answers in v0.
+        ApiVersionsResponse::decode(&mut body.clone(), version)
+            .map(|r| (r, version))
+            .or_else(|_| ApiVersionsResponse::decode(&mut body.clone(), 0).map(|r| (r, 0)))
+            .map(|(r, v)| (ResponseKind::ApiVersions(r), v))
+    } else {
+        ResponseKind::decode(api_key, &mut body, version).map(|r| (r, version))
+    };
+    let (mut response, version) =
+        decoded.map_err(|e| SessionError::Response(format!("{api_key:?} v{version}: {e}")))?;
+
+    let mut changed = false;
+    if !matches!(fixup, Fixup::None) {
+        authorize::apply_fixup(fixup, &mut response);
+        changed = true;
+    }
+    match &mut response {
+        ResponseKind::ApiVersions(r) => {
+            versions::narrow(r, &[ApiKey::SaslHandshake, ApiKey::SaslAuthenticate]);
+            changed = true;
+        }
+        ResponseKind::Metadata(r) => {
+            shared.topic_ids.learn(r);
+            changed |= hide_topics(shared, r, all_topics);
+        }
+        _ => {}
+    }
+    changed |= shared
+        .brokers
+        .rewrite(&mut response, shared)
+        .map_err(|e| SessionError::Response(format!("opening a broker listener: {e}")))?;
+    if !changed {
+        return Ok(frame);
+    }
+    let mut out = BytesMut::with_capacity(frame.len());
+    header
+        .encode(&mut out, header_version)
+        .and_then(|()| response.encode(&mut out, version))
+        .map_err(|e| SessionError::Response(format!("re-encoding {api_key:?}: {e}")))?;
+    Ok(out.freeze())
+}
+
+/// Metadata must not reveal topics the client may not Describe: they are left out of an
+/// all-topics answer, and reported as TOPIC_AUTHORIZATION_FAILED when asked for by name.
+fn hide_topics(shared: &Shared, response: &mut MetadataResponse, all_topics: bool) -> bool {
+    let state = shared.state.load();
+    let describable = |name: &str| -> bool {
+        use streamward_api::acl::{Operation, ResourceType};
+        match &**state {
+            State::Ready(loaded) => {
+                RequestPolicy::new(
+                    &loaded.config,
+                    &shared.settings.client,
+                    &loaded.target_name,
+                    Timestamp::now(),
+                    &shared.metrics,
+                )
+                .check(ResourceType::Topic, name, Operation::Describe)
+                .allowed
+            }
+            State::FailClosed(_) => false,
+        }
+    };
+    let before = response.topics.len();
+    let mut changed = false;
+    response.topics.retain_mut(|topic| {
+        let Some(name) = topic.name.as_ref() else {
+            return true;
+        };
+        if topic.error_code != 0 || describable(name.0.as_str()) {
+            return true;
+        }
+        if all_topics {
+            return false;
+        }
+        topic.error_code = ResponseError::TopicAuthorizationFailed.code();
+        topic.partitions.clear();
+        topic.topic_id = uuid::Uuid::nil();
+        topic.is_internal = false;
+        changed = true;
+        true
+    });
+    changed || response.topics.len() != before
+}
+
+/// With no config there is no broker to talk to: answer what a client needs to hear that it is
+/// refused, and close the connection on anything else.
+async fn serve_without_config(
+    shared: &Shared,
+    client: TcpStream,
+    reason: &str,
+) -> Result<(), SessionError> {
+    tracing::warn!(%reason, "client connected while no config is loaded: refusing its requests");
+    let mut framed =
+        tokio_util::codec::Framed::new(client, frame::codec(shared.settings.max_request_bytes));
+    while let Some(frame) = framed.next().await {
+        let frame = frame.map_err(SessionError::Client)?.freeze();
+        let (_, expect) = handle_request(shared, frame.clone())?;
+        let start =
+            RequestStart::parse(&frame).map_err(|e| SessionError::Malformed(e.to_string()))?;
+        let response = match expect {
+            Some(Pending::Local(bytes)) => bytes,
+            None => continue,
+            Some(Pending::Broker { .. }) => match ApiKey::try_from(start.api_key) {
+                Ok(ApiKey::ApiVersions) => {
+                    encode_local(start, ResponseKind::ApiVersions(own_api_versions()))?
+                }
+                Ok(ApiKey::Metadata) => {
+                    encode_local(start, ResponseKind::Metadata(MetadataResponse::default()))?
+                }
+                _ => return Ok(()),
+            },
+        };
+        framed.send(response).await.map_err(SessionError::Client)?;
+    }
+    Ok(())
+}
+
+fn own_api_versions() -> ApiVersionsResponse {
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    ApiVersionsResponse::default().with_api_keys(
+        [ApiKey::ApiVersions, ApiKey::Metadata]
+            .into_iter()
+            .map(|key| {
+                let range = key.valid_versions();
+                ApiVersion::default()
+                    .with_api_key(key as i16)
+                    .with_min_version(range.min)
+                    .with_max_version(range.max)
+            })
+            .collect(),
+    )
+}
+
+/// A response the proxy makes itself, queued in order with the broker's.
+fn local(start: RequestStart, response: ResponseKind) -> Result<Pending, SessionError> {
+    encode_local(start, response).map(Pending::Local)
+}
+
+/// Encodes a response the proxy makes itself.
+fn encode_local(start: RequestStart, response: ResponseKind) -> Result<Bytes, SessionError> {
+    let api_key = ApiKey::try_from(start.api_key)
+        .map_err(|_| SessionError::Malformed(format!("API key {}", start.api_key)))?;
+    let mut out = BytesMut::new();
+    ResponseHeader::default()
+        .with_correlation_id(start.correlation_id)
+        .encode(&mut out, api_key.response_header_version(start.api_version))
+        .and_then(|()| response.encode(&mut out, start.api_version))
+        .map_err(|e| {
+            SessionError::Malformed(format!(
+                "encoding the proxy's {api_key:?} v{} answer: {e}",
+                start.api_version
+            ))
+        })?;
+    Ok(out.freeze())
+}
+
+struct SharedTopicIds<'a>(&'a Shared);
+
+impl TopicNames for SharedTopicIds<'_> {
+    fn name_of(&self, id: &uuid::Uuid) -> Option<kafka_protocol::messages::TopicName> {
+        self.0.topic_ids.name_of(id)
+    }
+}
+
+/// A static name for an API key, for metrics and logs.
+pub fn api_key_name(key: ApiKey) -> &'static str {
+    // Debug names of a fieldless enum are fixed; leak-free via a match on the common ones
+    // would be long, so cache them once.
+    static NAMES: std::sync::OnceLock<std::collections::HashMap<i16, &'static str>> =
+        std::sync::OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            ApiKey::iter()
+                .map(|k| (k as i16, &*Box::leak(format!("{k:?}").into_boxed_str())))
+                .collect()
+        })
+        .get(&(key as i16))
+        .copied()
+        .unwrap_or("Unknown")
+}

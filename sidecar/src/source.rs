@@ -1,0 +1,369 @@
+//! Where the proxy's config comes from, and reloading it without dropping connections.
+//!
+//! Local mode (`--policies DIR`) compiles the YAML a user would `kubectl apply` with the same
+//! function the operator uses; `--config FILE` reads a config the operator compiled. Either is
+//! polled for changes; a change is applied to the next request on every open connection. A
+//! source that cannot be read or compiled leaves the proxy failing closed until it is fixed.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use streamward_api::config::{CompiledTarget, ProxyConfig, SaslMechanism, WorkloadIdentity};
+
+use crate::metrics::Metrics;
+use crate::upstream::{Connector, UpstreamSasl, UpstreamSettings, UpstreamTls};
+
+/// Secret name → key → bytes.
+pub type Secrets = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+/// Where to read the config.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A folder of StreamTarget/StreamPolicy/AccessGrant (and Secret) YAML, compiled for
+    /// `identity`.
+    Policies {
+        /// The folder.
+        dir: PathBuf,
+        /// Whose proxy this is.
+        identity: WorkloadIdentity,
+    },
+    /// A compiled config (JSON), with the target's Secrets mounted as `<dir>/<secret>/<key>`.
+    Compiled {
+        /// The config file.
+        file: PathBuf,
+        /// Where Secrets are mounted.
+        secrets_dir: PathBuf,
+    },
+}
+
+/// A config ready to serve: the compiled policy, the target this proxy serves, and a connector
+/// with that target's TLS and credentials.
+pub struct Loaded {
+    /// The compiled config.
+    pub config: ProxyConfig,
+    /// The name of the target served.
+    pub target_name: String,
+    /// Its bootstrap servers.
+    pub bootstrap: Vec<String>,
+    /// How to reach its brokers.
+    pub connector: Arc<Connector>,
+}
+
+/// The config in force: a [`Loaded`] config, or the reason there is none.
+pub enum State {
+    /// Serving this config.
+    Ready(Arc<Loaded>),
+    /// Failing closed for this reason.
+    FailClosed(String),
+}
+
+/// Why a config could not be loaded. Every message names the file or object at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file or folder could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML or JSON was not valid.
+    #[error("parsing {path}: {message}")]
+    Parse {
+        /// The path.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// The resources did not compile.
+    #[error("compiling the policies: {0}")]
+    Compile(String),
+    /// The target to serve is ambiguous or missing.
+    #[error("{0}")]
+    Target(String),
+    /// The target's TLS or credentials could not be set up.
+    #[error("setting up the connection to target {target}: {message}")]
+    Upstream {
+        /// The target.
+        target: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl Source {
+    /// Reads and compiles the config, choosing `target` (or the only one there is).
+    pub fn load(&self, target: Option<&str>) -> Result<Loaded, LoadError> {
+        let (config, secrets) = match self {
+            Source::Policies { dir, identity } => {
+                let mut inputs = streamward_api::compile::Inputs::default();
+                for file in yaml_files(dir)? {
+                    let text = read(&file)?;
+                    let mut parsed =
+                        streamward_api::compile::parse_manifests(&text).map_err(|e| {
+                            LoadError::Parse {
+                                path: file.clone(),
+                                message: e.to_string(),
+                            }
+                        })?;
+                    // Objects without a creation time (not applied yet) count as created when
+                    // their file was last written, so a reload does not restart a grant.
+                    parsed.default_creation_timestamps(modified(&file)?);
+                    inputs.extend(parsed);
+                }
+                let secrets = inputs.secrets.clone();
+                let config = streamward_api::compile::compile(&inputs, identity)
+                    .map_err(|e| LoadError::Compile(e.to_string()))?;
+                (config, secrets)
+            }
+            Source::Compiled { file, secrets_dir } => {
+                let text = read(file)?;
+                let config: ProxyConfig =
+                    serde_json::from_str(&text).map_err(|e| LoadError::Parse {
+                        path: file.clone(),
+                        message: e.to_string(),
+                    })?;
+                let secrets = mounted_secrets(secrets_dir, &config)?;
+                (config, secrets)
+            }
+        };
+        let target_name = match target {
+            Some(name) => name.to_string(),
+            None => {
+                let mut names = config.targets.keys();
+                match (names.next(), names.next()) {
+                    (Some(only), None) => only.clone(),
+                    (None, _) => {
+                        return Err(LoadError::Target(
+                            "no StreamTarget in the config: add one, or pass --target".into(),
+                        ));
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(LoadError::Target(format!(
+                            "{} StreamTargets in the config: pass --target to choose one",
+                            config.targets.len()
+                        )));
+                    }
+                }
+            }
+        };
+        let target = config.targets.get(&target_name).ok_or_else(|| {
+            LoadError::Target(format!(
+                "StreamTarget {target_name} is not in the config of {}/{}",
+                config.identity.namespace, config.identity.service_account
+            ))
+        })?;
+        let connector = connector_for(&target_name, target, &secrets)?;
+        Ok(Loaded {
+            bootstrap: target.bootstrap_servers.clone(),
+            target_name,
+            connector: Arc::new(connector),
+            config,
+        })
+    }
+
+    /// A value that changes whenever a file the source reads changes (paths, sizes, times).
+    pub fn fingerprint(&self) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        let mut stamp = |path: &Path| {
+            path.hash(&mut hasher);
+            if let Ok(meta) = std::fs::metadata(path) {
+                meta.len().hash(&mut hasher);
+                meta.modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .hash(&mut hasher);
+            }
+        };
+        match self {
+            Source::Policies { dir, .. } => {
+                stamp(dir);
+                for file in yaml_files(dir).unwrap_or_default() {
+                    stamp(&file);
+                }
+            }
+            Source::Compiled { file, secrets_dir } => {
+                stamp(file);
+                // Kubernetes swaps mounted volumes through a `..data` symlink.
+                stamp(&secrets_dir.join("..data"));
+            }
+        }
+        hasher.finish()
+    }
+}
+
+/// Loads `source` now and then every `every` when it changed, publishing into `state`.
+pub async fn watch(
+    source: Source,
+    target: Option<String>,
+    state: Arc<ArcSwap<State>>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+) {
+    let mut last = None;
+    loop {
+        let fingerprint = source.fingerprint();
+        if last != Some(fingerprint) {
+            last = Some(fingerprint);
+            let next = match source.load(target.as_deref()) {
+                Ok(loaded) => {
+                    tracing::info!(
+                        hash = %loaded.config.hash,
+                        target = %loaded.target_name,
+                        policies = loaded.config.policies.len(),
+                        grants = loaded.config.grants.len(),
+                        "config loaded"
+                    );
+                    metrics.config_loaded(true);
+                    State::Ready(Arc::new(loaded))
+                }
+                Err(error) => {
+                    tracing::error!(%error, "no valid config: refusing every request until it is fixed");
+                    metrics.config_loaded(false);
+                    State::FailClosed(error.to_string())
+                }
+            };
+            state.store(Arc::new(next));
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn modified(path: &Path) -> Result<jiff::Timestamp, LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let time = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map_err(read_error)?;
+    jiff::Timestamp::try_from(time).map_err(|e| LoadError::Parse {
+        path: path.to_path_buf(),
+        message: format!("its modification time is out of range: {e}"),
+    })
+}
+
+fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn mounted_secrets(dir: &Path, config: &ProxyConfig) -> Result<Secrets, LoadError> {
+    let mut secrets = Secrets::new();
+    for target in config.targets.values() {
+        let names = target
+            .sasl
+            .iter()
+            .map(|s| s.credentials_secret.clone())
+            .chain(
+                target
+                    .tls
+                    .iter()
+                    .filter_map(|t| t.ca_secret_ref.as_ref().map(|r| r.name.clone())),
+            );
+        for name in names {
+            let folder = dir.join(&name);
+            let Ok(entries) = std::fs::read_dir(&folder) else {
+                continue; // reported when the target that needs it is chosen
+            };
+            let keys = secrets.entry(name).or_default();
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Some(key) = path.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                if key.starts_with("..") || !path.is_file() {
+                    continue;
+                }
+                let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                keys.insert(key.to_string(), bytes);
+            }
+        }
+    }
+    Ok(secrets)
+}
+
+fn connector_for(
+    name: &str,
+    target: &CompiledTarget,
+    secrets: &Secrets,
+) -> Result<Connector, LoadError> {
+    let fail = |message: String| LoadError::Upstream {
+        target: name.to_string(),
+        message,
+    };
+    let secret = |secret: &str, key: &str| -> Result<Vec<u8>, LoadError> {
+        secrets
+            .get(secret)
+            .and_then(|keys| keys.get(key))
+            .cloned()
+            .ok_or_else(|| fail(format!("Secret {secret} has no key {key}")))
+    };
+    let text = |bytes: Vec<u8>, what: &str| {
+        String::from_utf8(bytes).map_err(|_| fail(format!("{what} is not UTF-8")))
+    };
+    let tls = match &target.tls {
+        None => None,
+        Some(tls) => Some(UpstreamTls {
+            ca_pem: match &tls.ca_secret_ref {
+                Some(r) => Some(secret(&r.name, &r.key)?),
+                None => None,
+            },
+            server_name: tls.server_name.clone(),
+        }),
+    };
+    let sasl = match &target.sasl {
+        None => None,
+        Some(sasl) => {
+            let secret_name = &sasl.credentials_secret;
+            let (mechanism, password_key) = match sasl.mechanism {
+                SaslMechanism::Plain => (crate::upstream::SaslMechanism::Plain, "password"),
+                SaslMechanism::ScramSha256 => {
+                    (crate::upstream::SaslMechanism::ScramSha256, "password")
+                }
+                SaslMechanism::ScramSha512 => {
+                    (crate::upstream::SaslMechanism::ScramSha512, "password")
+                }
+                SaslMechanism::OAuthBearer => {
+                    (crate::upstream::SaslMechanism::OAuthBearer, "token")
+                }
+            };
+            let username = match mechanism {
+                crate::upstream::SaslMechanism::OAuthBearer => String::new(),
+                _ => text(secret(secret_name, "username")?, "the username")?,
+            };
+            Some(UpstreamSasl {
+                mechanism,
+                username: username.trim_end().to_string(),
+                password: text(secret(secret_name, password_key)?, "the password")?
+                    .trim_end()
+                    .to_string(),
+            })
+        }
+    };
+    Connector::new(UpstreamSettings { tls, sasl }).map_err(|e| fail(e.to_string()))
+}

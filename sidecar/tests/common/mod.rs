@@ -1,0 +1,114 @@
+//! Helpers for the proxy's end-to-end tests: the sidecar binary and the clients.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use serde::Deserialize;
+use streamward_e2e::clients;
+pub use streamward_e2e::sidecar::Sidecar;
+
+/// Starts the `streamward-sidecar` built for these tests in local mode.
+pub fn sidecar(files: &[(&str, String)], namespace: &str, service_account: &str) -> Sidecar {
+    Sidecar::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_streamward-sidecar")),
+        files,
+        namespace,
+        service_account,
+    )
+    .expect("starting streamward-sidecar")
+}
+
+/// A StreamTarget for a Kafka bootstrap list.
+pub fn target_yaml(namespace: &str, bootstrap: &str) -> String {
+    let servers: Vec<String> = bootstrap.split(',').map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "apiVersion: streamward.io/v1alpha1
+kind: StreamTarget
+metadata: {{name: kafka, namespace: {namespace}}}
+spec:
+  bootstrapServers: [{}]
+",
+        servers.join(", ")
+    )
+}
+
+/// What `kafka_client.py produce` reports.
+#[derive(Deserialize, Debug)]
+pub struct ProduceReport {
+    pub delivered: usize,
+    pub errors: Vec<String>,
+}
+
+/// What `kafka_client.py consume` reports.
+#[derive(Deserialize, Debug)]
+pub struct ConsumeReport {
+    pub count: usize,
+    pub values: Option<Vec<String>>,
+    pub errors: Vec<String>,
+    pub assignments: Vec<Vec<i32>>,
+}
+
+/// Produces `count` records `prefix-<i>` with confluent-kafka.
+pub fn produce(
+    bootstrap: &str,
+    topic: &str,
+    prefix: &str,
+    count: usize,
+    extra: &[&str],
+) -> ProduceReport {
+    clients::report(
+        clients::confluent_kafka()
+            .unwrap()
+            .args(["produce", "--bootstrap", bootstrap, "--topic", topic])
+            .args([
+                "--prefix",
+                prefix,
+                "--count",
+                &count.to_string(),
+                "--timeout",
+                "20",
+            ])
+            .args(extra),
+    )
+    .unwrap()
+}
+
+/// Consumes with confluent-kafka.
+pub fn consume(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    count: usize,
+    extra: &[&str],
+) -> ConsumeReport {
+    clients::report(
+        clients::confluent_kafka()
+            .unwrap()
+            .args([
+                "consume",
+                "--bootstrap",
+                bootstrap,
+                "--topic",
+                topic,
+                "--group",
+                group,
+            ])
+            .args(["--count", &count.to_string(), "--print-values"])
+            .args(extra),
+    )
+    .unwrap()
+}
+
+/// Runs one of Kafka's Java tools; returns (success, stdout + stderr).
+pub fn kafka_tool(
+    kafka: &streamward_e2e::kafka::KafkaCluster,
+    class: &str,
+    args: &[&str],
+) -> (bool, String) {
+    let output = kafka.dist().tool(class).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}

@@ -1,0 +1,382 @@
+//! The proxy end to end: real Kafka (one node), the real `streamward-sidecar` binary in local
+//! mode, and the clients users run.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{Sidecar, consume, kafka_tool, produce, target_yaml};
+use streamward_e2e::kafka::KafkaCluster;
+use streamward_e2e::{clients, unique_name};
+
+const NS: &str = "team-a";
+const SA: &str = "orders-app";
+
+fn kafka() -> &'static KafkaCluster {
+    static KAFKA: OnceLock<KafkaCluster> = OnceLock::new();
+    KAFKA.get_or_init(|| KafkaCluster::start(1).expect("starting Kafka"))
+}
+
+/// orders.* is read/write for the app, payments.* is off limits, deleting anything is denied.
+fn policy_yaml() -> String {
+    format!(
+        "apiVersion: streamward.io/v1alpha1
+kind: StreamPolicy
+metadata: {{name: orders-team, namespace: {NS}}}
+spec:
+  subjects:
+    serviceAccounts: [{SA}]
+  rules:
+  - name: no-destructive-admin
+    resources: [{{resourceType: Topic, name: '*'}}]
+    operations: [Delete, Alter, AlterConfigs]
+    effect: Deny
+  - name: orders-topics
+    resources: [{{resourceType: Topic, name: orders., patternType: Prefixed}}]
+    operations: [Read, Write, Create, Describe, DescribeConfigs]
+    effect: Allow
+  - name: orders-groups
+    resources: [{{resourceType: Group, name: orders-, patternType: Prefixed}}]
+    operations: [Read, Describe]
+    effect: Allow
+  - name: idempotence
+    resources: [{{resourceType: Cluster, name: kafka-cluster}}]
+    operations: [IdempotentWrite, Describe]
+    effect: Allow
+"
+    )
+}
+
+fn sidecar() -> Sidecar {
+    common::sidecar(
+        &[
+            ("target.yaml", target_yaml(NS, &kafka().bootstrap())),
+            ("policy.yaml", policy_yaml()),
+        ],
+        NS,
+        SA,
+    )
+}
+
+fn create_topic(topic: &str, partitions: u32) {
+    let (ok, out) = kafka_tool(
+        kafka(),
+        "org.apache.kafka.tools.TopicCommand",
+        &[
+            "--bootstrap-server",
+            &kafka().bootstrap(),
+            "--create",
+            "--topic",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+            "--replication-factor",
+            "1",
+        ],
+    );
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn kcat_and_confluent_kafka_produce_and_consume_through_the_proxy() {
+    let proxy = sidecar();
+    let topic = unique_name("orders.e2e");
+
+    // kcat produces 1,000 records through the proxy (auto-creating the topic: Create allowed).
+    let records: Vec<String> = (0..1000).map(|i| format!("kcat-{i:04}")).collect();
+    let mut kcat = clients::kcat()
+        .unwrap()
+        .args(["-P", "-b", &proxy.bootstrap, "-t", &topic, "-X", "acks=all"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    kcat.stdin
+        .take()
+        .unwrap()
+        .write_all((records.join("\n") + "\n").as_bytes())
+        .unwrap();
+    let out = kcat.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kcat: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.log()
+    );
+
+    // confluent-kafka produces 1,000 more, then reads all 2,000 back through the proxy.
+    let report = produce(&proxy.bootstrap, &topic, "ck", 1000, &[]);
+    assert_eq!(
+        (report.delivered, report.errors.len()),
+        (1000, 0),
+        "{report:?}"
+    );
+    let consumed = consume(
+        &proxy.bootstrap,
+        &topic,
+        &unique_name("orders-g"),
+        2000,
+        &[],
+    );
+    assert_eq!(consumed.errors, Vec::<String>::new(), "{}", proxy.log());
+    let values = consumed.values.unwrap();
+    let expected: Vec<String> = records
+        .iter()
+        .cloned()
+        .chain((0..1000).map(|i| format!("ck-{i}")))
+        .collect();
+    assert_eq!(values, expected);
+
+    // kcat consumes them too, and sees the proxy, not the broker, in the metadata.
+    let out = clients::kcat()
+        .unwrap()
+        .args([
+            "-C",
+            "-b",
+            &proxy.bootstrap,
+            "-t",
+            &topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2000);
+    let out = clients::kcat()
+        .unwrap()
+        .args(["-L", "-b", &proxy.bootstrap, "-t", &topic])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !listing.contains(&kafka().bootstrap()),
+        "the broker's address leaked: {listing}"
+    );
+    assert!(listing.contains("127.0.0.1:"), "{listing}");
+}
+
+#[test]
+fn a_denied_topic_gives_topic_authorization_failed_in_the_client() {
+    let proxy = sidecar();
+    let topic = unique_name("payments.e2e");
+    create_topic(&topic, 1);
+
+    let report = produce(&proxy.bootstrap, &topic, "x", 5, &[]);
+    assert_eq!(report.delivered, 0, "{report:?}");
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains("Topic authorization failed")
+                || e.contains("TOPIC_AUTHORIZATION_FAILED")),
+        "{report:?}"
+    );
+
+    let consumed = consume(
+        &proxy.bootstrap,
+        &topic,
+        &unique_name("orders-g"),
+        1,
+        &["--timeout", "10", "--stop-on-error"],
+    );
+    assert_eq!(consumed.count, 0);
+    assert!(
+        consumed
+            .errors
+            .iter()
+            .any(|e| e == "TOPIC_AUTHORIZATION_FAILED"),
+        "{consumed:?}"
+    );
+
+    // The topic is not even listed through the proxy.
+    let out = clients::kcat()
+        .unwrap()
+        .args(["-L", "-b", &proxy.bootstrap])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&topic));
+    assert!(
+        proxy
+            .metric("streamward_sidecar_decisions_total{effect=\"Deny\"}")
+            .unwrap()
+            >= 1.0
+    );
+}
+
+#[test]
+fn kafka_topic_tool_is_refused_a_delete_and_the_topic_survives() {
+    let proxy = sidecar();
+    let topic = unique_name("orders.keep");
+    create_topic(&topic, 1);
+
+    let (ok, out) = kafka_tool(
+        kafka(),
+        "org.apache.kafka.tools.TopicCommand",
+        &[
+            "--bootstrap-server",
+            &proxy.bootstrap,
+            "--delete",
+            "--topic",
+            &topic,
+        ],
+    );
+    assert!(!ok, "the delete must fail: {out}");
+    assert!(
+        out.contains("TopicAuthorizationException") || out.contains("not authorized"),
+        "no clear authorization error: {out}"
+    );
+
+    // Still there, asked directly of the broker.
+    let (ok, listed) = kafka_tool(
+        kafka(),
+        "org.apache.kafka.tools.TopicCommand",
+        &["--bootstrap-server", &kafka().bootstrap(), "--list"],
+    );
+    assert!(ok, "{listed}");
+    assert!(listed.lines().any(|l| l == topic), "{listed}");
+}
+
+#[test]
+fn a_grant_that_expires_stops_the_next_fetch_of_a_connected_consumer() {
+    let topic = unique_name("audit.jit");
+    create_topic(&topic, 1);
+    let direct = kafka().bootstrap();
+    assert_eq!(produce(&direct, &topic, "before", 5, &[]).delivered, 5);
+
+    let expiry = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(12);
+    let grant = format!(
+        "apiVersion: streamward.io/v1alpha1
+kind: AccessGrant
+metadata: {{name: jit-read, namespace: {NS}}}
+spec:
+  subjects:
+    serviceAccounts: [{SA}]
+  resources: [{{resourceType: Topic, name: {topic}}}]
+  operations: [Read, Describe]
+  startTime: '{}'
+  expiryTime: '{expiry}'
+  reason: incident 42
+",
+        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5)
+    );
+    let proxy = common::sidecar(
+        &[
+            ("target.yaml", target_yaml(NS, &direct)),
+            ("policy.yaml", policy_yaml()),
+            ("grant.yaml", grant),
+        ],
+        NS,
+        SA,
+    );
+
+    // One consumer, one connection, polling for 40 s: it reads the first five records while the
+    // grant holds; after the expiry its next fetch is refused, so the records produced later
+    // never reach it.
+    let bootstrap = proxy.bootstrap.clone();
+    let topic2 = topic.clone();
+    let consumer = std::thread::spawn(move || {
+        consume(
+            &bootstrap,
+            &topic2,
+            "orders-jit",
+            100,
+            &["--stay", "--timeout", "30", "--stop-on-error"],
+        )
+    });
+    let wait = expiry.duration_since(jiff::Timestamp::now()).as_secs_f64() + 2.0;
+    std::thread::sleep(Duration::from_secs_f64(wait.max(0.0)));
+    assert_eq!(produce(&direct, &topic, "after", 5, &[]).delivered, 5);
+    let report = consumer.join().unwrap();
+    assert_eq!(report.count, 5, "{report:?}\n{}", proxy.log());
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e == "TOPIC_AUTHORIZATION_FAILED"),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .values
+            .unwrap()
+            .iter()
+            .all(|v| v.starts_with("before-"))
+    );
+}
+
+#[test]
+fn malformed_frames_and_absurd_sizes_close_only_their_own_connection() {
+    use std::io::Read;
+    use std::net::TcpStream;
+
+    let proxy = sidecar();
+    let topic = unique_name("orders.robust");
+    // A healthy client keeps its connection open across the attacks (kcat -L with a delay is
+    // awkward; instead the consumer runs before, during and after).
+    let healthy = produce(&proxy.bootstrap, &topic, "ok", 10, &[]);
+    assert_eq!(healthy.delivered, 10);
+
+    let attacks: Vec<(&str, Vec<u8>)> = vec![
+        ("absurd size", 0x7fff_fff0_u32.to_be_bytes().to_vec()),
+        ("negative size", (-5i32).to_be_bytes().to_vec()),
+        (
+            "too short for a header",
+            [&3i32.to_be_bytes()[..], &[0, 3, 0]].concat(),
+        ),
+        (
+            "unknown API key",
+            [
+                &10i32.to_be_bytes()[..],
+                &[0x7f, 0x00, 0, 1, 0, 0, 0, 7, 0xff, 0xff],
+            ]
+            .concat(),
+        ),
+        (
+            "truncated Metadata header",
+            [
+                &10i32.to_be_bytes()[..],
+                &[0, 3, 0, 12, 0, 0, 0, 9, 0x7f, 0xff],
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, bytes) in attacks {
+        let mut stream = TcpStream::connect(&proxy.bootstrap).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(&bytes).unwrap();
+        let mut buf = [0u8; 64];
+        // The proxy closes the connection: the read ends (0 bytes or a reset), it does not hang.
+        let read = stream.read(&mut buf);
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "{what}: the connection stayed open ({read:?})"
+        );
+        assert!(proxy_is_alive(&proxy), "{what} took the proxy down");
+    }
+    assert!(
+        proxy
+            .metric("streamward_sidecar_malformed_frames_total")
+            .unwrap()
+            >= 4.0
+    );
+
+    // Other clients go on.
+    let consumed = consume(&proxy.bootstrap, &topic, &unique_name("orders-g"), 10, &[]);
+    assert_eq!(consumed.count, 10, "{consumed:?}");
+}
+
+fn proxy_is_alive(proxy: &Sidecar) -> bool {
+    streamward_e2e::net::http_get(&proxy.admin, "/healthz").is_ok()
+}
