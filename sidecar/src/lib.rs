@@ -6,6 +6,7 @@
 //! - [`frame`]: Kafka framing and the fixed request header;
 //! - [`authorize`]: which resources and operations a request touches, and refusals;
 //! - [`policy`]: the compiled policy's answer for the current request, or fail closed;
+//!   [`guardrails`]: limits on what an allowed request may ask for;
 //! - [`upstream`]: the broker connection with the target's TLS and SASL;
 //! - [`brokers`], [`topics`], [`versions`]: what responses need fixing;
 //! - [`source`]: where the config comes from and reloading it; [`admin`], [`metrics`].
@@ -14,6 +15,7 @@ pub mod admin;
 pub mod authorize;
 pub mod brokers;
 pub mod frame;
+pub mod guardrails;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -56,6 +56,20 @@ impl<'a> RequestPolicy<'a> {
     }
 }
 
+impl<'a> RequestPolicy<'a> {
+    /// The guardrails of the enforced policies that apply to this request's principal.
+    pub fn guardrails(
+        &self,
+    ) -> impl Iterator<
+        Item = (
+            &'a streamward_api::config::CompiledPolicy,
+            &'a streamward_api::config::Guardrails,
+        ),
+    > {
+        self.config.guardrails_for(&self.principal, self.target)
+    }
+}
+
 impl Policy for RequestPolicy<'_> {
     fn check(&self, resource_type: ResourceType, name: &str, operation: Operation) -> Verdict {
         let decision = self.config.decide(

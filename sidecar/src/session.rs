@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::authorize::{self, Fixup, Outcome, Policy, TopicNames};
 use crate::frame::{self, RequestStart};
+use crate::guardrails::{self, Guarded};
 use crate::policy::{FailClosed, RequestPolicy};
 use crate::proxy::{Shared, Upstream};
 use crate::source::State;
@@ -242,7 +243,9 @@ fn handle_request(
                 Timestamp::now(),
                 &shared.metrics,
             );
-            authorize::inspect(&header, request, start.api_version, &policy, &ids)
+            let violations = guardrails::violations(&request, policy.guardrails());
+            let guarded = Guarded::new(&policy, &violations);
+            authorize::inspect(&header, request, start.api_version, &guarded, &ids)
         }
         State::FailClosed(reason) => {
             let policy = FailClosed {

@@ -29,6 +29,8 @@ metadata: {{name: orders-team, namespace: {NS}}}
 spec:
   subjects:
     serviceAccounts: [{SA}]
+  guardrails:
+    maxPartitions: 12
   rules:
   - name: no-destructive-admin
     resources: [{{resourceType: Topic, name: '*'}}]
@@ -379,4 +381,45 @@ fn malformed_frames_and_absurd_sizes_close_only_their_own_connection() {
 
 fn proxy_is_alive(proxy: &Sidecar) -> bool {
     streamward_e2e::net::http_get(&proxy.admin, "/healthz").is_ok()
+}
+
+#[test]
+fn a_topic_over_the_partition_guardrail_is_refused_with_policy_violation() {
+    let proxy = sidecar();
+    let create = |topic: &str, partitions: &str| {
+        kafka_tool(
+            kafka(),
+            "org.apache.kafka.tools.TopicCommand",
+            &[
+                "--bootstrap-server",
+                &proxy.bootstrap,
+                "--create",
+                "--topic",
+                topic,
+            ]
+            .into_iter()
+            .chain(["--partitions", partitions, "--replication-factor", "1"])
+            .collect::<Vec<_>>(),
+        )
+    };
+    let big = unique_name("orders.big");
+    let (ok, out) = create(&big, "48");
+    assert!(!ok, "{out}");
+    assert!(out.contains("PolicyViolationException"), "{out}");
+    assert!(
+        out.contains("48 partitions is more than the 12 allowed"),
+        "{out}"
+    );
+
+    let small = unique_name("orders.small");
+    let (ok, out) = create(&small, "3");
+    assert!(ok, "{out}\n{}", proxy.log());
+
+    let (_, listed) = kafka_tool(
+        kafka(),
+        "org.apache.kafka.tools.TopicCommand",
+        &["--bootstrap-server", &kafka().bootstrap(), "--list"],
+    );
+    assert!(listed.lines().any(|l| l == small), "{listed}");
+    assert!(!listed.lines().any(|l| l == big), "{listed}");
 }
