@@ -34,6 +34,9 @@ spec:
     effect: Allow
 ";
 
+/// Measured rounds per path.
+const ROUNDS: usize = 2;
+
 struct Args {
     sidecar: PathBuf,
     records: u64,
@@ -72,7 +75,6 @@ struct Produced {
 }
 
 /// One ConsumerPerformance summary.
-#[derive(Debug)]
 struct Consumed {
     records_per_sec: f64,
     mb_per_sec: f64,
@@ -98,24 +100,44 @@ fn main() -> Result<()> {
         args.records, args.size
     );
 
-    let mut rows = Vec::new();
-    for (path, bootstrap) in [
+    // Warm the broker's JIT first, then measure in alternating order over the rounds so that
+    // neither path always runs on a warmer broker.
+    produce(
+        dist,
+        &direct,
+        &format!("bench.warmup-{run_id}"),
+        args.records / 4,
+        args.size,
+        -1,
+    )?;
+    let paths = [
         ("direct", direct.as_str()),
         ("proxy", proxy.bootstrap.as_str()),
-    ] {
-        let topic = format!("bench.{path}-{run_id}");
-        let produced = produce(dist, bootstrap, &topic, args.records, args.size, -1)?;
-        let consumed = consume(dist, bootstrap, &topic, args.records)?;
-        rows.push((path, produced, consumed));
+    ];
+    let mut totals = [(0.0, 0.0, 0.0, 0.0); 2];
+    for round in 0..ROUNDS {
+        for step in 0..2 {
+            let index = (step + round) % 2;
+            let (path, bootstrap) = paths[index];
+            let topic = format!("bench.{path}-{run_id}-{round}");
+            let p = produce(dist, bootstrap, &topic, args.records, args.size, -1)?;
+            let c = consume(dist, bootstrap, &topic, args.records)?;
+            println!(
+                "round {round} {path:>6}: produce {:.0} rec/s {:.1} MB/s, consume {:.0} rec/s {:.1} MB/s",
+                p.records_per_sec, p.mb_per_sec, c.records_per_sec, c.mb_per_sec
+            );
+            let t = &mut totals[index];
+            t.0 += p.records_per_sec / ROUNDS as f64;
+            t.1 += p.mb_per_sec / ROUNDS as f64;
+            t.2 += c.records_per_sec / ROUNDS as f64;
+            t.3 += c.mb_per_sec / ROUNDS as f64;
+        }
     }
     // Latency at half of the direct peak rate, on both paths.
-    let half = (rows[0].1.records_per_sec / 2.0) as i64;
+    let half = (totals[0].0 / 2.0) as i64;
     let latency_records = (args.records / 2).max(10_000);
     let mut latency = Vec::new();
-    for (path, bootstrap) in [
-        ("direct", direct.as_str()),
-        ("proxy", proxy.bootstrap.as_str()),
-    ] {
+    for (path, bootstrap) in paths {
         let topic = format!("bench.latency-{path}-{run_id}");
         latency.push((
             path,
@@ -124,21 +146,23 @@ fn main() -> Result<()> {
     }
     let rss_kib = peak_rss_kib(proxy.pid())?;
 
-    println!("\n| path | produce rec/s | produce MB/s | consume rec/s | consume MB/s |");
+    println!("\nmean of {ROUNDS} rounds:");
+    println!("| path | produce rec/s | produce MB/s | consume rec/s | consume MB/s |");
     println!("|---|---|---|---|---|");
-    for (path, p, c) in &rows {
+    for (index, (path, _)) in paths.iter().enumerate() {
+        let t = totals[index];
         println!(
             "| {path} | {:.0} | {:.1} | {:.0} | {:.1} |",
-            p.records_per_sec, p.mb_per_sec, c.records_per_sec, c.mb_per_sec
+            t.0, t.1, t.2, t.3
         );
     }
-    let (d, x) = (&rows[0], &rows[1]);
+    let (d, x) = (totals[0], totals[1]);
     println!(
         "| proxy / direct | {:.1} % | {:.1} % | {:.1} % | {:.1} % |",
-        100.0 * x.1.records_per_sec / d.1.records_per_sec,
-        100.0 * x.1.mb_per_sec / d.1.mb_per_sec,
-        100.0 * x.2.records_per_sec / d.2.records_per_sec,
-        100.0 * x.2.mb_per_sec / d.2.mb_per_sec,
+        100.0 * x.0 / d.0,
+        100.0 * x.1 / d.1,
+        100.0 * x.2 / d.2,
+        100.0 * x.3 / d.3,
     );
     println!("\nproduce latency at {half} records/s (half of the direct peak):");
     println!("| path | p50 ms | p99 ms |");
