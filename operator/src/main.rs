@@ -1,7 +1,29 @@
-//! The Streamward operator. The controllers and webhooks are not built yet; until then this
-//! binary says so rather than pretending to run.
+//! `streamward-operator`: runs the config controller against the cluster of the current
+//! kubeconfig (or the in-cluster service account).
+//!
+//! Built so far: the config controller. Admission webhooks, sidecar injection, grant status
+//! and leader election are planned.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("streamward-operator: not implemented yet (controllers and webhooks are planned)");
-    std::process::ExitCode::from(2)
+use anyhow::Context;
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(async {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+            tracing::info!("streamward-operator: config controller starting");
+            streamward_operator::controller::run(client).await
+        })
 }

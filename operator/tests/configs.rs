@@ -1,0 +1,169 @@
+//! The config controller against a real kube-apiserver: the samples become ConfigMaps, edits
+//! recompile them, deletion removes them, and a restart writes nothing.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use streamward_api::config::{Mode, ProxyConfig};
+use streamward_e2e::kube::KubeApiServer;
+use streamward_e2e::process::{Process, run};
+use streamward_e2e::{cache, wait_for};
+
+fn kubectl(server: &KubeApiServer, args: &[&str]) -> String {
+    let output = run(&format!("kubectl {args:?}"), server.kubectl().args(args)).unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn start_operator(server: &KubeApiServer, log: &Path) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_streamward-operator"));
+    command
+        .env("KUBECONFIG", server.kubeconfig())
+        .env("RUST_LOG", "info");
+    Process::spawn("streamward-operator", command, log).unwrap()
+}
+
+/// The compiled config in `streamward-config-<sa>` and its resourceVersion, once it exists and
+/// satisfies `accept`.
+fn wait_config(
+    server: &KubeApiServer,
+    sa: &str,
+    accept: impl Fn(&ProxyConfig) -> bool,
+) -> (ProxyConfig, String) {
+    let name = format!("streamward-config-{sa}");
+    wait_for(
+        &format!("the config of {sa}"),
+        Duration::from_secs(60),
+        || {
+            let output = server
+                .kubectl()
+                .args(["get", "configmap", "-n", "demo", &name, "-o", "json"])
+                .output()?;
+            if !output.status.success() {
+                return Ok(None);
+            }
+            let map: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+            let text = map["data"]["config.json"].as_str().unwrap_or("{}");
+            let config: ProxyConfig = serde_json::from_str(text)?;
+            let version = map["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            Ok(accept(&config).then_some((config, version)))
+        },
+    )
+    .unwrap()
+}
+
+fn log_count(log: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(needle)
+        .count()
+}
+
+#[test]
+fn samples_compile_into_config_maps_that_follow_edits_restarts_and_deletes() {
+    let server = KubeApiServer::start().unwrap();
+    let root = cache::source_root();
+    let path = |p: &str| root.join(p).display().to_string();
+    kubectl(&server, &["apply", "-f", &path("crds")]);
+    kubectl(
+        &server,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "--all",
+        ],
+    );
+    kubectl(&server, &["create", "namespace", "demo"]);
+    kubectl(&server, &["apply", "-f", &path("config/samples")]);
+
+    let log = server.dir().join("operator.log");
+    let mut operator = start_operator(&server, &log);
+
+    // The samples name one identity, demo/orders-app.
+    let (config, _) = wait_config(&server, "orders-app", |_| true);
+    assert_eq!(config.identity.service_account, "orders-app");
+    let policies: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(policies, ["orders-team"]);
+    assert!(config.targets.contains_key("local-kafka"));
+    let grants: Vec<&str> = config.grants.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(grants, ["oncall-debug"]);
+    assert!(config.hash_is_valid());
+    let owners = kubectl(
+        &server,
+        &[
+            "get",
+            "configmap",
+            "-n",
+            "demo",
+            "streamward-config-orders-app",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[*].name}",
+        ],
+    );
+    assert_eq!(owners, "orders-team");
+
+    // An edit recompiles.
+    kubectl(
+        &server,
+        &[
+            "patch",
+            "streampolicy",
+            "-n",
+            "demo",
+            "orders-team",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"mode":"DryRun"}}"#,
+        ],
+    );
+    let (edited, version) = wait_config(&server, "orders-app", |c| {
+        c.policies.first().is_some_and(|p| p.mode == Mode::DryRun)
+    });
+    assert_ne!(edited.hash, config.hash);
+
+    // A restart with nothing changed writes nothing.
+    operator.kill();
+    let before = log_count(&log, "namespace reconciled");
+    let mut operator = start_operator(&server, &log);
+    wait_for(
+        "the restarted operator to reconcile",
+        Duration::from_secs(60),
+        || {
+            operator.check_running()?;
+            Ok((log_count(&log, "namespace reconciled") > before).then_some(()))
+        },
+    )
+    .unwrap();
+    let (_, after) = wait_config(&server, "orders-app", |_| true);
+    assert_eq!(
+        after,
+        version,
+        "the restart rewrote an unchanged ConfigMap:\n{}",
+        operator.log_tail(20)
+    );
+
+    // Deleting the only policy that names the identity removes its config.
+    kubectl(
+        &server,
+        &["delete", "streampolicy", "-n", "demo", "orders-team"],
+    );
+    wait_for("the config to be removed", Duration::from_secs(60), || {
+        let output = server
+            .kubectl()
+            .args([
+                "get",
+                "configmap",
+                "-n",
+                "demo",
+                "streamward-config-orders-app",
+            ])
+            .output()?;
+        Ok((!output.status.success()).then_some(()))
+    })
+    .unwrap();
+}
