@@ -6,6 +6,11 @@ last line, so a test can assert on what the client saw, errors included.
 
   produce  --bootstrap B --topic T --count N [--prefix P] [--compression C] [--acks A]
   consume  --bootstrap B --topic T --count N [--group G] [--timeout S]
+
+Both take --config key=value (librdkafka settings, repeatable) and --oauth-token JWT (SASL
+OAUTHBEARER with that token, handed over by an oauth_cb: librdkafka cannot send a signed token
+from its settings alone). Errors the client reports outside deliveries and messages (failed
+authentication, for one) are listed as "client_errors".
 """
 
 import argparse
@@ -16,11 +21,25 @@ import time
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 
+CLIENT_ERRORS = []
+
+
+def on_error(err):
+    if len(CLIENT_ERRORS) < 20:
+        CLIENT_ERRORS.append(err.str())
+
+
 def common(args):
-    conf = {"bootstrap.servers": args.bootstrap, "client.id": args.client_id}
+    conf = {"bootstrap.servers": args.bootstrap, "client.id": args.client_id,
+            "error_cb": on_error}
     for item in args.config or []:
         key, _, value = item.partition("=")
         conf[key] = value
+    if args.oauth_token:
+        token, principal = args.oauth_token, args.oauth_principal
+        conf.update({"security.protocol": conf.get("security.protocol", "SASL_PLAINTEXT"),
+                     "sasl.mechanisms": "OAUTHBEARER",
+                     "oauth_cb": lambda _config: (token, time.time() + 3600, principal)})
     return conf
 
 
@@ -51,7 +70,8 @@ def produce(args):
                 producer.poll(0.1)
         producer.poll(0)
     remaining = producer.flush(args.timeout)
-    print(json.dumps({"delivered": delivered, "undelivered": remaining, "errors": errors}))
+    print(json.dumps({"delivered": delivered, "undelivered": remaining, "errors": errors,
+                      "client_errors": CLIENT_ERRORS}))
     return 0 if delivered == count else 1
 
 
@@ -86,7 +106,8 @@ def consume(args):
     finally:
         consumer.close()
     print(json.dumps({"count": len(values), "values": values if args.print_values else None,
-                      "errors": sorted(set(errors)), "assignments": assignments}))
+                      "errors": sorted(set(errors)), "assignments": assignments,
+                      "client_errors": CLIENT_ERRORS}))
     return 0 if len(values) >= args.count else 1
 
 
@@ -102,6 +123,9 @@ def main():
         p.add_argument("--client-id", default=f"streamward-e2e-{name}")
         p.add_argument("--timeout", type=float, default=60.0)
         p.add_argument("--config", action="append", help="extra librdkafka key=value")
+        p.add_argument("--oauth-token", help="authenticate with SASL OAUTHBEARER and this JWT")
+        p.add_argument("--oauth-principal", default="streamward-e2e",
+                       help="the principal name librdkafka records for the token")
     produce_p = sub.choices["produce"]
     produce_p.add_argument("--prefix", default="record")
     produce_p.add_argument("--stdin", action="store_true", help="one value per input line")

@@ -30,6 +30,18 @@ impl Sidecar {
         namespace: &str,
         service_account: &str,
     ) -> Result<Sidecar> {
+        Sidecar::start_with_args(binary, files, namespace, service_account, &[])
+    }
+
+    /// Like [`Sidecar::start`], with more flags for the proxy (client authentication, for
+    /// example). Files those flags name are the caller's to keep until the proxy has started.
+    pub fn start_with_args(
+        binary: &Path,
+        files: &[(&str, String)],
+        namespace: &str,
+        service_account: &str,
+        args: &[&str],
+    ) -> Result<Sidecar> {
         let dir = cache::run_dir("sidecar")?;
         let policies = dir.path().join("policies");
         std::fs::create_dir_all(&policies)?;
@@ -50,6 +62,7 @@ impl Sidecar {
             ])
             .args(["--listen", &bootstrap, "--admin", &admin])
             .args(["--reload-interval-ms", "200"])
+            .args(args)
             .env("RUST_LOG", "info,streamward_sidecar=debug");
         let process = Process::spawn(
             "streamward-sidecar",

@@ -3,6 +3,7 @@
 //!
 //! - [`proxy`]: listeners (bootstrap and one per broker) and what connections share;
 //! - [`session`]: one client connection, requests in and responses out, in order;
+//! - [`client_auth`]: clients authenticating to the proxy (SASL PLAIN, SCRAM, OAUTHBEARER);
 //! - [`frame`]: Kafka framing and the fixed request header;
 //! - [`authorize`]: which resources and operations a request touches, and refusals;
 //! - [`policy`]: the compiled policy's answer for the current request, or fail closed;
@@ -14,6 +15,7 @@
 pub mod admin;
 pub mod authorize;
 pub mod brokers;
+pub mod client_auth;
 pub mod frame;
 pub mod guardrails;
 pub mod metrics;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::Parser;
 use streamward_api::config::WorkloadIdentity;
+use streamward_sidecar::client_auth::{ClientAuth, ClientAuthSettings, OidcSettings};
 use streamward_sidecar::metrics::Metrics;
 use streamward_sidecar::policy::ClientIdentity;
 use streamward_sidecar::proxy::{Settings, Shared, Upstream};
@@ -60,6 +61,30 @@ struct Flags {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// Clients authenticate to the proxy with SASL PLAIN or SCRAM-SHA-256/512 as the users of
+    /// this YAML file (`users: [{name, password | scramSha256/scramSha512, groups}]`).
+    #[arg(long)]
+    client_users: Option<PathBuf>,
+    /// Clients authenticate with SASL OAUTHBEARER: a JWT from this OIDC issuer (`iss`).
+    #[arg(long, requires_all = ["oidc_audience", "oidc_jwks"])]
+    oidc_issuer: Option<String>,
+    /// The audience (`aud`) the OIDC tokens must name.
+    #[arg(long, requires = "oidc_issuer")]
+    oidc_audience: Option<String>,
+    /// The issuer's signing keys: a JWKS JSON file (read at start, not fetched).
+    #[arg(long, requires = "oidc_issuer")]
+    oidc_jwks: Option<PathBuf>,
+    /// The token claim holding the user's groups.
+    #[arg(long, default_value = "groups")]
+    oidc_groups_claim: String,
+    /// The token claim holding the user name.
+    #[arg(long, default_value = "sub")]
+    oidc_username_claim: String,
+    /// Whether clients must authenticate before anything but ApiVersions and SASL (default:
+    /// true when client authentication is configured). With false, a client that does not
+    /// authenticate is only the workload identity.
+    #[arg(long, value_name = "BOOL")]
+    client_auth_required: Option<bool>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,6 +122,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         user: None,
         groups: Vec::new(),
     };
+    let client_auth = load_client_auth(&flags)?;
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(ArcSwap::from_pointee(State::FailClosed(
         "the config has not been loaded yet".into(),
@@ -111,6 +137,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             max_request_bytes: flags.max_request_bytes,
             max_response_bytes: 1 << 30,
             client,
+            client_auth,
         },
         shutdown.clone(),
     );
@@ -152,6 +179,42 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         tracing::warn!("some connections were still busy after 10 s");
     }
     Ok(())
+}
+
+/// Client authentication from the flags, or `None` when no client-auth flag is given.
+fn load_client_auth(flags: &Flags) -> anyhow::Result<Option<Arc<ClientAuth>>> {
+    let oidc = match (&flags.oidc_issuer, &flags.oidc_audience, &flags.oidc_jwks) {
+        (Some(issuer), Some(audience), Some(jwks)) => Some((
+            OidcSettings {
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+                groups_claim: flags.oidc_groups_claim.clone(),
+                username_claim: flags.oidc_username_claim.clone(),
+            },
+            jwks.clone(),
+        )),
+        (None, _, _) => None,
+        _ => anyhow::bail!("--oidc-issuer needs --oidc-audience and --oidc-jwks"),
+    };
+    if flags.client_users.is_none() && oidc.is_none() {
+        anyhow::ensure!(
+            flags.client_auth_required.is_none(),
+            "--client-auth-required needs --client-users or --oidc-issuer"
+        );
+        return Ok(None);
+    }
+    let settings = ClientAuthSettings {
+        users_file: flags.client_users.clone(),
+        oidc,
+        required: flags.client_auth_required.unwrap_or(true),
+    };
+    let auth = ClientAuth::load(&settings).context("setting up client authentication")?;
+    tracing::info!(
+        mechanisms = ?auth.mechanisms(),
+        required = auth.required(),
+        "clients authenticate to the proxy"
+    );
+    Ok(Some(Arc::new(auth)))
 }
 
 async fn wait_for_signal() {

@@ -30,6 +30,18 @@ struct ApiLabels {
     api: String,
 }
 
+/// How a client's authentication to the proxy ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+enum AuthenticationResult {
+    Success,
+    Failure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthenticationLabels {
+    result: AuthenticationResult,
+}
+
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -40,6 +52,7 @@ pub struct Metrics {
     config_loaded: Gauge,
     config_errors: Counter,
     upstream_errors: Counter,
+    client_authentications: Family<AuthenticationLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -90,6 +103,12 @@ impl Metrics {
             "Connections to brokers that failed",
             upstream_errors.clone(),
         );
+        let client_authentications = Family::<AuthenticationLabels, Counter>::default();
+        registry.register(
+            "client_authentications",
+            "Clients authenticating to the proxy (SASL), by result; a failure closes the connection",
+            client_authentications.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -99,6 +118,7 @@ impl Metrics {
             config_loaded,
             config_errors,
             upstream_errors,
+            client_authentications,
         }
     }
 
@@ -137,6 +157,18 @@ impl Metrics {
     /// Counts a failed upstream connection.
     pub fn upstream_error(&self) {
         self.upstream_errors.inc();
+    }
+
+    /// Counts a client's authentication to the proxy (or re-authentication).
+    pub fn client_authentication(&self, success: bool) {
+        let result = if success {
+            AuthenticationResult::Success
+        } else {
+            AuthenticationResult::Failure
+        };
+        self.client_authentications
+            .get_or_create(&AuthenticationLabels { result })
+            .inc();
     }
 
     /// Records whether a valid config is loaded; a failed load is also counted.

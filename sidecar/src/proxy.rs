@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::brokers::{BrokerMap, ListenerFactory};
+use crate::client_auth::ClientAuth;
 use crate::metrics::Metrics;
 use crate::policy::ClientIdentity;
 use crate::source::State;
@@ -37,6 +38,8 @@ pub struct Settings {
     pub max_response_bytes: usize,
     /// Who the clients are, beyond the workload identity.
     pub client: ClientIdentity,
+    /// How clients authenticate to the proxy, if they do; `None` keeps SASL away from clients.
+    pub client_auth: Option<Arc<ClientAuth>>,
 }
 
 /// What every connection shares.

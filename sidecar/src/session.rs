@@ -7,9 +7,14 @@
 //! forwarded request it reads the broker's next response, fixes it up where needed (broker
 //! addresses, topics the client may not see, denied topics merged back) and writes it. The queue
 //! is bounded, so a client that pipelines faster than the broker answers is slowed, not buffered.
+//!
+//! When clients authenticate to the proxy, the request half also answers their SASL requests
+//! (never the broker's business: the broker connection carries the target's own credentials),
+//! keeps anything else out until they have, and asks the policy as the user they proved to be.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
@@ -27,9 +32,10 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tracing::Instrument;
 
 use crate::authorize::{self, Fixup, Outcome, Policy, TopicNames};
+use crate::client_auth::login::{self, Login};
 use crate::frame::{self, RequestStart};
 use crate::guardrails::{self, Guarded};
-use crate::policy::{FailClosed, RequestPolicy};
+use crate::policy::{ClientIdentity, FailClosed, RequestPolicy};
 use crate::proxy::{Shared, Upstream};
 use crate::source::State;
 use crate::versions;
@@ -55,6 +61,9 @@ pub enum SessionError {
     /// The broker answered out of order or unreadably.
     #[error("broker response: {0}")]
     Response(String),
+    /// The client did not authenticate to the proxy, or failed to.
+    #[error("client authentication: {0}")]
+    ClientAuth(String),
 }
 
 /// What the response half expects next.
@@ -68,7 +77,27 @@ enum Pending {
         /// For Metadata: whether the client asked for every topic (hidden topics are then left
         /// out rather than reported as unauthorized).
         all_topics: bool,
+        /// Who asked, for the fix-ups that ask the policy (Metadata).
+        client: Arc<ClientIdentity>,
     },
+    /// The last answer, if any, before the proxy closes the connection.
+    Close { last: Option<Bytes>, reason: String },
+}
+
+/// The client's side of a session: who it is, and its authentication to the proxy.
+struct Client {
+    identity: Arc<ClientIdentity>,
+    /// `None` when clients do not authenticate to the proxy.
+    login: Option<Login>,
+}
+
+impl Client {
+    fn new(shared: &Shared) -> Client {
+        Client {
+            identity: Arc::new(shared.settings.client.clone()),
+            login: shared.settings.client_auth.clone().map(Login::new),
+        }
+    }
 }
 
 /// Serves one client until it disconnects, the broker goes away, or the proxy shuts down.
@@ -84,6 +113,9 @@ pub async fn run(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, upstr
         Err(SessionError::Malformed(reason)) => {
             shared.metrics.malformed();
             tracing::warn!(parent: &span, %reason, "closing the connection: malformed request");
+        }
+        Err(SessionError::ClientAuth(reason)) => {
+            tracing::warn!(parent: &span, %reason, "closing the connection: client authentication");
         }
         Err(error) => tracing::info!(parent: &span, %error, "session ended"),
     }
@@ -146,6 +178,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut client = Client::new(shared);
     loop {
         let frame = tokio::select! {
             // On shutdown, stop taking requests; those in flight are still answered.
@@ -158,11 +191,16 @@ where
             _ => SessionError::Client(e),
         })?;
         let frame = frame.freeze();
-        let (to_send, expect) = handle_request(shared, frame)?;
+        let (to_send, expect) = handle_request(shared, &mut client, frame)?;
+        let closing = matches!(expect, Some(Pending::Close { .. }));
         if let Some(expect) = expect
             && queue.send(expect).await.is_err()
         {
             return Ok(()); // the response half has ended and says why
+        }
+        if closing {
+            // Read no more; the response half answers what is queued, then ends the session.
+            return Ok(());
         }
         if let Some(request) = to_send {
             to_broker
@@ -177,8 +215,16 @@ where
 /// response half should expect (if anything).
 fn handle_request(
     shared: &Shared,
+    client: &mut Client,
     frame: Bytes,
 ) -> Result<(Option<Bytes>, Option<Pending>), SessionError> {
+    if let Some(login) = client.login.as_mut()
+        && login.expects_raw_token()
+    {
+        // After a v0 SaslHandshake the client sends bare tokens, not requests.
+        let (reply, outcome) = login.raw_token(&frame, Instant::now());
+        return Ok((None, Some(client.after_login(shared, reply, outcome))));
+    }
     let start = RequestStart::parse(&frame).map_err(|e| SessionError::Malformed(e.to_string()))?;
     let Ok(api_key) = ApiKey::try_from(start.api_key) else {
         // Withheld from ApiVersions, so a client that sends it ignored the proxy's ranges; it
@@ -196,11 +242,15 @@ fn handle_request(
                 start,
                 fixup,
                 all_topics: false,
+                client: client.identity.clone(),
             }),
         ))
     };
     match api_key {
         ApiKey::ApiVersions => return forward_untouched(Fixup::None),
+        ApiKey::SaslHandshake | ApiKey::SaslAuthenticate if client.login.is_some() => {
+            return answer_sasl(shared, client, start, api_key, frame);
+        }
         ApiKey::SaslHandshake => {
             let response = SaslHandshakeResponse::default()
                 .with_error_code(ResponseError::UnsupportedSaslMechanism.code());
@@ -222,6 +272,13 @@ fn handle_request(
         }
         _ => {}
     }
+    if let Some(login) = &client.login
+        && let Err(reason) = login.admits(Instant::now())
+    {
+        // What a Kafka SASL listener does: no answer, the connection closes.
+        let reason = format!("{} request refused: {reason}", api_key_name(api_key));
+        return Ok((None, Some(Pending::Close { last: None, reason })));
+    }
 
     let mut body = frame.clone();
     let header_version = api_key.request_header_version(start.api_version);
@@ -238,7 +295,7 @@ fn handle_request(
         State::Ready(loaded) => {
             let policy = RequestPolicy::new(
                 &loaded.config,
-                &shared.settings.client,
+                &client.identity,
                 &loaded.target_name,
                 Timestamp::now(),
                 &shared.metrics,
@@ -270,6 +327,7 @@ fn handle_request(
         start,
         fixup,
         all_topics,
+        client: client.identity.clone(),
     };
     Ok(match inspection.outcome {
         Outcome::Forward => (Some(frame), (!no_response).then(|| expect(Fixup::None))),
@@ -286,6 +344,77 @@ fn handle_request(
     })
 }
 
+/// Answers a SaslHandshake or SaslAuthenticate when clients authenticate to the proxy.
+fn answer_sasl(
+    shared: &Shared,
+    client: &mut Client,
+    start: RequestStart,
+    api_key: ApiKey,
+    frame: Bytes,
+) -> Result<(Option<Bytes>, Option<Pending>), SessionError> {
+    let Some(login) = client.login.as_mut() else {
+        return Err(SessionError::ClientAuth(
+            "SASL request while client authentication is off".into(),
+        ));
+    };
+    let mut body = frame;
+    RequestHeader::decode(&mut body, api_key.request_header_version(start.api_version))
+        .map_err(|e| SessionError::Malformed(format!("{api_key:?} header: {e}")))?;
+    let request = RequestKind::decode(api_key, &mut body, start.api_version)
+        .map_err(|e| SessionError::Malformed(format!("{api_key:?} v{}: {e}", start.api_version)))?;
+    let (response, outcome) = match request {
+        RequestKind::SaslHandshake(request) => {
+            let (response, outcome) = login.handshake(start.api_version, &request);
+            (ResponseKind::SaslHandshake(response), outcome)
+        }
+        RequestKind::SaslAuthenticate(request) => {
+            let (response, outcome) =
+                login.authenticate(start.api_version, &request, Instant::now());
+            (ResponseKind::SaslAuthenticate(response), outcome)
+        }
+        other => {
+            return Err(SessionError::Malformed(format!(
+                "{api_key:?} decoded as {other:?}"
+            )));
+        }
+    };
+    let response = encode_local(start, response)?;
+    Ok((
+        None,
+        Some(client.after_login(shared, Some(response), outcome)),
+    ))
+}
+
+impl Client {
+    /// Takes the outcome of a SASL step: the answer to queue, and the identity for what follows.
+    fn after_login(
+        &mut self,
+        shared: &Shared,
+        reply: Option<Bytes>,
+        outcome: login::Outcome,
+    ) -> Pending {
+        match outcome {
+            login::Outcome::Continue => Pending::Local(reply.unwrap_or_default()),
+            login::Outcome::Authenticated { user, groups } => {
+                shared.metrics.client_authentication(true);
+                self.identity = Arc::new(ClientIdentity {
+                    pod_labels: shared.settings.client.pod_labels.clone(),
+                    user: Some(user),
+                    groups,
+                });
+                Pending::Local(reply.unwrap_or_default())
+            }
+            login::Outcome::Close(reason) => {
+                shared.metrics.client_authentication(false);
+                Pending::Close {
+                    last: reply,
+                    reason,
+                }
+            }
+        }
+    }
+}
+
 async fn return_responses<R, W>(
     shared: &Shared,
     mut pending: mpsc::Receiver<Pending>,
@@ -299,10 +428,17 @@ where
     while let Some(next) = pending.recv().await {
         let out = match next {
             Pending::Local(bytes) => bytes,
+            Pending::Close { last, reason } => {
+                if let Some(last) = last {
+                    to_client.send(last).await.map_err(SessionError::Client)?;
+                }
+                return Err(SessionError::ClientAuth(reason));
+            }
             Pending::Broker {
                 start,
                 fixup,
                 all_topics,
+                client,
             } => {
                 let frame = responses
                     .next()
@@ -317,7 +453,7 @@ where
                         start.correlation_id
                     )));
                 }
-                fix_response(shared, start, fixup, all_topics, frame)?
+                fix_response(shared, start, fixup, all_topics, &client, frame)?
             }
         };
         to_client.send(out).await.map_err(SessionError::Client)?;
@@ -332,6 +468,7 @@ fn fix_response(
     start: RequestStart,
     fixup: Fixup,
     all_topics: bool,
+    client: &ClientIdentity,
     frame: Bytes,
 ) -> Result<Bytes, SessionError> {
     let Ok(api_key) = ApiKey::try_from(start.api_key) else {
@@ -368,11 +505,15 @@ fn fix_response(
     match &mut response {
         ResponseKind::ApiVersions(r) => {
             versions::narrow(r, &[ApiKey::SaslHandshake, ApiKey::SaslAuthenticate]);
+            if shared.settings.client_auth.is_some() {
+                // The proxy answers SASL itself: its own versions, whatever the broker's.
+                versions::add_own(r, &[ApiKey::SaslHandshake, ApiKey::SaslAuthenticate]);
+            }
             changed = true;
         }
         ResponseKind::Metadata(r) => {
             shared.topic_ids.learn(r);
-            changed |= hide_topics(shared, r, all_topics);
+            changed |= hide_topics(shared, r, all_topics, client);
         }
         _ => {}
     }
@@ -393,7 +534,12 @@ fn fix_response(
 
 /// Metadata must not reveal topics the client may not Describe: they are left out of an
 /// all-topics answer, and reported as TOPIC_AUTHORIZATION_FAILED when asked for by name.
-fn hide_topics(shared: &Shared, response: &mut MetadataResponse, all_topics: bool) -> bool {
+fn hide_topics(
+    shared: &Shared,
+    response: &mut MetadataResponse,
+    all_topics: bool,
+    client: &ClientIdentity,
+) -> bool {
     let state = shared.state.load();
     let describable = |name: &str| -> bool {
         use streamward_api::acl::{Operation, ResourceType};
@@ -401,7 +547,7 @@ fn hide_topics(shared: &Shared, response: &mut MetadataResponse, all_topics: boo
             State::Ready(loaded) => {
                 RequestPolicy::new(
                     &loaded.config,
-                    &shared.settings.client,
+                    client,
                     &loaded.target_name,
                     Timestamp::now(),
                     &shared.metrics,
@@ -444,17 +590,29 @@ async fn serve_without_config(
     tracing::warn!(%reason, "client connected while no config is loaded: refusing its requests");
     let mut framed =
         tokio_util::codec::Framed::new(client, frame::codec(shared.settings.max_request_bytes));
+    let mut client = Client::new(shared);
     while let Some(frame) = framed.next().await {
         let frame = frame.map_err(SessionError::Client)?.freeze();
-        let (_, expect) = handle_request(shared, frame.clone())?;
-        let start =
-            RequestStart::parse(&frame).map_err(|e| SessionError::Malformed(e.to_string()))?;
+        let (_, expect) = handle_request(shared, &mut client, frame.clone())?;
         let response = match expect {
             Some(Pending::Local(bytes)) => bytes,
             None => continue,
-            Some(Pending::Broker { .. }) => match ApiKey::try_from(start.api_key) {
+            Some(Pending::Close { last, reason }) => {
+                if let Some(last) = last {
+                    framed.send(last).await.map_err(SessionError::Client)?;
+                }
+                return Err(SessionError::ClientAuth(reason));
+            }
+            Some(Pending::Broker { start, .. }) => match ApiKey::try_from(start.api_key) {
                 Ok(ApiKey::ApiVersions) => {
-                    encode_local(start, ResponseKind::ApiVersions(own_api_versions()))?
+                    let mut versions = own_api_versions();
+                    if shared.settings.client_auth.is_some() {
+                        versions::add_own(
+                            &mut versions,
+                            &[ApiKey::SaslHandshake, ApiKey::SaslAuthenticate],
+                        );
+                    }
+                    encode_local(start, ResponseKind::ApiVersions(versions))?
                 }
                 Ok(ApiKey::Metadata) => {
                     encode_local(start, ResponseKind::Metadata(MetadataResponse::default()))?

@@ -21,6 +21,25 @@ pub fn narrow(response: &mut ApiVersionsResponse, withheld: &[ApiKey]) {
     });
 }
 
+/// Advertises `keys` with the versions the proxy itself implements, replacing what the broker
+/// said: for requests the proxy answers on its own (SASL when clients authenticate to it).
+pub fn add_own(response: &mut ApiVersionsResponse, keys: &[ApiKey]) {
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    response
+        .api_keys
+        .retain(|entry| !keys.iter().any(|key| *key as i16 == entry.api_key));
+    for key in keys {
+        let ours = key.valid_versions();
+        response.api_keys.push(
+            ApiVersion::default()
+                .with_api_key(*key as i16)
+                .with_min_version(ours.min)
+                .with_max_version(ours.max.min(decodable_max(*key))),
+        );
+    }
+    response.api_keys.sort_by_key(|entry| entry.api_key);
+}
+
 /// kafka-protocol 0.18 lists a few versions as valid that it cannot decode yet; the proxy
 /// keeps clients below them.
 fn decodable_max(key: ApiKey) -> i16 {
@@ -63,6 +82,35 @@ mod tests {
             vec![
                 (ApiKey::Produce as i16, 3, produce_max),
                 (ApiKey::Metadata as i16, 0, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_proxys_own_sasl_versions_replace_the_brokers() {
+        let mut response = ApiVersionsResponse::default().with_api_keys(vec![
+            entry(ApiKey::SaslAuthenticate as i16, 0, 1),
+            entry(ApiKey::Produce as i16, 3, 9),
+        ]);
+        narrow(
+            &mut response,
+            &[ApiKey::SaslHandshake, ApiKey::SaslAuthenticate],
+        );
+        add_own(
+            &mut response,
+            &[ApiKey::SaslHandshake, ApiKey::SaslAuthenticate],
+        );
+        let keys: Vec<(i16, i16, i16)> = response
+            .api_keys
+            .iter()
+            .map(|e| (e.api_key, e.min_version, e.max_version))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (ApiKey::Produce as i16, 3, 9),
+                (ApiKey::SaslHandshake as i16, 0, 1),
+                (ApiKey::SaslAuthenticate as i16, 0, 2),
             ]
         );
     }

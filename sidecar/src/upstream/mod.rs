@@ -6,7 +6,8 @@
 //! credentials. Broker credentials never appear in errors, logs or `Debug` output.
 
 mod sasl;
-mod scram;
+// Also the primitives of the proxy's own SCRAM server (`client_auth`).
+pub(crate) mod scram;
 mod tls;
 
 use std::fmt;

@@ -12,9 +12,9 @@ use sha2::{Digest, Sha256, Sha512};
 
 /// Kafka refuses SCRAM credentials with fewer iterations than this (`ScramMechanism`), so a
 /// server asking for fewer is not a Kafka broker doing its job.
-const MIN_ITERATIONS: u32 = 4096;
+pub(crate) const MIN_ITERATIONS: u32 = 4096;
 /// Well above Kafka's maximum (16384); bounds the work a hostile server can make us do.
-const MAX_ITERATIONS: u32 = 1 << 20;
+pub(crate) const MAX_ITERATIONS: u32 = 1 << 20;
 
 /// The hash function of a SCRAM mechanism.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -226,7 +226,7 @@ where
     (proof, hmac::<D>(&server_key, auth_message.as_bytes()))
 }
 
-fn hmac<D: hmac::EagerHash>(key: &[u8], data: &[u8]) -> Vec<u8> {
+pub(crate) fn hmac<D: hmac::EagerHash>(key: &[u8], data: &[u8]) -> Vec<u8> {
     // HMAC takes keys of any length (longer ones are hashed), so this never fails.
     let mut mac = <Hmac<D> as KeyInit>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
@@ -234,7 +234,7 @@ fn hmac<D: hmac::EagerHash>(key: &[u8], data: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -17,6 +17,23 @@ pub fn sidecar(files: &[(&str, String)], namespace: &str, service_account: &str)
     .expect("starting streamward-sidecar")
 }
 
+/// Starts the proxy with more flags (client authentication, for example).
+pub fn sidecar_with_args(
+    files: &[(&str, String)],
+    namespace: &str,
+    service_account: &str,
+    args: &[&str],
+) -> Sidecar {
+    Sidecar::start_with_args(
+        std::path::Path::new(env!("CARGO_BIN_EXE_streamward-sidecar")),
+        files,
+        namespace,
+        service_account,
+        args,
+    )
+    .expect("starting streamward-sidecar")
+}
+
 /// A StreamTarget for a Kafka bootstrap list.
 pub fn target_yaml(namespace: &str, bootstrap: &str) -> String {
     let servers: Vec<String> = bootstrap.split(',').map(|s| format!("\"{s}\"")).collect();
@@ -36,6 +53,9 @@ spec:
 pub struct ProduceReport {
     pub delivered: usize,
     pub errors: Vec<String>,
+    /// Errors reported outside deliveries (failed authentication, for one).
+    #[serde(default)]
+    pub client_errors: Vec<String>,
 }
 
 /// What `kafka_client.py consume` reports.
@@ -45,6 +65,9 @@ pub struct ConsumeReport {
     pub values: Option<Vec<String>>,
     pub errors: Vec<String>,
     pub assignments: Vec<Vec<i32>>,
+    /// Errors reported outside messages (failed authentication, for one).
+    #[serde(default)]
+    pub client_errors: Vec<String>,
 }
 
 /// Produces `count` records `prefix-<i>` with confluent-kafka.
