@@ -36,7 +36,7 @@ async fn readyz(Extract(admin): Extract<Admin>) -> (StatusCode, String) {
                 loaded.config.hash, loaded.target_name
             ),
         ),
-        State::FailClosed(reason) => (
+        State::FailClosed { reason, .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready, refusing every request: {reason}\n"),
         ),

@@ -124,9 +124,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     };
     let client_auth = load_client_auth(&flags)?;
     let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(ArcSwap::from_pointee(State::FailClosed(
-        "the config has not been loaded yet".into(),
-    )));
+    let state = Arc::new(ArcSwap::from_pointee(State::FailClosed {
+        reason: "the config has not been loaded yet".into(),
+        last_good: None,
+    }));
     let shutdown = CancellationToken::new();
     let shared = Shared::new(
         state.clone(),

@@ -128,9 +128,9 @@ async fn serve(
     upstream: Upstream,
 ) -> Result<(), SessionError> {
     let state = shared.state.load_full();
-    let loaded = match &*state {
-        State::Ready(loaded) => loaded.clone(),
-        State::FailClosed(reason) => return serve_without_config(shared, client, reason).await,
+    let Some(loaded) = state.connection_config().cloned() else {
+        let reason = state.refusal().unwrap_or("no config is loaded");
+        return serve_without_config(shared, client, reason).await;
     };
     let addresses: Vec<String> = match upstream {
         Upstream::Bootstrap => loaded.bootstrap.clone(),
@@ -304,7 +304,7 @@ fn handle_request(
             let guarded = Guarded::new(&policy, &violations);
             authorize::inspect(&header, request, start.api_version, &guarded, &ids)
         }
-        State::FailClosed(reason) => {
+        State::FailClosed { reason, .. } => {
             let policy = FailClosed {
                 reason,
                 metrics: &shared.metrics,
@@ -555,7 +555,7 @@ fn hide_topics(
                 .check(ResourceType::Topic, name, Operation::Describe)
                 .allowed
             }
-            State::FailClosed(_) => false,
+            State::FailClosed { .. } => false,
         }
     };
     let before = response.topics.len();

@@ -57,8 +57,15 @@ pub struct Loaded {
 pub enum State {
     /// Serving this config.
     Ready(Arc<Loaded>),
-    /// Failing closed for this reason.
-    FailClosed(String),
+    /// Failing closed: every request is refused, saying why. The last config that loaded, if
+    /// any, is kept only to reach the brokers, so clients hear the refusal as the Kafka errors
+    /// they understand instead of a broker they cannot find.
+    FailClosed {
+        /// What is wrong with the config.
+        reason: String,
+        /// The last config that loaded, for its target's connection settings only.
+        last_good: Option<Arc<Loaded>>,
+    },
 }
 
 /// Why a config could not be loaded. Every message names the file or object at fault.
@@ -94,6 +101,24 @@ pub enum LoadError {
         /// What was wrong.
         message: String,
     },
+}
+
+impl State {
+    /// The config whose target connections use: the one in force, or the last good one.
+    pub fn connection_config(&self) -> Option<&Arc<Loaded>> {
+        match self {
+            State::Ready(loaded) => Some(loaded),
+            State::FailClosed { last_good, .. } => last_good.as_ref(),
+        }
+    }
+
+    /// Why every request is refused, when the proxy fails closed.
+    pub fn refusal(&self) -> Option<&str> {
+        match self {
+            State::Ready(_) => None,
+            State::FailClosed { reason, .. } => Some(reason),
+        }
+    }
 }
 
 impl Source {
@@ -225,7 +250,14 @@ pub async fn watch(
                 Err(error) => {
                     tracing::error!(%error, "no valid config: refusing every request until it is fixed");
                     metrics.config_loaded(false);
-                    State::FailClosed(error.to_string())
+                    let last_good = match &**state.load() {
+                        State::Ready(loaded) => Some(loaded.clone()),
+                        State::FailClosed { last_good, .. } => last_good.clone(),
+                    };
+                    State::FailClosed {
+                        reason: error.to_string(),
+                        last_good,
+                    }
                 }
             };
             state.store(Arc::new(next));

@@ -423,3 +423,45 @@ fn a_topic_over_the_partition_guardrail_is_refused_with_policy_violation() {
     assert!(listed.lines().any(|l| l == small), "{listed}");
     assert!(!listed.lines().any(|l| l == big), "{listed}");
 }
+
+#[test]
+fn a_broken_config_fails_closed_and_a_fixed_one_applies_without_a_restart() {
+    let mut proxy = sidecar();
+    let topic = unique_name("orders.reload");
+    assert_eq!(produce(&proxy.bootstrap, &topic, "a", 3, &[]).delivered, 3);
+
+    // A policy file that does not parse: every request is refused, /readyz says why.
+    proxy
+        .write_policy("policy.yaml", "kind: StreamPolicy\nspec: [not, a, policy\n")
+        .unwrap();
+    let admin = proxy.admin.clone();
+    streamward_e2e::wait_for("the proxy to fail closed", Duration::from_secs(20), || {
+        let (status, body) = streamward_e2e::net::http_get(&admin, "/readyz")?;
+        Ok((status == 503 && body.contains("refusing every request")).then_some(()))
+    })
+    .unwrap();
+    assert_eq!(
+        proxy.metric("streamward_sidecar_config_loaded ").unwrap(),
+        0.0
+    );
+    let refused = produce(&proxy.bootstrap, &topic, "b", 3, &[]);
+    assert_eq!(refused.delivered, 0, "{refused:?}");
+    assert!(
+        refused
+            .errors
+            .iter()
+            .any(|e| e.contains("authorization failed") || e.contains("AUTHORIZATION")),
+        "{refused:?}"
+    );
+    assert!(
+        proxy.log().contains("no valid config"),
+        "no log line says why"
+    );
+
+    // Fixed: served again, with no restart.
+    proxy.write_policy("policy.yaml", &policy_yaml()).unwrap();
+    proxy.wait_ready().unwrap();
+    assert!(proxy.is_running());
+    let consumed = consume(&proxy.bootstrap, &topic, &unique_name("orders-g"), 3, &[]);
+    assert_eq!(consumed.count, 3, "{consumed:?}");
+}
