@@ -28,12 +28,12 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tracing::Instrument;
 
 use crate::authorize::{self, Fixup, Outcome, Policy, TopicNames};
 use crate::client_auth::login::{self, Login};
-use crate::frame::{self, RequestStart};
+use crate::frame::{self, FrameWriter, RequestStart};
 use crate::guardrails::{self, Guarded};
 use crate::policy::{ClientIdentity, FailClosed, RequestPolicy};
 use crate::proxy::{Shared, Upstream};
@@ -158,9 +158,9 @@ async fn serve(
     let (broker_read, broker_write) = tokio::io::split(broker);
     let settings = &shared.settings;
     let requests = FramedRead::new(client_read, frame::codec(settings.max_request_bytes));
-    let to_broker = FramedWrite::new(broker_write, frame::codec(settings.max_request_bytes));
+    let to_broker = FrameWriter::new(broker_write);
     let responses = FramedRead::new(broker_read, frame::codec(settings.max_response_bytes));
-    let to_client = FramedWrite::new(client_write, frame::codec(settings.max_response_bytes));
+    let to_client = FrameWriter::new(client_write);
     let (queue, pending) = mpsc::channel(PIPELINE_DEPTH);
 
     let request_half = forward_requests(shared, requests, to_broker, queue);
@@ -171,7 +171,7 @@ async fn serve(
 async fn forward_requests<R, W>(
     shared: &Shared,
     mut requests: FramedRead<R, LengthDelimitedCodec>,
-    mut to_broker: FramedWrite<W, LengthDelimitedCodec>,
+    mut to_broker: FrameWriter<W>,
     queue: mpsc::Sender<Pending>,
 ) -> Result<(), SessionError>
 where
@@ -419,7 +419,7 @@ async fn return_responses<R, W>(
     shared: &Shared,
     mut pending: mpsc::Receiver<Pending>,
     mut responses: FramedRead<R, LengthDelimitedCodec>,
-    mut to_client: FramedWrite<W, LengthDelimitedCodec>,
+    mut to_client: FrameWriter<W>,
 ) -> Result<(), SessionError>
 where
     R: AsyncRead + Unpin,
