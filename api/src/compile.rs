@@ -13,6 +13,10 @@
 //!   with its window `[startTime or creation, expiryTime or start + durationSeconds)`. Grants
 //!   outside their window stay in: the proxy checks the window on every request, so no
 //!   compile is needed when a grant starts or ends.
+//! - every MaskingRule of the namespace (they are about topics, so they may apply to any
+//!   workload), sorted by name, unless its `exemptSubjects` name the service account. Every
+//!   field path and every regex is checked here, so a rule the proxy could not apply is
+//!   refused at apply time, naming the rule, the field and the reason.
 //!
 //! Objects of other namespaces are ignored. Objects without a namespace (YAML written for
 //! `kubectl apply -n`) count as the identity's namespace. Only what goes into the config is
@@ -31,14 +35,17 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Deserialize;
 
+use crate::acl::{ResourcePattern, ResourceType};
 use crate::config::{
-    CompiledGrant, CompiledPolicy, CompiledRule, CompiledTarget, ProxyConfig, Subjects,
-    WorkloadIdentity,
+    CompiledDetector, CompiledField, CompiledGrant, CompiledHeader, CompiledMaskingRule,
+    CompiledPolicy, CompiledRule, CompiledTarget, DEFAULT_PLACEHOLDER, DetectorType, MaskStrategy,
+    ProxyConfig, SecretKeyRef, Subjects, ValueFormat, WorkloadIdentity,
 };
 use crate::crd::{
-    self, AccessGrant, PodSelector, RuleSpec, StreamPolicy, StreamTarget, SubjectsSpec,
-    condition_is_true,
+    self, AccessGrant, MaskingRule, PodSelector, RuleSpec, StrategySpec, StrategyType,
+    StreamPolicy, StreamTarget, SubjectsSpec, condition_is_true,
 };
+use crate::masking::{FieldPath, detector_regex};
 
 /// What a compile reads: the custom resources the operator has in its caches, or what local
 /// mode parsed from a folder of YAML (which may also hold the Secrets the targets name).
@@ -50,6 +57,8 @@ pub struct Inputs {
     pub policies: Vec<StreamPolicy>,
     /// AccessGrants.
     pub grants: Vec<AccessGrant>,
+    /// MaskingRules.
+    pub masking_rules: Vec<MaskingRule>,
     /// `v1` Secrets by name: key → decoded bytes (`stringData` over `data`, as the API server
     /// merges them). Local mode reads broker credentials and CA bundles from here; `compile`
     /// never looks at them, so they never reach a config or its hash.
@@ -64,6 +73,7 @@ impl Inputs {
         self.targets.extend(other.targets);
         self.policies.extend(other.policies);
         self.grants.extend(other.grants);
+        self.masking_rules.extend(other.masking_rules);
         self.secrets.extend(other.secrets);
     }
 
@@ -78,7 +88,8 @@ impl Inputs {
             .iter_mut()
             .map(|t| &mut t.metadata)
             .chain(self.policies.iter_mut().map(|p| &mut p.metadata))
-            .chain(self.grants.iter_mut().map(|g| &mut g.metadata));
+            .chain(self.grants.iter_mut().map(|g| &mut g.metadata))
+            .chain(self.masking_rules.iter_mut().map(|m| &mut m.metadata));
         for meta in metas {
             meta.creation_timestamp.get_or_insert(Time(at));
         }
@@ -100,7 +111,7 @@ pub enum ManifestError {
     /// The document has no `apiVersion` or `kind`.
     #[error(
         "document {document}: not a Kubernetes object (apiVersion and kind must both be strings); \
-         every document must be a StreamTarget, StreamPolicy, AccessGrant or Secret"
+         every document must be a StreamTarget, StreamPolicy, AccessGrant, MaskingRule or Secret"
     )]
     NotAnObject {
         /// Which document (from 1).
@@ -109,7 +120,8 @@ pub enum ManifestError {
     /// The document is of a kind Streamward does not read.
     #[error(
         "document {document}: kind {kind} ({api_version}) is not something Streamward reads; \
-         use StreamTarget, StreamPolicy or AccessGrant ({api}) or a v1 Secret, and keep other \
+         use StreamTarget, StreamPolicy, AccessGrant or MaskingRule ({api}) or a v1 Secret, and \
+         keep other \
          objects in another folder",
         api = crd::API_VERSION
     )]
@@ -195,6 +207,9 @@ pub fn parse_manifests(yaml: &str) -> Result<Inputs, ManifestError> {
             (crd::API_VERSION, "AccessGrant") => inputs
                 .grants
                 .push(serde_yaml::from_value(value).map_err(invalid)?),
+            (crd::API_VERSION, "MaskingRule") => inputs
+                .masking_rules
+                .push(serde_yaml::from_value(value).map_err(invalid)?),
             ("v1", "Secret") => {
                 let secret: Secret = serde_yaml::from_value(value).map_err(invalid)?;
                 let mut data: BTreeMap<String, Vec<u8>> = secret
@@ -276,6 +291,43 @@ pub enum CompileError {
         index: usize,
         /// What was written.
         value: String,
+    },
+    /// A MaskingRule field path does not parse.
+    #[error(
+        "{object}: {field} {path:?} is not a valid field path ({reason}); write paths like \
+         customer.email, items[*].card or ..email"
+    )]
+    MaskingPath {
+        /// The MaskingRule.
+        object: ObjectRef,
+        /// The field, e.g. `spec.fields[1].path`.
+        field: String,
+        /// What was written.
+        path: Box<str>,
+        /// What is wrong, and where.
+        reason: Box<str>,
+    },
+    /// A MaskingRule regex does not compile.
+    #[error("{object}: {field} {pattern:?} is not a usable regular expression: {reason}")]
+    MaskingRegex {
+        /// The MaskingRule.
+        object: ObjectRef,
+        /// The field, e.g. `spec.detectors[2].pattern`.
+        field: String,
+        /// What was written.
+        pattern: Box<str>,
+        /// What the regex compiler said.
+        reason: Box<str>,
+    },
+    /// Any other mistake in a MaskingRule.
+    #[error("{object}: {field} {reason}")]
+    MaskingRule {
+        /// The MaskingRule.
+        object: ObjectRef,
+        /// The field, e.g. `spec.fields[0].strategy.count`.
+        field: String,
+        /// What is wrong and what to do.
+        reason: String,
     },
     /// A service account subject is not `name` or `namespace/name`.
     #[error(
@@ -379,7 +431,7 @@ pub fn compile(inputs: &Inputs, identity: &WorkloadIdentity) -> Result<ProxyConf
 
     let mut policies = Vec::new();
     for (object, policy) in in_namespace(&inputs.policies, namespace)? {
-        let subjects = compile_subjects(&object, &policy.spec.subjects)?;
+        let subjects = compile_subjects(&object, &policy.spec.subjects, "spec.subjects")?;
         if could_match(&subjects, identity) {
             policies.push(compile_policy(object, subjects, policy)?);
         }
@@ -397,9 +449,22 @@ pub fn compile(inputs: &Inputs, identity: &WorkloadIdentity) -> Result<ProxyConf
         {
             continue;
         }
-        let subjects = compile_subjects(&object, &grant.spec.subjects)?;
+        let subjects = compile_subjects(&object, &grant.spec.subjects, "spec.subjects")?;
         if could_match(&subjects, identity) {
             grants.push(compile_grant(object, subjects, grant)?);
+        }
+    }
+
+    let mut masking = Vec::new();
+    for (object, rule) in in_namespace(&inputs.masking_rules, namespace)? {
+        let compiled = compile_masking_rule(object, rule)?;
+        let exempt_here = compiled
+            .exempt
+            .service_accounts
+            .iter()
+            .any(|sa| is_service_account(sa, identity));
+        if !exempt_here {
+            masking.push(compiled);
         }
     }
 
@@ -408,6 +473,7 @@ pub fn compile(inputs: &Inputs, identity: &WorkloadIdentity) -> Result<ProxyConf
         targets,
         policies,
         grants,
+        masking,
         hash: String::new(),
     };
     config.hash = config.content_hash();
@@ -436,6 +502,13 @@ impl Object for StreamPolicy {
 
 impl Object for AccessGrant {
     const KIND: &'static str = "AccessGrant";
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+impl Object for MaskingRule {
+    const KIND: &'static str = "MaskingRule";
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
     }
@@ -528,7 +601,11 @@ fn is_host_port(server: &str) -> bool {
 
 /// Subjects as the proxy matches them: service accounts as `namespace/name`; every list sorted
 /// and deduplicated, since they are sets.
-fn compile_subjects(object: &ObjectRef, spec: &SubjectsSpec) -> Result<Subjects, CompileError> {
+fn compile_subjects(
+    object: &ObjectRef,
+    spec: &SubjectsSpec,
+    field: &str,
+) -> Result<Subjects, CompileError> {
     let mut service_accounts = BTreeSet::new();
     for (index, entry) in spec.service_accounts.iter().enumerate() {
         let qualified = match entry.split_once('/') {
@@ -537,7 +614,7 @@ fn compile_subjects(object: &ObjectRef, spec: &SubjectsSpec) -> Result<Subjects,
             _ => {
                 return Err(CompileError::ServiceAccount {
                     object: object.clone(),
-                    field: format!("spec.subjects.serviceAccounts[{index}]"),
+                    field: format!("{field}.serviceAccounts[{index}]"),
                     value: entry.clone(),
                 });
             }
@@ -703,6 +780,265 @@ fn compile_grant(
         operations: spec.operations.clone(),
         not_before,
         not_after,
+    })
+}
+
+/// Most characters `KeepFirst`/`KeepLast` may keep.
+const MAX_KEEP: i32 = 4096;
+
+fn compile_masking_rule(
+    object: ObjectRef,
+    rule: &MaskingRule,
+) -> Result<CompiledMaskingRule, CompileError> {
+    let spec = &rule.spec;
+    let invalid = |field: String, reason: &str| CompileError::MaskingRule {
+        object: object.clone(),
+        field,
+        reason: reason.to_owned(),
+    };
+    if spec.topics.is_empty() {
+        return Err(invalid(
+            "spec.topics".into(),
+            "is empty; list at least one topic (or `*` for every topic)",
+        ));
+    }
+    let mut topics = Vec::with_capacity(spec.topics.len());
+    for (index, topic) in spec.topics.iter().enumerate() {
+        let pattern = ResourcePattern::new(ResourceType::Topic, &topic.name, topic.pattern_type)
+            .map_err(|_| invalid(format!("spec.topics[{index}].name"), "is empty"))?;
+        topics.push(pattern);
+    }
+    let exempt = match &spec.exempt_subjects {
+        Some(subjects) => compile_subjects(&object, subjects, "spec.exemptSubjects")?,
+        None => Subjects::default(),
+    };
+    let default = compile_strategy(&object, "spec.strategy", spec.strategy.as_ref())?;
+    let strategy = |field: String, given: Option<&StrategySpec>| match given {
+        Some(given) => compile_strategy(&object, &field, Some(given)),
+        None => Ok(default.clone()),
+    };
+
+    if !spec.fields.is_empty() && spec.format != ValueFormat::Json {
+        return Err(invalid(
+            "spec.fields".into(),
+            "applies to Json values only; use detectors for Text, or set format: Json",
+        ));
+    }
+    let mut fields = Vec::with_capacity(spec.fields.len());
+    for (index, field) in spec.fields.iter().enumerate() {
+        let path = FieldPath::parse(&field.path).map_err(|error| CompileError::MaskingPath {
+            object: object.clone(),
+            field: format!("spec.fields[{index}].path"),
+            path: field.path.as_str().into(),
+            reason: error.to_string().into(),
+        })?;
+        fields.push(CompiledField {
+            path: path.to_string(),
+            strategy: strategy(
+                format!("spec.fields[{index}].strategy"),
+                field.strategy.as_ref(),
+            )?,
+        });
+    }
+
+    if !spec.detectors.is_empty() && spec.format == ValueFormat::Binary {
+        return Err(invalid(
+            "spec.detectors".into(),
+            "applies to Json and Text values, not Binary ones; set format: Text to scan the \
+             value as UTF-8 text",
+        ));
+    }
+    let mut detectors = Vec::with_capacity(spec.detectors.len());
+    for (index, detector) in spec.detectors.iter().enumerate() {
+        let field = format!("spec.detectors[{index}].pattern");
+        match (&detector.type_, &detector.pattern) {
+            (DetectorType::Regex, None) => {
+                return Err(invalid(field, "is required for a Regex detector"));
+            }
+            (DetectorType::Regex, Some(pattern)) => {
+                detector_regex(pattern).map_err(|reason| CompileError::MaskingRegex {
+                    object: object.clone(),
+                    field,
+                    pattern: pattern.as_str().into(),
+                    reason: reason.into(),
+                })?;
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    field,
+                    "only applies to Regex detectors; remove it, or use type: Regex",
+                ));
+            }
+            (_, None) => {}
+        }
+        detectors.push(CompiledDetector {
+            detector: detector.type_,
+            pattern: detector.pattern.clone(),
+            strategy: strategy(
+                format!("spec.detectors[{index}].strategy"),
+                detector.strategy.as_ref(),
+            )?,
+        });
+    }
+
+    let mut headers = Vec::with_capacity(spec.headers.len());
+    for (index, header) in spec.headers.iter().enumerate() {
+        if header.name.is_empty() {
+            return Err(invalid(
+                format!("spec.headers[{index}].name"),
+                "is empty; name the header key",
+            ));
+        }
+        headers.push(CompiledHeader {
+            name: header.name.clone(),
+            strategy: strategy(
+                format!("spec.headers[{index}].strategy"),
+                header.strategy.as_ref(),
+            )?,
+        });
+    }
+
+    let redacts_binary =
+        spec.format == ValueFormat::Binary && spec.binary == crate::config::BinaryHandling::Redact;
+    if fields.is_empty() && detectors.is_empty() && headers.is_empty() && !redacts_binary {
+        return Err(invalid(
+            "spec".into(),
+            "masks nothing; list fields, detectors or headers (or set format: Binary with \
+             binary: Redact)",
+        ));
+    }
+    let placeholder = match &default {
+        MaskStrategy::Redact { placeholder } => placeholder.clone(),
+        _ => DEFAULT_PLACEHOLDER.to_owned(),
+    };
+    Ok(CompiledMaskingRule {
+        name: object.name,
+        topics,
+        direction: spec.direction,
+        format: spec.format,
+        fields,
+        detectors,
+        headers,
+        binary: spec.binary,
+        on_parse_error: spec.on_parse_error,
+        placeholder,
+        exempt,
+    })
+}
+
+/// A strategy with its defaults filled in: `Redact` with `****` when none is given, `count` 4,
+/// `Hex` tokens; `Placeholder` becomes `Redact`. Settings a strategy does not use are refused
+/// rather than ignored, so a typo in the type is not silently a weaker masking.
+fn compile_strategy(
+    object: &ObjectRef,
+    field: &str,
+    spec: Option<&StrategySpec>,
+) -> Result<MaskStrategy, CompileError> {
+    let Some(spec) = spec else {
+        return Ok(MaskStrategy::Redact {
+            placeholder: DEFAULT_PLACEHOLDER.to_owned(),
+        });
+    };
+    let invalid = |setting: &str, reason: String| CompileError::MaskingRule {
+        object: object.clone(),
+        field: format!("{field}.{setting}"),
+        reason,
+    };
+    let kind = spec.type_;
+    let unused = |setting: &str, set: bool| {
+        if set {
+            Err(invalid(
+                setting,
+                format!("does not apply to a {kind:?} strategy; remove it"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    unused(
+        "placeholder",
+        spec.placeholder.is_some()
+            && !matches!(kind, StrategyType::Redact | StrategyType::Placeholder),
+    )?;
+    unused(
+        "count",
+        spec.count.is_some() && !matches!(kind, StrategyType::KeepFirst | StrategyType::KeepLast),
+    )?;
+    unused(
+        "keySecretRef",
+        spec.key_secret_ref.is_some()
+            && !matches!(kind, StrategyType::Hmac | StrategyType::FormatPreserving),
+    )?;
+    unused(
+        "encoding",
+        spec.encoding.is_some() && kind != StrategyType::Hmac,
+    )?;
+    let key = || -> Result<SecretKeyRef, CompileError> {
+        let Some(key) = &spec.key_secret_ref else {
+            return Err(invalid(
+                "keySecretRef",
+                format!(
+                    "is required for a {kind:?} strategy: name the Secret and key holding the \
+                     masking key"
+                ),
+            ));
+        };
+        let key_ok = !key.key.is_empty()
+            && key.key.len() <= 253
+            && key
+                .key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !is_name(&key.name) || !key_ok {
+            return Err(invalid(
+                "keySecretRef",
+                format!(
+                    "{}/{} is not a Secret name and key; names are lowercase DNS names, keys \
+                     are letters, digits, `-`, `_` and `.`",
+                    key.name, key.key
+                ),
+            ));
+        }
+        Ok(key.clone())
+    };
+    let count = || -> Result<u32, CompileError> {
+        match spec.count {
+            None => Ok(4),
+            Some(count @ 0..=MAX_KEEP) => Ok(count.unsigned_abs()),
+            Some(count) => Err(invalid(
+                "count",
+                format!("{count} is out of range; keep from 0 to {MAX_KEEP} characters"),
+            )),
+        }
+    };
+    Ok(match kind {
+        StrategyType::Redact => MaskStrategy::Redact {
+            placeholder: spec
+                .placeholder
+                .clone()
+                .unwrap_or_else(|| DEFAULT_PLACEHOLDER.to_owned()),
+        },
+        StrategyType::Placeholder => match &spec.placeholder {
+            Some(placeholder) => MaskStrategy::Redact {
+                placeholder: placeholder.clone(),
+            },
+            None => {
+                return Err(invalid(
+                    "placeholder",
+                    "is required for a Placeholder strategy".to_owned(),
+                ));
+            }
+        },
+        StrategyType::Nullify => MaskStrategy::Nullify,
+        StrategyType::KeepFirst => MaskStrategy::KeepFirst { count: count()? },
+        StrategyType::KeepLast => MaskStrategy::KeepLast { count: count()? },
+        StrategyType::Hmac => MaskStrategy::Hmac {
+            key_secret_ref: key()?,
+            encoding: spec.encoding.unwrap_or_default(),
+        },
+        StrategyType::FormatPreserving => MaskStrategy::FormatPreserving {
+            key_secret_ref: key()?,
+        },
     })
 }
 
@@ -1303,5 +1639,258 @@ spec:
             parse_manifests("---\n# only a comment\n---\n").unwrap(),
             Inputs::default()
         );
+    }
+
+    fn masking(name: &str, spec: &str) -> String {
+        format!(
+            "---\napiVersion: streamward.io/v1alpha1\nkind: MaskingRule\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n{spec}"
+        )
+    }
+
+    const CARDS: &str = "  topics: [{name: orders., patternType: Prefixed}]\n  fields: [{path: customer.email}, {path: 'items[*].card', strategy: {type: KeepLast}}]\n  detectors: [{type: CreditCard, strategy: {type: Hmac, keySecretRef: {name: mask-key, key: hmac}}}]\n  headers: [{name: x-user, strategy: {type: Placeholder, placeholder: '[user]'}}]\n";
+
+    fn compile_masking(yaml: &str) -> Result<ProxyConfig, CompileError> {
+        compile(&inputs(yaml), &identity())
+    }
+
+    #[test]
+    fn masking_rules_go_in_sorted_with_defaults_filled_in() {
+        use crate::config::{
+            BinaryHandling, DetectorType, MaskDirection, OnParseError, TokenEncoding,
+        };
+        let yaml = masking("zz-cards", CARDS)
+            + &masking(
+                "aa-text",
+                "  topics: [{name: logs}]\n  format: Text\n  direction: Both\n  detectors: [{type: Regex, pattern: 'secret=(?P<mask>\\S+)'}]\n  strategy: {type: Redact, placeholder: '[redacted]'}\n  onParseError: Pass\n",
+            )
+            + &masking(
+                "elsewhere",
+                "  topics: [{name: a}]\n  headers: [{name: h}]\n",
+            )
+            .replace("namespace: demo", "namespace: other");
+        let config = compile_masking(&yaml).unwrap();
+        let names: Vec<_> = config.masking.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["aa-text", "zz-cards"]);
+
+        let text = &config.masking[0];
+        assert_eq!(text.direction, MaskDirection::Both);
+        assert_eq!(text.format, ValueFormat::Text);
+        assert_eq!(text.on_parse_error, OnParseError::Pass);
+        assert_eq!(text.placeholder, "[redacted]");
+        assert_eq!(
+            text.detectors[0].strategy,
+            MaskStrategy::Redact {
+                placeholder: "[redacted]".into()
+            }
+        );
+
+        let cards = &config.masking[1];
+        assert_eq!(cards.direction, MaskDirection::Consume);
+        assert_eq!(cards.format, ValueFormat::Json);
+        assert_eq!(cards.binary, BinaryHandling::Pass);
+        assert_eq!(cards.on_parse_error, OnParseError::Redact);
+        assert_eq!(cards.placeholder, "****");
+        assert!(cards.topics[0].matches(ResourceType::Topic, "orders.eu"));
+        assert_eq!(cards.fields[0].path, "$.customer.email");
+        assert_eq!(
+            cards.fields[0].strategy,
+            MaskStrategy::Redact {
+                placeholder: "****".into()
+            }
+        );
+        assert_eq!(cards.fields[1].path, "$.items[*].card");
+        assert_eq!(
+            cards.fields[1].strategy,
+            MaskStrategy::KeepLast { count: 4 }
+        );
+        assert_eq!(cards.detectors[0].detector, DetectorType::CreditCard);
+        assert_eq!(
+            cards.detectors[0].strategy,
+            MaskStrategy::Hmac {
+                key_secret_ref: SecretKeyRef {
+                    name: "mask-key".into(),
+                    key: "hmac".into()
+                },
+                encoding: TokenEncoding::Hex
+            }
+        );
+        assert_eq!(
+            cards.headers[0].strategy,
+            MaskStrategy::Redact {
+                placeholder: "[user]".into()
+            }
+        );
+        assert!(cards.exempt.is_empty());
+        assert!(config.hash_is_valid());
+    }
+
+    #[test]
+    fn an_invalid_regex_is_refused_naming_rule_field_and_reason() {
+        let yaml = masking(
+            "cards",
+            "  topics: [{name: t}]\n  detectors: [{type: Email}, {type: Regex, pattern: 'ok\\d+'}, {type: Regex, pattern: '(unclosed'}]\n",
+        );
+        let error = compile_masking(&yaml).unwrap_err();
+        assert!(
+            matches!(&error, CompileError::MaskingRegex { field, .. } if field == "spec.detectors[2].pattern"),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "MaskingRule demo/cards: spec.detectors[2].pattern \"(unclosed\" is not a usable \
+             regular expression: unclosed group"
+        );
+        let empty = masking(
+            "cards",
+            "  topics: [{name: t}]\n  detectors: [{type: Regex, pattern: 'x*'}]\n",
+        );
+        assert!(
+            compile_masking(&empty)
+                .unwrap_err()
+                .to_string()
+                .contains("spec.detectors[0].pattern \"x*\" is not a usable regular expression: the pattern can match the empty string")
+        );
+    }
+
+    #[test]
+    fn an_invalid_path_is_refused_naming_rule_field_and_reason() {
+        let yaml = masking(
+            "orders",
+            "  topics: [{name: t}]\n  fields: [{path: a.b}, {path: 'items[*'}]\n",
+        );
+        let error = compile_masking(&yaml).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "MaskingRule demo/orders: spec.fields[1].path \"items[*\" is not a valid field path \
+             (at byte 7: expected `]` after `[*`); write paths like customer.email, \
+             items[*].card or ..email"
+        );
+    }
+
+    #[test]
+    fn masking_rules_that_make_no_sense_are_refused() {
+        let cases = [
+            (
+                "  topics: []\n  headers: [{name: h}]\n",
+                "spec.topics is empty",
+            ),
+            ("  topics: [{name: t}]\n", "spec masks nothing"),
+            (
+                "  topics: [{name: t}]\n  format: Binary\n  binary: Pass\n",
+                "spec masks nothing",
+            ),
+            (
+                "  topics: [{name: t}]\n  format: Text\n  fields: [{path: a}]\n",
+                "spec.fields applies to Json values only",
+            ),
+            (
+                "  topics: [{name: t}]\n  format: Binary\n  detectors: [{type: Email}]\n",
+                "spec.detectors applies to Json and Text values",
+            ),
+            (
+                "  topics: [{name: t}]\n  detectors: [{type: Regex}]\n",
+                "spec.detectors[0].pattern is required for a Regex detector",
+            ),
+            (
+                "  topics: [{name: t}]\n  detectors: [{type: Email, pattern: x}]\n",
+                "spec.detectors[0].pattern only applies to Regex detectors",
+            ),
+            (
+                "  topics: [{name: t}]\n  fields: [{path: a, strategy: {type: Hmac}}]\n",
+                "spec.fields[0].strategy.keySecretRef is required for a Hmac strategy",
+            ),
+            (
+                "  topics: [{name: t}]\n  headers: [{name: h}]\n  strategy: {type: FormatPreserving, keySecretRef: {name: Bad_Name, key: k}}\n",
+                "spec.strategy.keySecretRef Bad_Name/k is not a Secret name and key",
+            ),
+            (
+                "  topics: [{name: t}]\n  fields: [{path: a, strategy: {type: Redact, count: 2}}]\n",
+                "spec.fields[0].strategy.count does not apply to a Redact strategy",
+            ),
+            (
+                "  topics: [{name: t}]\n  fields: [{path: a, strategy: {type: KeepLast, count: -1}}]\n",
+                "spec.fields[0].strategy.count -1 is out of range",
+            ),
+            (
+                "  topics: [{name: t}]\n  headers: [{name: h, strategy: {type: Placeholder}}]\n",
+                "spec.headers[0].strategy.placeholder is required for a Placeholder strategy",
+            ),
+            (
+                "  topics: [{name: t}]\n  headers: [{name: h, strategy: {type: Nullify, encoding: Hex}}]\n",
+                "spec.headers[0].strategy.encoding does not apply to a Nullify strategy",
+            ),
+            (
+                "  topics: [{name: t}]\n  headers: [{name: h}]\n  exemptSubjects: {serviceAccounts: ['a/b/c']}\n",
+                "spec.exemptSubjects.serviceAccounts[0] \"a/b/c\" is not a service account",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let error = compile_masking(&masking("m", spec)).unwrap_err();
+            let message = error.to_string();
+            assert!(message.starts_with("MaskingRule demo/m: "), "{message}");
+            assert!(message.contains(expected), "{message}\nwanted: {expected}");
+        }
+        let redact_binary = "  topics: [{name: t}]\n  format: Binary\n  binary: Redact\n";
+        assert_eq!(
+            compile_masking(&masking("m", redact_binary))
+                .unwrap()
+                .masking
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_rule_exempting_the_service_account_stays_out_of_its_config() {
+        let yaml = masking(
+            "m",
+            "  topics: [{name: t}]\n  headers: [{name: h}]\n  exemptSubjects: {serviceAccounts: [orders-app], users: [alice]}\n",
+        );
+        assert!(compile_masking(&yaml).unwrap().masking.is_empty());
+        let billing = WorkloadIdentity {
+            service_account: "billing-app".into(),
+            ..identity()
+        };
+        let config = compile(&inputs(&yaml), &billing).unwrap();
+        assert_eq!(config.masking[0].exempt.users, ["alice"]);
+        assert_eq!(
+            config.masking[0].exempt.service_accounts,
+            ["demo/orders-app"]
+        );
+    }
+
+    #[test]
+    fn configs_without_masking_keep_their_json_and_hash() {
+        let config = compile(&inputs(&everything()), &identity()).unwrap();
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(!json.contains("masking"), "{json}");
+        let with = compile(
+            &inputs(&(everything() + &masking("zz-cards", CARDS))),
+            &identity(),
+        )
+        .unwrap();
+        assert_ne!(with.hash, config.hash);
+        let json = serde_json::to_string(&with).unwrap();
+        let back: ProxyConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, with);
+        assert!(back.hash_is_valid());
+        // Equal inputs in another order give the same hash.
+        let mut reversed = inputs(&(masking("zz-cards", CARDS) + &masking("aa", CARDS)));
+        let forward = compile(&reversed, &identity()).unwrap();
+        reversed.masking_rules.reverse();
+        assert_eq!(compile(&reversed, &identity()).unwrap().hash, forward.hash);
+    }
+
+    #[test]
+    fn manifests_read_masking_rules() {
+        let manifests = parse_manifests(&masking("m", CARDS)).unwrap();
+        assert_eq!(manifests.masking_rules.len(), 1);
+        let spec = &manifests.masking_rules[0].spec;
+        assert_eq!(spec.fields[1].path, "items[*].card");
+        let bad = masking("m", CARDS).replace("type: CreditCard", "type: Visa");
+        assert!(matches!(
+            parse_manifests(&bad),
+            Err(ManifestError::Invalid { .. })
+        ));
     }
 }

@@ -25,6 +25,12 @@ pub struct ProxyConfig {
     /// The AccessGrants that may apply, with their validity windows. Grants outside their window
     /// are kept until the next compile; the proxy checks the window on every request.
     pub grants: Vec<CompiledGrant>,
+    /// The MaskingRules of the namespace that may apply to this identity, sorted by name. The
+    /// proxy picks the ones for a topic, a flow and a principal with
+    /// [`ProxyConfig::masking_rules_for`]. Left out of the JSON when empty, so configs written
+    /// before masking existed keep their hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masking: Vec<CompiledMaskingRule>,
     /// `sha256:<hex>` of the canonical JSON of everything above: equal inputs, equal hash.
     pub hash: String,
 }
@@ -100,7 +106,9 @@ pub struct TargetTls {
 }
 
 /// A key of a Secret in the same namespace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// The Secret's name.
@@ -264,4 +272,240 @@ pub struct CompiledGrant {
     pub not_before: Timestamp,
     /// Until when it counts (exclusive).
     pub not_after: Timestamp,
+}
+
+/// Which way records travel through the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Flow {
+    /// From a client to the brokers (Produce requests).
+    Produce,
+    /// From the brokers to a client (Fetch responses).
+    Consume,
+}
+
+/// Which flows a MaskingRule masks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum MaskDirection {
+    /// Records are masked on their way to consumers; the topic keeps the real values.
+    #[default]
+    Consume,
+    /// Records are masked before they reach the brokers; the topic never holds the real values.
+    Produce,
+    /// Both.
+    Both,
+}
+
+impl MaskDirection {
+    /// Whether records flowing `flow` are masked.
+    pub fn covers(self, flow: Flow) -> bool {
+        matches!(
+            (self, flow),
+            (MaskDirection::Both, _)
+                | (MaskDirection::Consume, Flow::Consume)
+                | (MaskDirection::Produce, Flow::Produce)
+        )
+    }
+}
+
+/// How record values are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum ValueFormat {
+    /// JSON (RFC 8259, UTF-8): field paths and detectors apply to the leaves.
+    #[default]
+    Json,
+    /// UTF-8 text: detectors apply to the whole value.
+    Text,
+    /// Opaque bytes: passed or redacted whole (see [`BinaryHandling`]).
+    Binary,
+}
+
+/// What happens to the values of a `Binary` rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum BinaryHandling {
+    /// Values pass unchanged (headers may still be masked).
+    #[default]
+    Pass,
+    /// Every value is replaced by the rule's placeholder.
+    Redact,
+}
+
+/// What happens to a value that is not in the rule's format (not JSON, not UTF-8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum OnParseError {
+    /// Replace the value by the rule's placeholder (fail closed).
+    #[default]
+    Redact,
+    /// Forward it unchanged.
+    Pass,
+}
+
+/// The sensitive values a detector finds inside text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum DetectorType {
+    /// Payment card numbers: 13 to 19 digits (spaces or dashes between groups) starting with
+    /// 2–6 and passing the Luhn check.
+    CreditCard,
+    /// Email addresses.
+    Email,
+    /// Phone numbers: international (`+` and 8 to 15 digits) and common national formats
+    /// (`(415) 555-2671`, `415-555-2671`, `020 7946 0958`). Conservative: bare digit strings
+    /// are not phone numbers.
+    Phone,
+    /// IBANs with a known country length and a valid mod-97 checksum.
+    Iban,
+    /// US social security numbers written `123-45-6789` or `123 45 6789`, without the
+    /// numbers the SSA never issues.
+    UsSsn,
+    /// JSON Web Tokens: base64url segments whose header is JSON with an `alg`.
+    Jwt,
+    /// Cloud credentials: AWS access key ids (`AKIA…`, `ASIA…`), Google API keys (`AIza…`)
+    /// and the `AccountKey=` of Azure storage connection strings.
+    CloudAccessKey,
+    /// A regular expression (`pattern`).
+    Regex,
+}
+
+/// How an HMAC token is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum TokenEncoding {
+    /// 64 lowercase hex digits.
+    #[default]
+    Hex,
+    /// 43 base64url characters, no padding.
+    Base64Url,
+}
+
+/// How a masked value is rewritten, resolved by the compiler (defaults filled in, a
+/// `Placeholder` strategy turned into `Redact` with its placeholder).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum MaskStrategy {
+    /// Replace by a fixed text.
+    Redact {
+        /// The text (`****` unless the rule says otherwise).
+        placeholder: String,
+    },
+    /// JSON `null` for a field (and for a JSON string in which a detector finds something); a
+    /// header value becomes null; a detector match inside a Text value is removed. Never a
+    /// null record value: that would be a tombstone. Not called `Null` because YAML reads an
+    /// unquoted `Null` as null.
+    Nullify,
+    /// Keep the first `count` characters, replace each other one by `*`.
+    KeepFirst {
+        /// How many characters stay.
+        count: u32,
+    },
+    /// Keep the last `count` characters, replace each other one by `*`.
+    KeepLast {
+        /// How many characters stay.
+        count: u32,
+    },
+    /// `hmac:` and the keyed HMAC-SHA256 of the value: equal values give equal tokens, so
+    /// masked data can still be joined, and without the key a token reveals nothing.
+    Hmac {
+        /// The Secret key holding the HMAC key.
+        #[serde(rename = "keySecretRef")]
+        key_secret_ref: SecretKeyRef,
+        /// How the token is written.
+        encoding: TokenEncoding,
+    },
+    /// Digits stay digits, letters stay letters (and their case), everything else stays,
+    /// length kept; chosen by a keyed hash of the value, so deterministic but not reversible
+    /// (pseudonymisation, not format-preserving encryption).
+    FormatPreserving {
+        /// The Secret key holding the key.
+        #[serde(rename = "keySecretRef")]
+        key_secret_ref: SecretKeyRef,
+    },
+}
+
+impl MaskStrategy {
+    /// The key this strategy needs, if any.
+    pub fn key_secret_ref(&self) -> Option<&SecretKeyRef> {
+        match self {
+            MaskStrategy::Hmac { key_secret_ref, .. }
+            | MaskStrategy::FormatPreserving { key_secret_ref } => Some(key_secret_ref),
+            _ => None,
+        }
+    }
+}
+
+/// The placeholder a strategy-less redaction writes.
+pub const DEFAULT_PLACEHOLDER: &str = "****";
+
+/// A MaskingRule as the proxy applies it. Field paths and regexes have been checked by the
+/// compiler; the proxy parses them again into its masking plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompiledMaskingRule {
+    /// The MaskingRule's name.
+    pub name: String,
+    /// The topics it covers (resource type `Topic`).
+    pub topics: Vec<ResourcePattern>,
+    /// Which flows it masks.
+    pub direction: MaskDirection,
+    /// How values are read.
+    pub format: ValueFormat,
+    /// Fields to mask (JSON), in the rule's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<CompiledField>,
+    /// Detectors run over string leaves (JSON) or the whole value (Text), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detectors: Vec<CompiledDetector>,
+    /// Record headers to mask.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<CompiledHeader>,
+    /// What happens to values of a `Binary` rule.
+    pub binary: BinaryHandling,
+    /// What happens to a value that is not in `format`.
+    pub on_parse_error: OnParseError,
+    /// What replaces a whole value (unparseable, or binary with `Redact`).
+    pub placeholder: String,
+    /// Principals the rule does not mask for (an empty set exempts no one).
+    #[serde(default, skip_serializing_if = "Subjects::is_empty")]
+    pub exempt: Subjects,
+}
+
+/// A field path and how to mask what it selects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompiledField {
+    /// The path in canonical form (see [`crate::masking::FieldPath`]).
+    pub path: String,
+    /// How to mask.
+    pub strategy: MaskStrategy,
+}
+
+/// A detector and how to mask what it finds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompiledDetector {
+    /// What it finds.
+    #[serde(rename = "type")]
+    pub detector: DetectorType,
+    /// The regular expression of a `Regex` detector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// How to mask.
+    pub strategy: MaskStrategy,
+}
+
+/// A record header and how to mask its value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompiledHeader {
+    /// The header key, compared exactly.
+    pub name: String,
+    /// How to mask the value.
+    pub strategy: MaskStrategy,
+}
+
+impl Subjects {
+    /// Whether no subject is listed (so none can match).
+    pub fn is_empty(&self) -> bool {
+        self.service_accounts.is_empty()
+            && self.pod_labels.is_none()
+            && self.users.is_empty()
+            && self.groups.is_empty()
+    }
 }

@@ -40,8 +40,8 @@ use jiff::Timestamp;
 use crate::acl::{Operation, ResourceType};
 use crate::compile::is_service_account;
 use crate::config::{
-    CompiledGrant, CompiledPolicy, CompiledRule, Effect, Guardrails, Mode, ProxyConfig, Subjects,
-    WorkloadIdentity,
+    CompiledGrant, CompiledMaskingRule, CompiledPolicy, CompiledRule, Effect, Flow, Guardrails,
+    Mode, ProxyConfig, Subjects, WorkloadIdentity,
 };
 
 /// Who is making a request: the workload the proxy runs for and, when the client
@@ -183,6 +183,19 @@ impl CompiledPolicy {
     }
 }
 
+impl CompiledMaskingRule {
+    /// Whether the rule masks records of `topic` flowing `flow` for `principal`: it covers the
+    /// flow and the topic, and does not exempt the principal.
+    pub fn applies_to(&self, topic: &str, flow: Flow, principal: &Principal<'_>) -> bool {
+        self.direction.covers(flow)
+            && self
+                .topics
+                .iter()
+                .any(|pattern| pattern.matches(ResourceType::Topic, topic))
+            && !self.exempt.matches(principal)
+    }
+}
+
 /// The strongest candidate seen so far (the first among equals). [`Effect`] is ordered
 /// `Allow < RequireApproval < Deny`.
 #[derive(Clone, Copy)]
@@ -197,6 +210,23 @@ impl<'c> Strongest<'c> {
 }
 
 impl ProxyConfig {
+    /// The MaskingRules that apply to records of `topic` flowing `flow` for `principal`, in
+    /// name order: what the proxy builds a masking plan from. None means the records pass
+    /// untouched.
+    pub fn masking_rules_for<'c, 'q>(
+        &'c self,
+        topic: &'q str,
+        flow: Flow,
+        principal: &'q Principal<'q>,
+    ) -> impl Iterator<Item = &'c CompiledMaskingRule> + 'q
+    where
+        'c: 'q,
+    {
+        self.masking
+            .iter()
+            .filter(move |rule| rule.applies_to(topic, flow, principal))
+    }
+
     /// Decides a request; see the module documentation for the semantics.
     pub fn decide<'c>(
         &'c self,
@@ -382,6 +412,7 @@ mod tests {
             targets: BTreeMap::new(),
             policies,
             grants,
+            masking: Vec::new(),
             hash: String::new(),
         }
     }
@@ -1022,6 +1053,56 @@ mod tests {
                 .guardrails_for(&Who::other_app().principal(), "local-kafka")
                 .count(),
             0
+        );
+    }
+
+    #[test]
+    fn masking_rules_apply_by_topic_flow_and_exemption() {
+        use crate::config::{MaskDirection, MaskStrategy, OnParseError, ValueFormat};
+        let rule = |name: &str, direction, exempt: Subjects| CompiledMaskingRule {
+            name: name.into(),
+            topics: vec![topics("orders.")],
+            direction,
+            format: ValueFormat::Json,
+            fields: vec![crate::config::CompiledField {
+                path: "$.email".into(),
+                strategy: MaskStrategy::Nullify,
+            }],
+            detectors: vec![],
+            headers: vec![],
+            binary: Default::default(),
+            on_parse_error: OnParseError::Redact,
+            placeholder: "****".into(),
+            exempt,
+        };
+        let mut config = config(vec![], vec![]);
+        config.masking = vec![
+            rule("both", MaskDirection::Both, Subjects::default()),
+            rule("consume", MaskDirection::Consume, Subjects::default()),
+            rule("produce", MaskDirection::Produce, Subjects::default()),
+            rule("not-for-billing", MaskDirection::Consume, {
+                Subjects {
+                    service_accounts: vec!["demo/billing-app".into()],
+                    ..Subjects::default()
+                }
+            }),
+        ];
+        let names = |who: &Who, topic: &str, flow| -> Vec<String> {
+            config
+                .masking_rules_for(topic, flow, &who.principal())
+                .map(|r| r.name.clone())
+                .collect()
+        };
+        let app = Who::app();
+        assert_eq!(
+            names(&app, "orders.eu", Flow::Consume),
+            ["both", "consume", "not-for-billing"]
+        );
+        assert_eq!(names(&app, "orders.eu", Flow::Produce), ["both", "produce"]);
+        assert!(names(&app, "payments", Flow::Consume).is_empty());
+        assert_eq!(
+            names(&Who::other_app(), "orders.eu", Flow::Consume),
+            ["both", "consume"]
         );
     }
 }

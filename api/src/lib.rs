@@ -5,10 +5,12 @@
 //! collector:
 //!
 //! - [`acl`]: the Kafka ACL vocabulary (resource types, patterns, operations);
-//! - [`crd`]: the custom resources (`StreamTarget`, `StreamPolicy`, `AccessGrant`);
+//! - [`crd`]: the custom resources (`StreamTarget`, `StreamPolicy`, `AccessGrant`,
+//!   `MaskingRule`);
 //! - [`config`]: the compiled config of one workload identity;
 //! - [`compile`]: custom resources → config, and parsing of YAML manifests for local mode;
-//! - [`decide`]: the request-time decision the proxy makes on every request.
+//! - [`decide`]: the request-time decision the proxy makes on every request;
+//! - [`masking`]: field paths and detector regexes, parsed the same way by compiler and proxy.
 
 #![warn(missing_docs)]
 
@@ -20,6 +22,7 @@ pub mod compile;
 pub mod config;
 pub mod crd;
 pub mod decide;
+pub mod masking;
 
 /// The API group of every Streamward custom resource.
 pub const GROUP: &str = "streamward.io";
@@ -31,6 +34,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         crd::StreamTarget::crd(),
         crd::StreamPolicy::crd(),
         crd::AccessGrant::crd(),
+        crd::MaskingRule::crd(),
     ]
 }
 
@@ -65,13 +69,15 @@ mod tests {
             [
                 "streamtargets.streamward.io",
                 "streampolicies.streamward.io",
-                "accessgrants.streamward.io"
+                "accessgrants.streamward.io",
+                "maskingrules.streamward.io"
             ]
         );
         for (plural, short) in [
             ("streamtargets", "st"),
             ("streampolicies", "sp"),
             ("accessgrants", "ag"),
+            ("maskingrules", "mr"),
         ] {
             let crd = crd(plural);
             assert_eq!(crd["spec"]["group"], GROUP);
@@ -106,7 +112,12 @@ mod tests {
 
     #[test]
     fn conditions_are_a_list_map_keyed_by_type() {
-        for plural in ["streamtargets", "streampolicies", "accessgrants"] {
+        for plural in [
+            "streamtargets",
+            "streampolicies",
+            "accessgrants",
+            "maskingrules",
+        ] {
             let crd = crd(plural);
             let conditions = schema(&crd, "/status/properties/conditions");
             assert_eq!(conditions["x-kubernetes-list-type"], "map", "{plural}");
@@ -167,5 +178,54 @@ mod tests {
         assert_eq!(spec["properties"]["durationSeconds"]["minimum"], 1.0);
         assert_eq!(spec["properties"]["expiryTime"]["format"], "date-time");
         assert_eq!(spec["properties"]["reason"]["minLength"], 1);
+
+        let masking = crd("maskingrules");
+        let spec = schema(&masking, "/spec");
+        assert_eq!(spec["properties"]["topics"]["minItems"], 1);
+        assert_eq!(spec["properties"]["direction"]["default"], "Consume");
+        assert_eq!(spec["properties"]["format"]["default"], "Json");
+        assert_eq!(spec["properties"]["onParseError"]["default"], "Redact");
+        assert_eq!(spec["properties"]["binary"]["default"], "Pass");
+        assert_eq!(
+            spec["properties"]["format"]["enum"],
+            serde_json::json!(["Json", "Text", "Binary"])
+        );
+        assert_eq!(
+            spec["properties"]["topics"]["items"]["properties"]["patternType"]["enum"],
+            serde_json::json!(["Literal", "Prefixed", "Glob"])
+        );
+        assert_eq!(
+            spec["x-kubernetes-validations"].as_array().unwrap().len(),
+            3
+        );
+        let detectors = &spec["properties"]["detectors"]["items"];
+        assert!(
+            detectors["x-kubernetes-validations"][0]["rule"]
+                .as_str()
+                .unwrap()
+                .contains("Regex")
+        );
+        let strategy = &detectors["properties"]["strategy"];
+        assert_eq!(strategy["properties"]["count"]["minimum"], 0.0);
+        assert_eq!(
+            strategy["x-kubernetes-validations"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            strategy["properties"]["type"]["enum"],
+            serde_json::json!([
+                "Redact",
+                "Nullify",
+                "KeepFirst",
+                "KeepLast",
+                "Hmac",
+                "FormatPreserving",
+                "Placeholder"
+            ])
+        );
+        assert!(spec["properties"]["exemptSubjects"]["x-kubernetes-validations"].is_array());
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use jiff::{SignedDuration, Timestamp};
 use streamward_api::acl::{Operation, ResourceType};
 use streamward_api::compile::{Inputs, compile, parse_manifests};
-use streamward_api::config::{Effect, WorkloadIdentity};
+use streamward_api::config::{Effect, Flow, WorkloadIdentity};
 use streamward_api::decide::{Basis, Principal};
 
 fn samples() -> Inputs {
@@ -133,6 +133,20 @@ fn samples_compile_for_the_orders_app_and_decide_as_documented() {
 
     let (_, guardrails) = config.guardrails_for(&app, "local-kafka").next().unwrap();
     assert_eq!(guardrails.max_partitions, Some(12));
+
+    // Consumers of orders.* get the masking rule; producers and other topics do not.
+    let masking = |topic, flow| -> Vec<&str> {
+        config
+            .masking_rules_for(topic, flow, &app)
+            .map(|r| r.name.as_str())
+            .collect()
+    };
+    assert_eq!(masking("orders.created", Flow::Consume), ["orders-pii"]);
+    assert!(masking("orders.created", Flow::Produce).is_empty());
+    assert!(masking("inventory", Flow::Consume).is_empty());
+    let rule = &config.masking[0];
+    assert_eq!(rule.fields[0].path, "$.customer.email");
+    assert_eq!(rule.placeholder, "[redacted]");
 }
 
 #[test]
@@ -151,4 +165,8 @@ fn samples_give_other_workloads_nothing_but_request_time_grants() {
         "alice's grant applies wherever she connects"
     );
     assert_eq!(config.targets.len(), 1);
+    assert!(
+        config.masking.is_empty(),
+        "the billing service is exempt from orders-pii"
+    );
 }

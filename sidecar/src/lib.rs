@@ -18,6 +18,7 @@ pub mod brokers;
 pub mod client_auth;
 pub mod frame;
 pub mod guardrails;
+pub mod mask;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

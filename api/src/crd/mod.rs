@@ -1,4 +1,5 @@
-//! The custom resources teams write: [`StreamTarget`], [`StreamPolicy`] and [`AccessGrant`]
+//! The custom resources teams write: [`StreamTarget`], [`StreamPolicy`], [`AccessGrant`] and
+//! [`MaskingRule`]
 //! (group `streamward.io`, version `v1alpha1`, namespaced, category `streamward`).
 //!
 //! The specs are what `kubectl apply` accepts; [`crate::compile::compile`] turns them into the
@@ -7,6 +8,7 @@
 //! names the object and the field.
 
 mod grant;
+mod masking;
 mod policy;
 mod target;
 
@@ -17,6 +19,10 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 pub use grant::{AccessGrant, AccessGrantSpec, AccessGrantStatus};
+pub use masking::{
+    DetectorSpec, FieldSpec, HeaderSpec, MaskingRule, MaskingRuleSpec, MaskingRuleStatus,
+    StrategySpec, StrategyType, TopicPatternSpec,
+};
 pub use policy::{RuleSpec, StreamPolicy, StreamPolicySpec, StreamPolicyStatus};
 pub use target::{StreamTarget, StreamTargetSpec, StreamTargetStatus};
 
@@ -29,9 +35,10 @@ pub const API_VERSION: &str = "streamward.io/v1alpha1";
 /// The condition types Streamward writes into `status.conditions` (PascalCase, as Kubernetes
 /// names them).
 pub mod condition {
-    /// The object has been accepted and is in effect (StreamTarget, StreamPolicy).
+    /// The object has been accepted and is in effect (StreamTarget, StreamPolicy,
+    /// MaskingRule).
     pub const READY: &str = "Ready";
-    /// The policy was valid and compiled (StreamPolicy).
+    /// The policy or rule was valid and compiled (StreamPolicy, MaskingRule).
     pub const ACCEPTED: &str = "Accepted";
     /// An approver approved the grant (AccessGrant).
     pub const APPROVED: &str = "Approved";
@@ -50,7 +57,7 @@ pub fn condition_is_true(conditions: &[Condition], type_: &str) -> bool {
         .any(|c| c.type_ == type_ && c.status == "True")
 }
 
-/// Who a StreamPolicy or an AccessGrant is about, as written in the resource. A principal
+/// Who a StreamPolicy or an AccessGrant is about (or whom a MaskingRule exempts), as written in the resource. A principal
 /// matches when any listed subject matches it; the compiler turns this into
 /// [`crate::config::Subjects`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

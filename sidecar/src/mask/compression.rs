@@ -1,0 +1,243 @@
+//! Record batch compression: decompression with a size limit (a batch is a peer's input, and
+//! a few kilobytes of zstd can claim gigabytes), compression with kafka-protocol's codecs (the
+//! framing Kafka's clients expect: gzip, xerial snappy, zstd) except LZ4, see [`compress`].
+
+use std::io::{Read, Write};
+
+use bytes::{BufMut, BytesMut};
+use kafka_protocol::compression::{Compressor, Gzip, Snappy, Zstd};
+use kafka_protocol::records::Compression;
+
+/// The xerial snappy stream header Java clients write (magic, version 1, compatible 1).
+const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
+const XERIAL_HEADER_LEN: usize = 16;
+
+/// The compression of a batch from the low bits of its attributes.
+pub(crate) fn codec(attributes: i16) -> Option<Compression> {
+    Some(match attributes & 0x7 {
+        0 => Compression::None,
+        1 => Compression::Gzip,
+        2 => Compression::Snappy,
+        3 => Compression::Lz4,
+        4 => Compression::Zstd,
+        _ => return None,
+    })
+}
+
+/// Why a batch could not be decompressed.
+#[derive(Debug)]
+pub(crate) enum DecompressError {
+    TooLarge,
+    Invalid(String),
+}
+
+/// Decompresses `input` into `out` (cleared first), refusing to produce more than `limit`
+/// bytes.
+pub(crate) fn decompress(
+    codec: Compression,
+    input: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), DecompressError> {
+    out.clear();
+    let invalid = |error: std::io::Error| DecompressError::Invalid(error.to_string());
+    let cap = (limit as u64).saturating_add(1);
+    match codec {
+        Compression::None => {
+            if input.len() > limit {
+                return Err(DecompressError::TooLarge);
+            }
+            out.extend_from_slice(input);
+        }
+        Compression::Gzip => {
+            flate2::read::MultiGzDecoder::new(input)
+                .take(cap)
+                .read_to_end(out)
+                .map_err(invalid)?;
+        }
+        Compression::Lz4 => {
+            lz4::Decoder::new(input)
+                .map_err(invalid)?
+                .take(cap)
+                .read_to_end(out)
+                .map_err(invalid)?;
+        }
+        Compression::Zstd => {
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(invalid)?;
+            // The window is memory the decoder allocates before producing a byte.
+            decoder.window_log_max(window_log(limit)).map_err(invalid)?;
+            decoder.take(cap).read_to_end(out).map_err(invalid)?;
+        }
+        Compression::Snappy => snappy(input, limit, out)?,
+    }
+    if out.len() > limit {
+        return Err(DecompressError::TooLarge);
+    }
+    Ok(())
+}
+
+/// The largest zstd window to accept for `limit` output bytes: enough for the limit, and at
+/// least 8 MiB (producers pick windows by level, not by batch size: level 3 uses 2 MiB), at
+/// most zstd's default maximum of 128 MiB.
+fn window_log(limit: usize) -> u32 {
+    let bits = usize::BITS - limit.max(1).saturating_sub(1).leading_zeros();
+    bits.clamp(23, 27)
+}
+
+/// Snappy as Kafka's clients write it: the xerial stream (header, then blocks each prefixed by
+/// its big-endian length), or one raw block.
+fn snappy(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), DecompressError> {
+    let mut decoder = snap::raw::Decoder::new();
+    let mut block = |compressed: &[u8], out: &mut Vec<u8>| {
+        let length = snap::raw::decompress_len(compressed)
+            .map_err(|e| DecompressError::Invalid(e.to_string()))?;
+        if out.len().saturating_add(length) > limit {
+            return Err(DecompressError::TooLarge);
+        }
+        let start = out.len();
+        out.resize(start + length, 0);
+        let written = decoder
+            .decompress(compressed, &mut out[start..])
+            .map_err(|e| DecompressError::Invalid(e.to_string()))?;
+        out.truncate(start + written);
+        Ok(())
+    };
+    if !input.starts_with(XERIAL_MAGIC) {
+        return block(input, out);
+    }
+    let mut rest = input
+        .get(XERIAL_HEADER_LEN..)
+        .ok_or_else(|| DecompressError::Invalid("truncated xerial snappy header".into()))?;
+    while !rest.is_empty() {
+        let (length, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| DecompressError::Invalid("truncated snappy block length".into()))?;
+        let length = u32::from_be_bytes(*length) as usize;
+        let compressed = tail
+            .get(..length)
+            .ok_or_else(|| DecompressError::Invalid("truncated snappy block".into()))?;
+        block(compressed, out)?;
+        rest = &tail[length..];
+    }
+    Ok(())
+}
+
+/// Compresses `records` with `codec`, appending to `out`.
+///
+/// LZ4 is written as Kafka's Java clients write it (`KafkaLZ4BlockOutputStream`: an LZ4 frame
+/// of independent 64 KiB blocks without checksums) at LZ4's fast level: kafka-protocol's
+/// codec uses LZ4HC, which took most of the time of masking an LZ4 batch, for a few percent
+/// of size. The level is not part of the format; every LZ4 reader decodes both.
+pub(crate) fn compress(
+    codec: Compression,
+    records: &mut BytesMut,
+    out: &mut BytesMut,
+) -> anyhow::Result<()> {
+    // Hands the encoded records to the codec without copying them.
+    let give = |tmp: &mut BytesMut| {
+        std::mem::swap(tmp, records);
+        Ok(())
+    };
+    match codec {
+        Compression::None => {
+            out.extend_from_slice(records);
+            Ok(())
+        }
+        Compression::Gzip => Gzip::compress(out, give),
+        Compression::Snappy => Snappy::compress(out, give),
+        Compression::Lz4 => {
+            let mut encoder = lz4::EncoderBuilder::new()
+                .block_size(lz4::BlockSize::Max64KB)
+                .block_mode(lz4::BlockMode::Independent)
+                .checksum(lz4::ContentChecksum::NoChecksum)
+                .block_checksum(lz4::liblz4::BlockChecksum::NoBlockChecksum)
+                .level(0)
+                .build(out.writer())?;
+            encoder.write_all(records)?;
+            let (_, result) = encoder.finish();
+            Ok(result?)
+        }
+        Compression::Zstd => Zstd::compress(out, give),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_codec_round_trips() {
+        let data: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut compressed = BytesMut::new();
+            compress(codec, &mut BytesMut::from(&data[..]), &mut compressed).unwrap();
+            let mut out = Vec::new();
+            decompress(codec, &compressed, data.len(), &mut out).unwrap();
+            assert_eq!(out, data, "{codec:?}");
+            assert!(
+                matches!(
+                    decompress(codec, &compressed, data.len() - 1, &mut out),
+                    Err(DecompressError::TooLarge)
+                ),
+                "{codec:?}"
+            );
+            if codec != Compression::None {
+                assert!(
+                    decompress(codec, &data[..100], 1 << 20, &mut out).is_err(),
+                    "{codec:?} accepted garbage"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn raw_snappy_blocks_are_read_too() {
+        let data = b"hello hello hello hello snappy".repeat(10);
+        let raw = snap::raw::Encoder::new().compress_vec(&data).unwrap();
+        let mut out = Vec::new();
+        decompress(Compression::Snappy, &raw, 1 << 20, &mut out).unwrap();
+        assert_eq!(out, data);
+        // A raw block claiming 4 GiB is refused before anything is allocated.
+        let bomb = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00];
+        assert!(matches!(
+            decompress(Compression::Snappy, &bomb, 1 << 20, &mut out),
+            Err(DecompressError::TooLarge)
+        ));
+    }
+
+    #[test]
+    fn a_zstd_bomb_is_refused() {
+        let zeros = vec![0u8; 8 << 20];
+        let mut compressed = BytesMut::new();
+        compress(
+            Compression::Zstd,
+            &mut BytesMut::from(&zeros[..]),
+            &mut compressed,
+        )
+        .unwrap();
+        assert!(compressed.len() < 4096);
+        let mut out = Vec::new();
+        assert!(matches!(
+            decompress(Compression::Zstd, &compressed, 1 << 20, &mut out),
+            Err(DecompressError::TooLarge | DecompressError::Invalid(_))
+        ));
+        assert!(out.capacity() < 4 << 20);
+    }
+
+    #[test]
+    fn codecs_come_from_the_attributes() {
+        assert_eq!(codec(0x0013), Some(Compression::Lz4));
+        assert_eq!(codec(0x0005), None);
+        assert_eq!(window_log(64 << 20), 26);
+        assert_eq!(window_log(1), 23);
+        assert_eq!(window_log(usize::MAX), 27);
+    }
+}
