@@ -430,6 +430,14 @@ impl MaskStrategy {
     }
 }
 
+/// The key of the compiled config (JSON) in `streamward-config-<serviceaccount>`.
+pub const CONFIG_KEY: &str = "config.json";
+
+/// The name of the ConfigMap holding the compiled config of a service account's workloads.
+pub fn config_map_name(service_account: &str) -> String {
+    format!("streamward-config-{service_account}")
+}
+
 /// The placeholder a strategy-less redaction writes.
 pub const DEFAULT_PLACEHOLDER: &str = "****";
 

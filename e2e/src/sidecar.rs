@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::process::Process;
 use crate::{cache, net, wait_for};
@@ -48,12 +48,37 @@ impl Sidecar {
         for (name, text) in files {
             std::fs::write(policies.join(name), text)?;
         }
+        let mut all = vec!["--policies", policies.to_str().context("a UTF-8 path")?];
+        all.extend_from_slice(args);
+        Sidecar::spawn(binary, dir, namespace, service_account, &all, &[])
+    }
+
+    /// Starts the proxy on whatever config source `args` name (`--config-map`, `--config`),
+    /// with `envs` added to its environment (`KUBECONFIG`, say), and waits until it is ready.
+    pub fn start_with_source(
+        binary: &Path,
+        namespace: &str,
+        service_account: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Sidecar> {
+        let dir = cache::run_dir("sidecar")?;
+        Sidecar::spawn(binary, dir, namespace, service_account, args, envs)
+    }
+
+    fn spawn(
+        binary: &Path,
+        dir: tempfile::TempDir,
+        namespace: &str,
+        service_account: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Sidecar> {
+        let policies = dir.path().join("policies");
         let bootstrap = format!("127.0.0.1:{}", net::free_port()?);
         let admin = format!("127.0.0.1:{}", net::free_port()?);
         let mut command = Command::new(binary);
         command
-            .arg("--policies")
-            .arg(&policies)
             .args([
                 "--namespace",
                 namespace,
@@ -63,7 +88,8 @@ impl Sidecar {
             .args(["--listen", &bootstrap, "--admin", &admin])
             .args(["--reload-interval-ms", "200"])
             .args(args)
-            .env("RUST_LOG", "info,streamward_sidecar=debug");
+            .env("RUST_LOG", "info,streamward_sidecar=debug")
+            .envs(envs.iter().copied());
         let process = Process::spawn(
             "streamward-sidecar",
             command,

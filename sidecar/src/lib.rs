@@ -10,12 +10,14 @@
 //!   [`guardrails`]: limits on what an allowed request may ask for;
 //! - [`upstream`]: the broker connection with the target's TLS and SASL;
 //! - [`brokers`], [`topics`], [`versions`]: what responses need fixing;
-//! - [`source`]: where the config comes from and reloading it; [`admin`], [`metrics`].
+//! - [`source`]: where the config comes from and reloading it; [`config_map`]: the operator's
+//!   ConfigMap watched through the API server; [`admin`], [`metrics`].
 
 pub mod admin;
 pub mod authorize;
 pub mod brokers;
 pub mod client_auth;
+pub mod config_map;
 pub mod frame;
 pub mod guardrails;
 pub mod mask;

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use clap::Parser;
 use streamward_api::config::WorkloadIdentity;
 use streamward_sidecar::client_auth::{ClientAuth, ClientAuthSettings, OidcSettings};
+use streamward_sidecar::config_map::{self, ConfigMapSource};
 use streamward_sidecar::metrics::Metrics;
 use streamward_sidecar::policy::ClientIdentity;
 use streamward_sidecar::proxy::{Settings, Shared, Upstream};
@@ -23,11 +24,16 @@ use tokio_util::sync::CancellationToken;
 struct Flags {
     /// Local mode: a folder of StreamTarget/StreamPolicy/AccessGrant YAML (and Secrets), as you
     /// would `kubectl apply` it, compiled with the operator's own function.
-    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    #[arg(long, conflicts_with_all = ["config", "config_map"], required_unless_present_any = ["config", "config_map"])]
     policies: Option<PathBuf>,
-    /// A compiled config (the operator's ConfigMap, mounted).
+    /// A compiled config (the operator's ConfigMap, mounted). With --config-map, it is served
+    /// only until the API server first answers.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Watch this ConfigMap (in --namespace) through the API server, so that changes apply
+    /// within seconds. Credentials come from the pod's service account (or KUBECONFIG).
+    #[arg(long, env = "STREAMWARD_CONFIG_MAP")]
+    config_map: Option<String>,
     /// Where the target's Secrets are mounted (`<dir>/<secret>/<key>`), with --config.
     #[arg(long, default_value = "/var/run/streamward/secrets")]
     secrets_dir: PathBuf,
@@ -87,6 +93,12 @@ struct Flags {
     client_auth_required: Option<bool>,
 }
 
+/// Where the config comes from: files polled for changes, or a ConfigMap watched.
+enum ConfigSource {
+    Poll(Source),
+    ConfigMap(ConfigMapSource),
+}
+
 fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     init_logging(flags.log_json);
@@ -100,19 +112,28 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
-    let source = match (&flags.policies, &flags.config) {
-        (Some(dir), _) => Source::Policies {
+    let reload_every = Duration::from_millis(flags.reload_interval_ms);
+    let source = match (&flags.policies, &flags.config, &flags.config_map) {
+        (Some(dir), _, _) => ConfigSource::Poll(Source::Policies {
             dir: dir.clone(),
             identity: WorkloadIdentity {
                 namespace: flags.namespace.clone(),
                 service_account: flags.service_account.clone(),
             },
-        },
-        (None, Some(file)) => Source::Compiled {
+        }),
+        (None, fallback, Some(name)) => ConfigSource::ConfigMap(ConfigMapSource {
+            namespace: flags.namespace.clone(),
+            name: name.clone(),
+            secrets_dir: flags.secrets_dir.clone(),
+            fallback: fallback.clone(),
+        }),
+        (None, Some(file), None) => ConfigSource::Poll(Source::Compiled {
             file: file.clone(),
             secrets_dir: flags.secrets_dir.clone(),
-        },
-        (None, None) => anyhow::bail!("pass --policies DIR or --config FILE"),
+        }),
+        (None, None, None) => {
+            anyhow::bail!("pass --policies DIR, --config FILE or --config-map NAME")
+        }
     };
     let client = ClientIdentity {
         pod_labels: match &flags.pod_labels {
@@ -142,13 +163,23 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     );
-    tokio::spawn(source::watch(
-        source,
-        flags.target.clone(),
-        state.clone(),
-        metrics.clone(),
-        Duration::from_millis(flags.reload_interval_ms),
-    ));
+    let target = flags.target.clone();
+    match source {
+        ConfigSource::Poll(source) => tokio::spawn(source::watch(
+            source,
+            target,
+            state.clone(),
+            metrics.clone(),
+            reload_every,
+        )),
+        ConfigSource::ConfigMap(source) => tokio::spawn(config_map::watch(
+            source,
+            target,
+            state.clone(),
+            metrics.clone(),
+            reload_every,
+        )),
+    };
 
     let listener = tokio::net::TcpListener::bind(flags.listen)
         .await

@@ -52,6 +52,7 @@ pub struct Metrics {
     config_loaded: Gauge,
     config_errors: Counter,
     upstream_errors: Counter,
+    config_source_errors: Counter,
     client_authentications: Family<AuthenticationLabels, Counter>,
 }
 
@@ -103,6 +104,12 @@ impl Metrics {
             "Connections to brokers that failed",
             upstream_errors.clone(),
         );
+        let config_source_errors = Counter::default();
+        registry.register(
+            "config_source_errors",
+            "Failures reaching the config source (the API server); the config in force stays",
+            config_source_errors.clone(),
+        );
         let client_authentications = Family::<AuthenticationLabels, Counter>::default();
         registry.register(
             "client_authentications",
@@ -118,6 +125,7 @@ impl Metrics {
             config_loaded,
             config_errors,
             upstream_errors,
+            config_source_errors,
             client_authentications,
         }
     }
@@ -157,6 +165,11 @@ impl Metrics {
     /// Counts a failed upstream connection.
     pub fn upstream_error(&self) {
         self.upstream_errors.inc();
+    }
+
+    /// Counts a failure to reach the config source.
+    pub fn config_source_error(&self) {
+        self.config_source_errors.inc();
     }
 
     /// Counts a client's authentication to the proxy (or re-authentication).

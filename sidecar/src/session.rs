@@ -235,6 +235,15 @@ fn handle_request(
         )));
     };
     shared.metrics.request(api_key_name(api_key));
+    // Debug level: cheap when off (the callsite is disabled once), and with
+    // `RUST_LOG=streamward_sidecar=debug` every refusal and fix-up names its request.
+    let _request = tracing::debug_span!(
+        "request",
+        api = api_key_name(api_key),
+        version = start.api_version,
+        correlation_id = start.correlation_id
+    )
+    .entered();
     let forward_untouched = |fixup| {
         Ok((
             Some(frame.clone()),
@@ -453,6 +462,12 @@ where
                         start.correlation_id
                     )));
                 }
+                let _response = tracing::debug_span!(
+                    "response",
+                    api_key = start.api_key,
+                    correlation_id = start.correlation_id
+                )
+                .entered();
                 fix_response(shared, start, fixup, all_topics, &client, frame)?
             }
         };

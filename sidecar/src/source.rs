@@ -148,50 +148,11 @@ impl Source {
             }
             Source::Compiled { file, secrets_dir } => {
                 let text = read(file)?;
-                let config: ProxyConfig =
-                    serde_json::from_str(&text).map_err(|e| LoadError::Parse {
-                        path: file.clone(),
-                        message: e.to_string(),
-                    })?;
-                let secrets = mounted_secrets(secrets_dir, &config)?;
-                (config, secrets)
+                return load_compiled(&text, file, secrets_dir, target);
             }
         };
-        let target_name = match target {
-            Some(name) => name.to_string(),
-            None => {
-                let mut names = config.targets.keys();
-                match (names.next(), names.next()) {
-                    (Some(only), None) => only.clone(),
-                    (None, _) => {
-                        return Err(LoadError::Target(
-                            "no StreamTarget in the config: add one, or pass --target".into(),
-                        ));
-                    }
-                    (Some(_), Some(_)) => {
-                        return Err(LoadError::Target(format!(
-                            "{} StreamTargets in the config: pass --target to choose one",
-                            config.targets.len()
-                        )));
-                    }
-                }
-            }
-        };
-        let target = config.targets.get(&target_name).ok_or_else(|| {
-            LoadError::Target(format!(
-                "StreamTarget {target_name} is not in the config of {}/{}",
-                config.identity.namespace, config.identity.service_account
-            ))
-        })?;
-        let connector = connector_for(&target_name, target, &secrets)?;
-        Ok(Loaded {
-            bootstrap: target.bootstrap_servers.clone(),
-            target_name,
-            connector: Arc::new(connector),
-            config,
-        })
+        finish(config, &secrets, target)
     }
-
     /// A value that changes whenever a file the source reads changes (paths, sizes, times).
     pub fn fingerprint(&self) -> u64 {
         let mut hasher = DefaultHasher::new();
@@ -222,6 +183,63 @@ impl Source {
     }
 }
 
+/// Reads a compiled config (JSON) whose target's Secrets are mounted under `secrets_dir`.
+/// `origin` names where the text came from (a file, or a ConfigMap) in errors.
+pub fn load_compiled(
+    text: &str,
+    origin: &Path,
+    secrets_dir: &Path,
+    target: Option<&str>,
+) -> Result<Loaded, LoadError> {
+    let config: ProxyConfig = serde_json::from_str(text).map_err(|e| LoadError::Parse {
+        path: origin.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let secrets = mounted_secrets(secrets_dir, &config)?;
+    finish(config, &secrets, target)
+}
+
+/// Chooses the target to serve (`target`, or the only one there is) and sets up its connector.
+fn finish(
+    config: ProxyConfig,
+    secrets: &Secrets,
+    target: Option<&str>,
+) -> Result<Loaded, LoadError> {
+    let target_name = match target {
+        Some(name) => name.to_string(),
+        None => {
+            let mut names = config.targets.keys();
+            match (names.next(), names.next()) {
+                (Some(only), None) => only.clone(),
+                (None, _) => {
+                    return Err(LoadError::Target(
+                        "no StreamTarget in the config: add one, or pass --target".into(),
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(LoadError::Target(format!(
+                        "{} StreamTargets in the config: pass --target to choose one",
+                        config.targets.len()
+                    )));
+                }
+            }
+        }
+    };
+    let target = config.targets.get(&target_name).ok_or_else(|| {
+        LoadError::Target(format!(
+            "StreamTarget {target_name} is not in the config of {}/{}",
+            config.identity.namespace, config.identity.service_account
+        ))
+    })?;
+    let connector = connector_for(&target_name, target, secrets)?;
+    Ok(Loaded {
+        bootstrap: target.bootstrap_servers.clone(),
+        target_name,
+        connector: Arc::new(connector),
+        config,
+    })
+}
+
 /// Loads `source` now and then every `every` when it changed, publishing into `state`.
 pub async fn watch(
     source: Source,
@@ -235,35 +253,38 @@ pub async fn watch(
         let fingerprint = source.fingerprint();
         if last != Some(fingerprint) {
             last = Some(fingerprint);
-            let next = match source.load(target.as_deref()) {
-                Ok(loaded) => {
-                    tracing::info!(
-                        hash = %loaded.config.hash,
-                        target = %loaded.target_name,
-                        policies = loaded.config.policies.len(),
-                        grants = loaded.config.grants.len(),
-                        "config loaded"
-                    );
-                    metrics.config_loaded(true);
-                    State::Ready(Arc::new(loaded))
-                }
-                Err(error) => {
-                    tracing::error!(%error, "no valid config: refusing every request until it is fixed");
-                    metrics.config_loaded(false);
-                    let last_good = match &**state.load() {
-                        State::Ready(loaded) => Some(loaded.clone()),
-                        State::FailClosed { last_good, .. } => last_good.clone(),
-                    };
-                    State::FailClosed {
-                        reason: error.to_string(),
-                        last_good,
-                    }
-                }
-            };
-            state.store(Arc::new(next));
+            publish(&state, &metrics, source.load(target.as_deref()));
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// Puts a freshly loaded config in force, or — when it did not load — fails closed, keeping the
+/// last good config only to reach the brokers.
+pub fn publish(state: &ArcSwap<State>, metrics: &Metrics, loaded: Result<Loaded, LoadError>) {
+    let next = match loaded {
+        Ok(loaded) => {
+            tracing::info!(
+                hash = %loaded.config.hash,
+                target = %loaded.target_name,
+                policies = loaded.config.policies.len(),
+                grants = loaded.config.grants.len(),
+                "config loaded"
+            );
+            metrics.config_loaded(true);
+            State::Ready(Arc::new(loaded))
+        }
+        Err(error) => {
+            tracing::error!(%error, "no valid config: refusing every request until it is fixed");
+            metrics.config_loaded(false);
+            let last_good = state.load().connection_config().cloned();
+            State::FailClosed {
+                reason: error.to_string(),
+                last_good,
+            }
+        }
+    };
+    state.store(Arc::new(next));
 }
 
 fn modified(path: &Path) -> Result<jiff::Timestamp, LoadError> {
