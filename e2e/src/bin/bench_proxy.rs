@@ -5,6 +5,11 @@
 //!
 //! Prints throughput (records/s, MB/s) and the ratio proxy/direct, the producer's latency
 //! percentiles at half of the direct peak rate for both paths, and the proxy's peak RSS.
+//!
+//! ProducerPerformance reports whole milliseconds, too coarse for "≤ 1 ms added p99", so a
+//! probe also times single Produce requests (one 1 KiB record, acks=1) one after another on one
+//! connection, direct and through the proxy, in microseconds: the difference of the two
+//! percentiles is what the proxy adds to a request's round trip.
 
 use std::path::PathBuf;
 
@@ -36,6 +41,10 @@ spec:
 
 /// Measured rounds per path.
 const ROUNDS: usize = 2;
+
+/// Blocks of the round-trip probe per path (the first warms up), and requests per block.
+const PROBE_BLOCKS: usize = 6;
+const PROBE_REQUESTS: usize = 2_000;
 
 struct Args {
     sidecar: PathBuf,
@@ -144,6 +153,18 @@ fn main() -> Result<()> {
             produce(dist, bootstrap, &topic, latency_records, args.size, half)?,
         ));
     }
+    // Round trips of single requests, alternating paths in blocks so both see the same broker.
+    let probe_topic = format!("bench.probe-{run_id}");
+    produce(dist, &direct, &probe_topic, 10, args.size, -1)?;
+    let mut round_trips = [Vec::new(), Vec::new()];
+    for block in 0..PROBE_BLOCKS {
+        for (index, (_, bootstrap)) in paths.iter().enumerate() {
+            let times = probe(bootstrap, &probe_topic, PROBE_REQUESTS, args.size as usize)?;
+            if block > 0 {
+                round_trips[index].extend(times); // the first block warms both paths up
+            }
+        }
+    }
     let rss_kib = peak_rss_kib(proxy.pid())?;
 
     println!("\nmean of {ROUNDS} rounds:");
@@ -173,6 +194,29 @@ fn main() -> Result<()> {
     println!(
         "added p99: {:.1} ms (ProducerPerformance reports whole milliseconds)",
         latency[1].1.p99_ms - latency[0].1.p99_ms
+    );
+    println!(
+        "\nsingle Produce round trips ({} per path, one connection, acks=1):",
+        round_trips[0].len()
+    );
+    println!("| path | p50 µs | p99 µs | p99.9 µs |");
+    println!("|---|---|---|---|");
+    let mut summary = Vec::new();
+    for (index, (path, _)) in paths.iter().enumerate() {
+        let times = &mut round_trips[index];
+        times.sort_unstable();
+        let (p50, p99, p999) = (
+            percentile(times, 0.50),
+            percentile(times, 0.99),
+            percentile(times, 0.999),
+        );
+        println!("| {path} | {p50} | {p99} | {p999} |");
+        summary.push((p50, p99));
+    }
+    println!(
+        "added by the proxy: p50 {} µs, p99 {} µs",
+        summary[1].0 as i64 - summary[0].0 as i64,
+        summary[1].1 as i64 - summary[0].1 as i64
     );
     println!("proxy peak RSS: {:.1} MiB", rss_kib as f64 / 1024.0);
     Ok(())
@@ -262,4 +306,112 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmHWM in /proc/<pid>/status")
+}
+
+/// Times `requests` single-record Produce requests (acks=1) sent one after another on one
+/// connection to `bootstrap`, in microseconds.
+fn probe(bootstrap: &str, topic: &str, requests: usize, size: usize) -> Result<Vec<u64>> {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+
+    use bytes::{BufMut, Bytes, BytesMut};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{
+        ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    const VERSION: i16 = 9;
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: 0,
+        key: None,
+        value: Some(Bytes::from(vec![b'x'; size])),
+        headers: Default::default(),
+    };
+    let mut batch = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut batch,
+        [&record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )?;
+    let request = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(5_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch.freeze())),
+                ]),
+        ]);
+    let mut stream = std::net::TcpStream::connect(bootstrap)?;
+    stream.set_nodelay(true)?;
+    let mut times = Vec::with_capacity(requests);
+    let mut frame = BytesMut::new();
+    let mut response = Vec::new();
+    for correlation_id in 0..requests as i32 {
+        frame.clear();
+        frame.put_i32(0);
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::Produce as i16)
+            .with_request_api_version(VERSION)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("bench-probe")))
+            .encode(&mut frame, ApiKey::Produce.request_header_version(VERSION))?;
+        request.encode(&mut frame, VERSION)?;
+        let length = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&length.to_be_bytes());
+        let started = Instant::now();
+        stream.write_all(&frame)?;
+        let mut size = [0u8; 4];
+        stream.read_exact(&mut size)?;
+        response.resize(i32::from_be_bytes(size) as usize, 0);
+        stream.read_exact(&mut response)?;
+        times.push(started.elapsed().as_micros() as u64);
+        anyhow::ensure!(
+            response.get(..4) == Some(&correlation_id.to_be_bytes()[..]),
+            "the probe's response {correlation_id} came back out of order"
+        );
+        if correlation_id == 0 {
+            let mut body = Bytes::copy_from_slice(&response);
+            ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(VERSION))?;
+            let answer = ProduceResponse::decode(&mut body, VERSION)?;
+            let codes: Vec<i16> = answer
+                .responses
+                .iter()
+                .flat_map(|t| t.partition_responses.iter().map(|p| p.error_code))
+                .collect();
+            anyhow::ensure!(
+                codes == [0],
+                "the probe's produce failed: error codes {codes:?}"
+            );
+        }
+    }
+    Ok(times)
+}
+
+/// The `q` quantile of sorted `values`.
+fn percentile(values: &[u64], q: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    let rank = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
 }
