@@ -49,6 +49,10 @@ unit:
 e2e: provision
     cargo test --workspace --test '*'
 
+# Fuzz decode → mask → encode of record batches for `seconds`, in release (`just e2e` runs it for 10 s).
+fuzz-mask seconds="60":
+    STREAMWARD_FUZZ_SECONDS={{seconds}} cargo test -q --release -p streamward-sidecar --test mask_fuzz -- --nocapture
+
 # Everything CI runs: lint, unit and end-to-end tests.
 test: lint unit e2e
 

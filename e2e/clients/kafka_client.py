@@ -5,6 +5,7 @@ Each subcommand does one thing a user's application does and prints one JSON obj
 last line, so a test can assert on what the client saw, errors included.
 
   produce  --bootstrap B --topic T --count N [--prefix P] [--compression C] [--acks A]
+           [--stdin] [--header NAME=VALUE ...]
   consume  --bootstrap B --topic T --count N [--group G] [--timeout S]
 
 Both take --config key=value (librdkafka settings, repeatable) and --oauth-token JWT (SASL
@@ -59,12 +60,13 @@ def produce(args):
 
     values = sys.stdin.read().splitlines() if args.stdin else None
     count = len(values) if values is not None else args.count
+    headers = [tuple(item.split("=", 1)) for item in args.header or []]
     for i in range(count):
         value = values[i] if values is not None else f"{args.prefix}-{i}"
         while True:
             try:
                 producer.produce(args.topic, value=value.encode(), key=str(i).encode(),
-                                 on_delivery=on_delivery)
+                                 headers=headers or None, on_delivery=on_delivery)
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -131,6 +133,7 @@ def main():
     produce_p.add_argument("--stdin", action="store_true", help="one value per input line")
     produce_p.add_argument("--acks", default="all")
     produce_p.add_argument("--compression", default="none")
+    produce_p.add_argument("--header", action="append", help="a record header NAME=VALUE")
     consume_p = sub.choices["consume"]
     consume_p.add_argument("--group", default="streamward-e2e")
     consume_p.add_argument("--print-values", action="store_true")

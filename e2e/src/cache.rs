@@ -18,10 +18,21 @@ pub fn root() -> PathBuf {
 }
 
 /// The root of the Streamward source tree (where `e2e/` lives).
+///
+/// Under `cargo test`/`cargo run`, the package being run says where it is at run time (every
+/// package sits directly under the root). The compile-time path is only the fallback: cargo
+/// reuses this crate's build for checkouts at other paths that share a target folder (git
+/// worktrees), and it would point at whichever checkout built it.
 pub fn source_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    let run_time = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .and_then(|dir| dir.parent().map(Path::to_path_buf))
+        .filter(|root| root.join("e2e/clients").is_dir());
+    run_time.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    })
 }
 
 /// Returns `root()/name`, running `install` into it first unless an earlier run finished it.

@@ -8,6 +8,7 @@
 //! - [`authorize`]: which resources and operations a request touches, and refusals;
 //! - [`policy`]: the compiled policy's answer for the current request, or fail closed;
 //!   [`guardrails`]: limits on what an allowed request may ask for;
+//! - [`masking`]: which records the MaskingRules cover for this client; [`mask`] rewrites them;
 //! - [`upstream`]: the broker connection with the target's TLS and SASL;
 //! - [`brokers`], [`topics`], [`versions`]: what responses need fixing;
 //! - [`source`]: where the config comes from and reloading it; [`config_map`]: the operator's
@@ -21,6 +22,7 @@ pub mod config_map;
 pub mod frame;
 pub mod guardrails;
 pub mod mask;
+pub mod masking;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

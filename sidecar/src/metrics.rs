@@ -5,7 +5,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use streamward_api::config::Effect;
+use streamward_api::config::{Effect, Flow};
+
+use crate::mask::MaskStats;
 
 /// The effect label of a decision.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -42,6 +44,53 @@ struct AuthenticationLabels {
     result: AuthenticationResult,
 }
 
+/// The direction records flow, for masking counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+enum FlowLabel {
+    Produce,
+    Consume,
+}
+
+impl From<Flow> for FlowLabel {
+    fn from(flow: Flow) -> FlowLabel {
+        match flow {
+            Flow::Produce => FlowLabel::Produce,
+            Flow::Consume => FlowLabel::Consume,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    flow: FlowLabel,
+}
+
+/// The rules of a masking plan (comma-separated names) and the flow.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rules: String,
+    flow: FlowLabel,
+}
+
+/// Why a partition's records could not be masked (and were refused, not forwarded).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum MaskingFailure {
+    /// The plan could not be built (a masking key is not mounted).
+    Plan,
+    /// A batch could not be read (bad CRC, lengths, codec).
+    Corrupt,
+    /// A batch decompresses to more than the proxy masks at once.
+    TooLarge,
+    /// Message format v0/v1.
+    UnsupportedFormat,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    flow: FlowLabel,
+    reason: MaskingFailure,
+}
+
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -54,6 +103,10 @@ pub struct Metrics {
     upstream_errors: Counter,
     config_source_errors: Counter,
     client_authentications: Family<AuthenticationLabels, Counter>,
+    masked_records: Family<FlowLabels, Counter>,
+    masked_fields: Family<RuleLabels, Counter>,
+    masking_unparsable: Family<RuleLabels, Counter>,
+    masking_failures: Family<FailureLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -116,6 +169,30 @@ impl Metrics {
             "Clients authenticating to the proxy (SASL), by result; a failure closes the connection",
             client_authentications.clone(),
         );
+        let masked_records = Family::<FlowLabels, Counter>::default();
+        registry.register(
+            "masked_records",
+            "Records whose value or headers the proxy masked, by flow",
+            masked_records.clone(),
+        );
+        let masked_fields = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "masked_fields",
+            "Fields, detector matches and headers masked, by the rules of the plan and flow",
+            masked_fields.clone(),
+        );
+        let masking_unparsable = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "masking_unparsable_values",
+            "Values not in their rule's format (replaced whole unless the rule says Pass)",
+            masking_unparsable.clone(),
+        );
+        let masking_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "masking_failures",
+            "Partitions whose records could not be masked and were refused, by flow and reason",
+            masking_failures.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -127,7 +204,46 @@ impl Metrics {
             upstream_errors,
             config_source_errors,
             client_authentications,
+            masked_records,
+            masked_fields,
+            masking_unparsable,
+            masking_failures,
         }
+    }
+
+    /// Counts what masking one partition's records did, under the plan's `rules`.
+    pub fn masked(&self, flow: Flow, rules: &str, stats: &MaskStats) {
+        if stats.records_masked > 0 {
+            self.masked_records
+                .get_or_create(&FlowLabels { flow: flow.into() })
+                .inc_by(stats.records_masked);
+        }
+        let fields = stats.fields_masked + stats.headers_masked;
+        if fields == 0 && stats.parse_failures == 0 {
+            return;
+        }
+        let labels = RuleLabels {
+            rules: rules.to_owned(),
+            flow: flow.into(),
+        };
+        if fields > 0 {
+            self.masked_fields.get_or_create(&labels).inc_by(fields);
+        }
+        if stats.parse_failures > 0 {
+            self.masking_unparsable
+                .get_or_create(&labels)
+                .inc_by(stats.parse_failures);
+        }
+    }
+
+    /// Counts a partition refused because its records could not be masked.
+    pub fn masking_failure(&self, flow: Flow, reason: MaskingFailure) {
+        self.masking_failures
+            .get_or_create(&FailureLabels {
+                flow: flow.into(),
+                reason,
+            })
+            .inc();
     }
 
     /// Counts a client request.

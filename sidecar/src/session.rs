@@ -35,6 +35,7 @@ use crate::authorize::{self, Fixup, Outcome, Policy, TopicNames};
 use crate::client_auth::login::{self, Login};
 use crate::frame::{self, FrameWriter, RequestStart};
 use crate::guardrails::{self, Guarded};
+use crate::masking::FetchMasking;
 use crate::policy::{ClientIdentity, FailClosed, RequestPolicy};
 use crate::proxy::{Shared, Upstream};
 use crate::source::State;
@@ -79,6 +80,8 @@ enum Pending {
         all_topics: bool,
         /// Who asked, for the fix-ups that ask the policy (Metadata).
         client: Arc<ClientIdentity>,
+        /// For Fetch: the records to mask before the client sees them.
+        masking: Option<Box<FetchMasking>>,
     },
     /// The last answer, if any, before the proxy closes the connection.
     Close { last: Option<Bytes>, reason: String },
@@ -252,6 +255,7 @@ fn handle_request(
                 fixup,
                 all_topics: false,
                 client: client.identity.clone(),
+                masking: None,
             }),
         ))
     };
@@ -300,8 +304,16 @@ fn handle_request(
 
     let state = shared.state.load();
     let ids = SharedTopicIds(shared);
+    let mut masking = None;
     let inspection = match &**state {
         State::Ready(loaded) => {
+            masking = loaded.masking.prepare(
+                &loaded.config,
+                &client.identity,
+                &request,
+                start.api_version,
+                &ids,
+            );
             let policy = RequestPolicy::new(
                 &loaded.config,
                 &client.identity,
@@ -332,13 +344,18 @@ fn handle_request(
             "refused"
         );
     }
+    let (outcome, masking) = match masking {
+        Some(masking) => masking.apply(inspection.outcome, &shared.metrics),
+        None => (inspection.outcome, None),
+    };
     let expect = |fixup| Pending::Broker {
         start,
         fixup,
         all_topics,
         client: client.identity.clone(),
+        masking: masking.map(Box::new),
     };
-    Ok(match inspection.outcome {
+    Ok(match outcome {
         Outcome::Forward => (Some(frame), (!no_response).then(|| expect(Fixup::None))),
         Outcome::ForwardRewritten { request, fixup } => {
             let mut out = BytesMut::with_capacity(frame.len());
@@ -448,6 +465,7 @@ where
                 fixup,
                 all_topics,
                 client,
+                masking,
             } => {
                 let frame = responses
                     .next()
@@ -468,7 +486,13 @@ where
                     correlation_id = start.correlation_id
                 )
                 .entered();
-                fix_response(shared, start, fixup, all_topics, &client, frame)?
+                let fix = ResponseFix {
+                    fixup,
+                    all_topics,
+                    client: &client,
+                    masking: masking.as_deref(),
+                };
+                fix_response(shared, start, fix, frame)?
             }
         };
         to_client.send(out).await.map_err(SessionError::Client)?;
@@ -476,20 +500,33 @@ where
     Ok(())
 }
 
+/// What the response half must change in a broker response, besides broker addresses.
+struct ResponseFix<'a> {
+    fixup: Fixup,
+    all_topics: bool,
+    client: &'a ClientIdentity,
+    masking: Option<&'a FetchMasking>,
+}
+
 /// Applies what the proxy must change in a broker response; returns the original bytes when
 /// nothing changes.
 fn fix_response(
     shared: &Shared,
     start: RequestStart,
-    fixup: Fixup,
-    all_topics: bool,
-    client: &ClientIdentity,
+    fix: ResponseFix<'_>,
     frame: Bytes,
 ) -> Result<Bytes, SessionError> {
+    let ResponseFix {
+        fixup,
+        all_topics,
+        client,
+        masking,
+    } = fix;
     let Ok(api_key) = ApiKey::try_from(start.api_key) else {
         return Ok(frame);
     };
     let must_decode = matches!(fixup, Fixup::Produce(_) | Fixup::Fetch(_))
+        || masking.is_some()
         || api_key == ApiKey::ApiVersions
         || crate::brokers::carries_addresses(start.api_key);
     if !must_decode {
@@ -518,6 +555,11 @@ fn fix_response(
         changed = true;
     }
     match &mut response {
+        ResponseKind::Fetch(r) => {
+            if let Some(masking) = masking {
+                changed |= masking.apply(r, &shared.metrics);
+            }
+        }
         ResponseKind::ApiVersions(r) => {
             versions::narrow(r, &[ApiKey::SaslHandshake, ApiKey::SaslAuthenticate]);
             if shared.settings.client_auth.is_some() {

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use streamward_api::config::{CompiledTarget, ProxyConfig, SaslMechanism, WorkloadIdentity};
 
+use crate::masking::MaskingPlans;
 use crate::metrics::Metrics;
 use crate::upstream::{Connector, UpstreamSasl, UpstreamSettings, UpstreamTls};
 
@@ -51,6 +52,8 @@ pub struct Loaded {
     pub bootstrap: Vec<String>,
     /// How to reach its brokers.
     pub connector: Arc<Connector>,
+    /// The masking keys of this config's MaskingRules and the plans built from them.
+    pub masking: MaskingPlans,
 }
 
 /// The config in force: a [`Loaded`] config, or the reason there is none.
@@ -232,7 +235,9 @@ fn finish(
         ))
     })?;
     let connector = connector_for(&target_name, target, secrets)?;
+    let masking = MaskingPlans::new(&config, secrets);
     Ok(Loaded {
+        masking,
         bootstrap: target.bootstrap_servers.clone(),
         target_name,
         connector: Arc::new(connector),
@@ -324,8 +329,8 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 
 fn mounted_secrets(dir: &Path, config: &ProxyConfig) -> Result<Secrets, LoadError> {
     let mut secrets = Secrets::new();
-    for target in config.targets.values() {
-        let names = target
+    let target_secrets = config.targets.values().flat_map(|target| {
+        target
             .sasl
             .iter()
             .map(|s| s.credentials_secret.clone())
@@ -334,27 +339,31 @@ fn mounted_secrets(dir: &Path, config: &ProxyConfig) -> Result<Secrets, LoadErro
                     .tls
                     .iter()
                     .filter_map(|t| t.ca_secret_ref.as_ref().map(|r| r.name.clone())),
-            );
-        for name in names {
-            let folder = dir.join(&name);
-            let Ok(entries) = std::fs::read_dir(&folder) else {
-                continue; // reported when the target that needs it is chosen
+            )
+    });
+    // Masking keys (HMAC, format-preserving) are mounted the same way.
+    let masking_secrets = crate::masking::key_refs(config).map(|r| r.name.clone());
+    let names: std::collections::BTreeSet<String> = target_secrets.chain(masking_secrets).collect();
+    for name in names {
+        let folder = dir.join(&name);
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            // Reported when the target (or the masking rule) that needs it is used.
+            continue;
+        };
+        let keys = secrets.entry(name).or_default();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(key) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
             };
-            let keys = secrets.entry(name).or_default();
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let Some(key) = path.file_name().and_then(|n| n.to_str()) else {
-                    continue;
-                };
-                if key.starts_with("..") || !path.is_file() {
-                    continue;
-                }
-                let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                keys.insert(key.to_string(), bytes);
+            if key.starts_with("..") || !path.is_file() {
+                continue;
             }
+            let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            keys.insert(key.to_string(), bytes);
         }
     }
     Ok(secrets)
