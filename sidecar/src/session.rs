@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use jiff::Timestamp;
 use kafka_protocol::ResponseError;
@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tracing::Instrument;
 
+use crate::authorize::streams::{self, StreamsOutcome};
 use crate::authorize::{self, Fixup, Outcome, Policy, TopicNames};
 use crate::client_auth::login::{self, Login};
 use crate::frame::{self, FrameWriter, RequestStart};
@@ -229,6 +230,9 @@ fn handle_request(
         return Ok((None, Some(client.after_login(shared, reply, outcome))));
     }
     let start = RequestStart::parse(&frame).map_err(|e| SessionError::Malformed(e.to_string()))?;
+    if streams::is_streams_api(start.api_key) {
+        return handle_streams_request(shared, client, start, frame);
+    }
     let Ok(api_key) = ApiKey::try_from(start.api_key) else {
         // Withheld from ApiVersions, so a client that sends it ignored the proxy's ranges; it
         // cannot be authorized, and its response format is unknown.
@@ -333,17 +337,7 @@ fn handle_request(
             authorize::inspect(&header, request, start.api_version, &policy, &ids)
         }
     };
-    for access in inspection.accesses.iter().filter(|a| !a.allowed) {
-        tracing::info!(
-            correlation_id = start.correlation_id,
-            api = api_key_name(api_key),
-            resource_type = %access.resource_type,
-            resource = %access.name,
-            operation = %access.operation,
-            reason = access.message.as_deref().unwrap_or_default(),
-            "refused"
-        );
-    }
+    log_refusals(start, api_key_name(api_key), &inspection.accesses);
     let (outcome, masking) = match masking {
         Some(masking) => masking.apply(inspection.outcome, &shared.metrics),
         None => (inspection.outcome, None),
@@ -367,6 +361,91 @@ fn handle_request(
         }
         Outcome::Respond(response) => (None, Some(local(start, response)?)),
         Outcome::NoResponse => (None, None),
+    })
+}
+
+fn log_refusals(start: RequestStart, api: &str, accesses: &[authorize::Access]) {
+    for access in accesses.iter().filter(|a| !a.allowed) {
+        tracing::info!(
+            correlation_id = start.correlation_id,
+            api,
+            resource_type = %access.resource_type,
+            resource = %access.name,
+            operation = %access.operation,
+            reason = access.message.as_deref().unwrap_or_default(),
+            "refused"
+        );
+    }
+}
+
+/// StreamsGroupHeartbeat and StreamsGroupDescribe, which kafka-protocol does not model: read
+/// and answered by `authorize::streams`, forwarded untouched when allowed.
+fn handle_streams_request(
+    shared: &Shared,
+    client: &Client,
+    start: RequestStart,
+    frame: Bytes,
+) -> Result<(Option<Bytes>, Option<Pending>), SessionError> {
+    let api = streams::name(start.api_key);
+    shared.metrics.request(api);
+    let _request = tracing::debug_span!(
+        "request",
+        api,
+        version = start.api_version,
+        correlation_id = start.correlation_id
+    )
+    .entered();
+    if let Some(login) = &client.login
+        && let Err(reason) = login.admits(Instant::now())
+    {
+        let reason = format!("{api} request refused: {reason}");
+        return Ok((None, Some(Pending::Close { last: None, reason })));
+    }
+    // Both are flexible versions only: request header v2.
+    let mut body = frame.clone();
+    RequestHeader::decode(&mut body, 2)
+        .map_err(|e| SessionError::Malformed(format!("{api} header: {e}")))?;
+    let state = shared.state.load();
+    let inspection = match &**state {
+        State::Ready(loaded) => {
+            let policy = RequestPolicy::new(
+                &loaded.config,
+                &client.identity,
+                &loaded.target_name,
+                Timestamp::now(),
+                &shared.metrics,
+            );
+            streams::inspect(start.api_key, start.api_version, &body, &policy)
+        }
+        State::FailClosed { reason, .. } => {
+            let policy = FailClosed {
+                reason,
+                metrics: &shared.metrics,
+            };
+            streams::inspect(start.api_key, start.api_version, &body, &policy)
+        }
+    }
+    .map_err(|e| SessionError::Malformed(format!("{api} v{}: {e}", start.api_version)))?;
+    log_refusals(start, api, &inspection.accesses);
+    Ok(match inspection.outcome {
+        StreamsOutcome::Forward => (
+            Some(frame),
+            Some(Pending::Broker {
+                start,
+                fixup: Fixup::None,
+                all_topics: false,
+                client: client.identity.clone(),
+                masking: None,
+            }),
+        ),
+        StreamsOutcome::Respond(response) => {
+            // Response header v1: the correlation id and no tagged fields.
+            let mut out = BytesMut::with_capacity(response.len() + 5);
+            out.put_i32(start.correlation_id);
+            out.put_u8(0);
+            out.put(response);
+            (None, Some(Pending::Local(out.freeze())))
+        }
     })
 }
 

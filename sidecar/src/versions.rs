@@ -3,12 +3,19 @@
 
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 
+use crate::authorize::streams;
+
 /// Narrows the broker's advertised ranges to what the proxy decodes, and drops API keys it does
 /// not know at all (it could not authorize them) and those in `withheld` (handled by the proxy
 /// itself, such as SASL when the client does not authenticate to the proxy).
 pub fn narrow(response: &mut ApiVersionsResponse, withheld: &[ApiKey]) {
     response.api_keys.retain_mut(|entry| {
         let Ok(key) = ApiKey::try_from(entry.api_key) else {
+            // Read by the proxy itself (authorize::streams); other unknown keys are dropped.
+            if streams::is_streams_api(entry.api_key) {
+                entry.max_version = entry.max_version.min(streams::MAX_VERSION);
+                return entry.min_version <= entry.max_version;
+            }
             return false;
         };
         if withheld.contains(&key) {
@@ -69,6 +76,7 @@ mod tests {
             entry(ApiKey::Produce as i16, 3, produce_max + 5),
             entry(ApiKey::Metadata as i16, 0, 1),
             entry(ApiKey::SaslHandshake as i16, 0, 1),
+            entry(streams::HEARTBEAT, 0, 1),
             entry(4242, 0, 3),
         ]);
         narrow(&mut response, &[ApiKey::SaslHandshake]);
@@ -81,7 +89,8 @@ mod tests {
             keys,
             vec![
                 (ApiKey::Produce as i16, 3, produce_max),
-                (ApiKey::Metadata as i16, 0, 1)
+                (ApiKey::Metadata as i16, 0, 1),
+                (streams::HEARTBEAT, 0, 0)
             ]
         );
     }

@@ -465,3 +465,129 @@ fn a_broken_config_fails_closed_and_a_fixed_one_applies_without_a_restart() {
     let consumed = consume(&proxy.bootstrap, &topic, &unique_name("orders-g"), 3, &[]);
     assert_eq!(consumed.count, 3, "{consumed:?}");
 }
+
+/// StreamsGroupHeartbeat and StreamsGroupDescribe (KIP-1071), served by Kafka 4.3 but not
+/// modelled by kafka-protocol: advertised, forwarded when allowed, refused per group and topic.
+#[test]
+fn streams_group_apis_reach_the_broker_and_are_authorized() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use kafka_protocol::messages::{ApiVersionsRequest, FindCoordinatorRequest};
+    use kafka_protocol::protocol::StrBytes;
+    use streamward_e2e::kafka::wire::{Connection, streams};
+
+    let app = unique_name("wordcount");
+    let policy = format!(
+        "apiVersion: streamward.io/v1alpha1
+kind: StreamPolicy
+metadata: {{name: streams-app, namespace: {NS}}}
+spec:
+  subjects:
+    serviceAccounts: [{SA}]
+  rules:
+  - name: app-topics
+    resources: [{{resourceType: Topic, name: {app}, patternType: Prefixed}}]
+    operations: [Read, Write, Create, Describe]
+    effect: Allow
+  - name: app-group
+    resources: [{{resourceType: Group, name: {app}}}]
+    operations: [Read, Describe]
+    effect: Allow
+"
+    );
+    let proxy = common::sidecar(
+        &[
+            ("target.yaml", target_yaml(NS, &kafka().bootstrap())),
+            ("policy.yaml", policy),
+        ],
+        NS,
+        SA,
+    );
+    let source = format!("{app}-input");
+    create_topic(&source, 2);
+
+    // Advertised through the proxy, at the version it reads.
+    let versions = Connection::connect(&proxy.bootstrap)
+        .unwrap()
+        .send(
+            &ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("streamward-e2e"))
+                .with_client_software_version(StrBytes::from_static_str("1")),
+            3,
+        )
+        .unwrap();
+    for key in [streams::HEARTBEAT, streams::DESCRIBE] {
+        let entry = versions.api_keys.iter().find(|e| e.api_key == key);
+        assert_eq!(
+            entry.map(|e| (e.min_version, e.max_version)),
+            Some((0, 0)),
+            "{key}"
+        );
+    }
+
+    let mut stream = TcpStream::connect(&proxy.bootstrap).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut correlation_id = 0;
+    let mut ask = |api_key: i16, body: Vec<u8>| -> Vec<(i16, String)> {
+        correlation_id += 1;
+        stream
+            .write_all(&streams::frame(api_key, correlation_id, &body))
+            .unwrap();
+        let mut size = [0u8; 4];
+        stream.read_exact(&mut size).unwrap();
+        let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
+        stream.read_exact(&mut frame).unwrap();
+        streams::error_codes(api_key, correlation_id, &frame).unwrap()
+    };
+    let changelog = format!("{app}-store-changelog");
+
+    // Allowed: the broker's own answer comes back (the member joins), once the group's
+    // coordinator is up (the first FindCoordinator creates __consumer_offsets).
+    let coordinator = Connection::connect(&proxy.bootstrap)
+        .unwrap()
+        .send(
+            &FindCoordinatorRequest::default()
+                .with_key_type(0)
+                .with_coordinator_keys(vec![StrBytes::from_string(app.clone())]),
+            4,
+        )
+        .unwrap();
+    assert_eq!(coordinator.coordinators.len(), 1);
+    let started = std::time::Instant::now();
+    let joined = loop {
+        let answer = ask(
+            streams::HEARTBEAT,
+            streams::join(&app, "member-1", &[&source], &[&changelog]),
+        );
+        // COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR: retriable.
+        if ![14, 15, 16].contains(&answer[0].0) || started.elapsed() > Duration::from_secs(30) {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(joined[0].0, 0, "{joined:?}\n{}", proxy.log());
+    let described = ask(streams::DESCRIBE, streams::describe(&[&app]));
+    assert_eq!(described, [(0, app.clone())], "{}", proxy.log());
+
+    // A group the policy does not name; a source topic it does not allow.
+    let payroll = ask(
+        streams::HEARTBEAT,
+        streams::join("payroll", "member-2", &[&source], &[]),
+    );
+    assert_eq!(payroll[0].0, 30, "GROUP_AUTHORIZATION_FAILED");
+    let secret = ask(
+        streams::HEARTBEAT,
+        streams::join(&app, "member-3", &["payments.ledger"], &[]),
+    );
+    assert_eq!(secret[0].0, 29, "TOPIC_AUTHORIZATION_FAILED");
+    let hidden = ask(streams::DESCRIBE, streams::describe(&["payroll"]));
+    assert_eq!(hidden, [(30, "payroll".to_string())]);
+    assert!(
+        proxy.log().contains("StreamsGroupHeartbeat"),
+        "{}",
+        proxy.log()
+    );
+}

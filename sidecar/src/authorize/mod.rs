@@ -33,6 +33,7 @@
 
 mod data;
 mod refusals;
+pub mod streams;
 #[cfg(test)]
 mod tests;
 
