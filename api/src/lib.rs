@@ -10,7 +10,8 @@
 //! - [`config`]: the compiled config of one workload identity;
 //! - [`compile`]: custom resources → config, and parsing of YAML manifests for local mode;
 //! - [`decide`]: the request-time decision the proxy makes on every request;
-//! - [`masking`]: field paths and detector regexes, parsed the same way by compiler and proxy.
+//! - [`masking`]: field paths and detector regexes, parsed the same way by compiler and proxy;
+//! - [`audit`]: the audit event (CloudEvents 1.0) the proxy sends the collector for every request.
 
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub mod acl;
+pub mod audit;
 pub mod compile;
 pub mod config;
 pub mod crd;

@@ -1,0 +1,414 @@
+//! The audit event: one per Kafka request the proxy handles, sent to the collector.
+//!
+//! An event is a [CloudEvents 1.0](https://github.com/cloudevents/spec) JSON envelope
+//! ([`AuditEvent`]); the proxy sends them in batches, a JSON array in the CloudEvents batch
+//! format ([`BATCH_CONTENT_TYPE`]) posted to [`INGEST_PATH`] with a bearer token.
+//!
+//! Its id is `<session id>:<sequence>`: the same request always yields the same id, so an event
+//! delivered twice (delivery is at least once) is stored once, and a gap in one session's
+//! sequence numbers is a lost event the collector can name.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// The CloudEvents version of every event.
+pub const SPEC_VERSION: &str = "1.0";
+/// The `type` of an event recording one Kafka request.
+pub const REQUEST_EVENT: &str = "io.streamward.audit.request.v1";
+/// The `type` of an event saying the proxy had to drop events (its spool was full).
+pub const DROPPED_EVENT: &str = "io.streamward.audit.dropped.v1";
+/// The media type of a batch of events (a JSON array).
+pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+/// Where the collector takes batches (`POST`).
+pub const INGEST_PATH: &str = "/v1/events";
+
+/// A CloudEvents 1.0 envelope around one [`EventData`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Always [`SPEC_VERSION`].
+    pub specversion: String,
+    /// `<session id>:<sequence>`, unique and stable across redelivery.
+    pub id: String,
+    /// The proxy that saw the request: `/namespaces/<ns>/serviceaccounts/<sa>` (plus
+    /// `/pods/<pod>` when the pod is known).
+    pub source: String,
+    /// [`REQUEST_EVENT`] or [`DROPPED_EVENT`].
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When the proxy received the request.
+    pub time: Timestamp,
+    /// Always `application/json`.
+    pub datacontenttype: String,
+    /// The first resource the request names (a topic, group, …), for quick filtering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// What happened.
+    pub data: EventData,
+}
+
+/// The payload of an [`AuditEvent`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EventData {
+    /// The proxy dropped events: `type` is [`DROPPED_EVENT`].
+    Dropped(DroppedEvents),
+    /// One Kafka request: `type` is [`REQUEST_EVENT`].
+    Request(Box<RequestRecord>),
+}
+
+/// One Kafka request, as the proxy saw and decided it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestRecord {
+    /// The client connection, one id per connection (a UUID).
+    pub session_id: String,
+    /// This request's position in its session: 1, 2, 3, … with no gaps.
+    pub sequence: u64,
+    /// Who made it.
+    pub identity: Identity,
+    /// From where.
+    pub client: Client,
+    /// Which request.
+    pub request: Request,
+    /// What it touched; empty for requests that name no resource (ApiVersions, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<Resource>,
+    /// What the proxy did with it.
+    pub decision: Decision,
+    /// Fields masked, per MaskingRule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masking: Vec<Masked>,
+    /// The approval the request waited for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+    /// The records, digested or masked, when the policy's audit level asks for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Payload>,
+}
+
+/// The workload and, when the client authenticated to the proxy, the user.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's service account.
+    pub service_account: String,
+    /// The pod, when the proxy knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The user the client authenticated as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// That user's groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// The Kafka client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Client {
+    /// The `client.id` of the request header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The client library, from ApiVersions (KIP-511).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub software_name: Option<String>,
+    /// Its version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub software_version: Option<String>,
+    /// The client's address as the proxy saw it.
+    pub address: String,
+}
+
+/// The request header.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    /// The API's name as Kafka documents it (`Produce`, `Fetch`, `DeleteTopics`, …).
+    pub api_key: String,
+    /// The API's number.
+    pub api_key_code: i16,
+    /// The request version.
+    pub api_version: i16,
+    /// The correlation id.
+    pub correlation_id: i32,
+}
+
+/// One resource a request touches, and what the proxy decided for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resource {
+    /// `Topic`, `Group`, `TransactionalId`, `Cluster`, `DelegationToken` or `User`.
+    pub resource_type: String,
+    /// Its name (`kafka-cluster` for the cluster).
+    pub name: String,
+    /// The ACL operation checked (`Read`, `Write`, `Describe`, …).
+    pub operation: String,
+    /// `Allow`, `Deny` or `RequireApproval` for this resource.
+    pub effect: String,
+    /// Partitions, where the request names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<i32>,
+    /// Records produced or fetched, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    /// Bytes of record batches produced or fetched, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// The first and last offsets fetched or produced, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsets: Option<OffsetRange>,
+}
+
+/// An inclusive range of offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetRange {
+    /// The first offset.
+    pub first: i64,
+    /// The last offset.
+    pub last: i64,
+}
+
+/// The proxy's decision on the whole request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// `Allow` (every resource allowed), `Deny` (every resource refused), `Partial` (some
+    /// refused, the rest forwarded) or `RequireApproval`.
+    pub effect: String,
+    /// What decided, e.g. `StreamPolicy/orders rule producers`, `AccessGrant/oncall-1`,
+    /// `default deny`; for a partial decision, the rule that refused.
+    pub rule: String,
+    /// The content hash of the config in force.
+    pub config_hash: String,
+    /// Why, in words, when the proxy refused or would have refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `true` when a `DryRun` policy would have refused but the request was forwarded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// Fields one MaskingRule masked in one request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Masked {
+    /// The MaskingRule.
+    pub rule: String,
+    /// Values it masked.
+    pub fields: u64,
+}
+
+/// An approval a request waited for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    /// The ApprovalRequest.
+    pub request: String,
+    /// Who decided, when someone did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+}
+
+/// The records of a request, as the policy's audit level asks.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Payload {
+    /// SHA-256 (hex) of the record batches, as they went to or came from the broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The record values, masked, when the audit level is `MaskedPayload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<Vec<serde_json::Value>>,
+}
+
+/// Events a proxy had to drop because its spool was full.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DroppedEvents {
+    /// The proxy's identity.
+    pub identity: Identity,
+    /// How many events were dropped since the last such report.
+    pub dropped: u64,
+    /// When the first of them was dropped.
+    pub since: Timestamp,
+}
+
+/// `/namespaces/<ns>/serviceaccounts/<sa>[/pods/<pod>]`, the `source` of a proxy's events.
+pub fn source(identity: &Identity) -> String {
+    let mut source = format!(
+        "/namespaces/{}/serviceaccounts/{}",
+        identity.namespace, identity.service_account
+    );
+    if let Some(pod) = &identity.pod {
+        source.push_str("/pods/");
+        source.push_str(pod);
+    }
+    source
+}
+
+impl AuditEvent {
+    /// The event of one request, its id and subject derived from the record.
+    pub fn request(time: Timestamp, record: RequestRecord) -> AuditEvent {
+        AuditEvent {
+            specversion: SPEC_VERSION.to_string(),
+            id: format!("{}:{}", record.session_id, record.sequence),
+            source: source(&record.identity),
+            kind: REQUEST_EVENT.to_string(),
+            time,
+            datacontenttype: "application/json".to_string(),
+            subject: record.resources.first().map(|r| r.name.clone()),
+            data: EventData::Request(Box::new(record)),
+        }
+    }
+
+    /// The event reporting `dropped.dropped` lost events; `id` must be unique (the proxy uses
+    /// its own session-like id and a counter).
+    pub fn dropped(id: String, time: Timestamp, dropped: DroppedEvents) -> AuditEvent {
+        AuditEvent {
+            specversion: SPEC_VERSION.to_string(),
+            id,
+            source: source(&dropped.identity),
+            kind: DROPPED_EVENT.to_string(),
+            time,
+            datacontenttype: "application/json".to_string(),
+            subject: None,
+            data: EventData::Dropped(dropped),
+        }
+    }
+
+    /// The request record, unless this event reports dropped events.
+    pub fn record(&self) -> Option<&RequestRecord> {
+        match &self.data {
+            EventData::Request(record) => Some(record),
+            EventData::Dropped(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record() -> RequestRecord {
+        RequestRecord {
+            session_id: "0b9d2c1e-5d4f-4c59-a7a8-2f5a7c0e9d11".into(),
+            sequence: 7,
+            identity: Identity {
+                namespace: "shop".into(),
+                service_account: "orders-app".into(),
+                pod: Some("orders-7d9f".into()),
+                user: Some("alice".into()),
+                groups: vec!["oncall".into()],
+            },
+            client: Client {
+                client_id: Some("rdkafka".into()),
+                software_name: Some("librdkafka".into()),
+                software_version: Some("2.0.2".into()),
+                address: "127.0.0.1:50312".into(),
+            },
+            request: Request {
+                api_key: "Produce".into(),
+                api_key_code: 0,
+                api_version: 9,
+                correlation_id: 42,
+            },
+            resources: vec![Resource {
+                resource_type: "Topic".into(),
+                name: "orders.created".into(),
+                operation: "Write".into(),
+                effect: "Allow".into(),
+                partitions: vec![0, 2],
+                records: Some(3),
+                bytes: Some(211),
+                offsets: None,
+            }],
+            decision: Decision {
+                effect: "Allow".into(),
+                rule: "StreamPolicy/orders rule producers".into(),
+                config_hash: "sha256:ab12".into(),
+                reason: None,
+                dry_run: false,
+            },
+            masking: vec![Masked {
+                rule: "pii".into(),
+                fields: 3,
+            }],
+            approval: None,
+            payload: Some(Payload {
+                sha256: Some("00ff".into()),
+                records: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_request_event_is_a_cloudevent_with_a_stable_id() {
+        let time: Timestamp = "2026-12-01T10:00:00Z".parse().unwrap();
+        let event = AuditEvent::request(time, record());
+        let value = serde_json::to_value(&event).unwrap();
+        assert_eq!(value["specversion"], "1.0");
+        assert_eq!(value["id"], "0b9d2c1e-5d4f-4c59-a7a8-2f5a7c0e9d11:7");
+        assert_eq!(value["type"], REQUEST_EVENT);
+        assert_eq!(
+            value["source"],
+            "/namespaces/shop/serviceaccounts/orders-app/pods/orders-7d9f"
+        );
+        assert_eq!(value["time"], "2026-12-01T10:00:00Z");
+        assert_eq!(value["subject"], "orders.created");
+        assert_eq!(value["data"]["identity"]["serviceAccount"], "orders-app");
+        assert_eq!(value["data"]["request"]["apiKey"], "Produce");
+        assert_eq!(value["data"]["resources"][0]["partitions"], json!([0, 2]));
+        assert_eq!(value["data"]["masking"][0]["fields"], 3);
+        // Optional parts that are absent are left out, not null.
+        assert!(value["data"].get("approval").is_none());
+        assert!(value["data"]["decision"].get("dryRun").is_none());
+
+        let back: AuditEvent = serde_json::from_value(value).unwrap();
+        assert_eq!(back, event);
+        assert_eq!(back.record().unwrap().sequence, 7);
+    }
+
+    #[test]
+    fn a_dropped_event_reads_back_as_dropped() {
+        let time: Timestamp = "2026-12-01T10:00:00Z".parse().unwrap();
+        let identity = Identity {
+            namespace: "shop".into(),
+            service_account: "orders-app".into(),
+            ..Identity::default()
+        };
+        let event = AuditEvent::dropped(
+            "proxy-1:dropped:1".into(),
+            time,
+            DroppedEvents {
+                identity,
+                dropped: 12,
+                since: time,
+            },
+        );
+        let text = serde_json::to_string(&event).unwrap();
+        let back: AuditEvent = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.kind, DROPPED_EVENT);
+        assert!(back.record().is_none());
+        assert!(matches!(
+            back.data,
+            EventData::Dropped(DroppedEvents { dropped: 12, .. })
+        ));
+    }
+
+    #[test]
+    fn a_batch_is_a_json_array_of_events() {
+        let time: Timestamp = "2026-12-01T10:00:00Z".parse().unwrap();
+        let batch = vec![
+            AuditEvent::request(time, record()),
+            AuditEvent::request(time, record()),
+        ];
+        let text = serde_json::to_string(&batch).unwrap();
+        assert!(text.starts_with('['));
+        let back: Vec<AuditEvent> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, batch);
+    }
+}
