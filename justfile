@@ -65,3 +65,9 @@ demo: provision
 bench-proxy records="1000000": provision
     cargo build -q --release -p streamward-sidecar
     cargo run -q --release -p streamward-e2e --bin bench_proxy -- --sidecar {{target_dir}}/release/streamward-sidecar --records {{records}}
+
+# Benchmark masking: the engine (criterion, one core) and consume throughput through the proxy with and without masking, same run.
+bench-mask records="200000": provision
+    cargo bench -q -p streamward-sidecar --bench mask
+    cargo build -q --release -p streamward-sidecar
+    cargo run -q --release -p streamward-e2e --bin bench_mask -- --sidecar {{target_dir}}/release/streamward-sidecar --records {{records}}

@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod clients;
+pub mod data;
 pub mod kafka;
 pub mod kube;
 pub mod net;
