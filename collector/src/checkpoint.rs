@@ -35,6 +35,10 @@ pub struct Checkpoint {
     pub last_hash: String,
     /// Whether the segment was closed (no more records will be appended to it).
     pub sealed: bool,
+    /// Whether retention removed the records up to `last_index` (this segment and all before
+    /// it): the first record left must follow `last_hash`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
     /// When the checkpoint was written.
     pub time: jiff::Timestamp,
     /// The Ed25519 signature (hex) over [`Checkpoint::message`].
@@ -45,13 +49,14 @@ impl Checkpoint {
     /// The bytes that are signed: every field but the signature, in a fixed text form.
     pub fn message(&self) -> Vec<u8> {
         format!(
-            "streamward-checkpoint-v1\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            "streamward-checkpoint-v1\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
             self.segment,
             self.first_index,
             self.last_index,
             self.first_prev,
             self.last_hash,
             self.sealed,
+            self.removed,
             self.time
         )
         .into_bytes()
@@ -173,6 +178,7 @@ mod tests {
             first_prev: crate::chain::GENESIS.into(),
             last_hash: "ab".repeat(32),
             sealed: true,
+            removed: false,
             time: "2026-12-01T10:00:00Z".parse().unwrap(),
             signature: String::new(),
         };

@@ -59,6 +59,7 @@ pub fn run_writer(
     let tick = settings.checkpoint_every.min(Duration::from_secs(1));
     let mut last_checkpoint = Instant::now();
     let mut last_retention = Instant::now();
+    let mut sealed = store.sealed_segments();
     let mut open = true;
     while open {
         let mut group = Vec::new();
@@ -82,7 +83,8 @@ pub fn run_writer(
             }
             last_checkpoint = Instant::now();
         }
-        if last_retention.elapsed() >= Duration::from_secs(10) {
+        // Retention looks again every 10 s, and at once when a segment was sealed.
+        if last_retention.elapsed() >= Duration::from_secs(10) || store.sealed_segments() > sealed {
             match store.apply_retention(settings.retention) {
                 Ok(removed) if !removed.is_empty() => {
                     tracing::info!(?removed, "retention removed the oldest segments");
@@ -91,6 +93,7 @@ pub fn run_writer(
                 Err(error) => tracing::error!(error = format!("{error:#}"), "retention failed"),
             }
             last_retention = Instant::now();
+            sealed = store.sealed_segments();
         }
     }
     tracing::info!("the writer stopped after a last checkpoint");

@@ -74,6 +74,9 @@ struct SealedSegment {
     name: String,
     bytes: u64,
     sealed_at: Timestamp,
+    first_index: u64,
+    last_index: u64,
+    last_hash: String,
 }
 
 /// The store, owned by one writer.
@@ -216,6 +219,9 @@ impl Store {
                     name,
                     bytes: scan.len,
                     sealed_at,
+                    first_index: scan.first_index.unwrap_or(store.next_index),
+                    last_index: store.next_index.saturating_sub(1),
+                    last_hash: store.last_hash.clone(),
                 });
             }
         }
@@ -319,6 +325,11 @@ impl Store {
         self.seen.contains(id)
     }
 
+    /// Sealed segments held.
+    pub fn sealed_segments(&self) -> usize {
+        self.sealed.len()
+    }
+
     /// Records stored so far (including those retention removed).
     pub fn next_index(&self) -> u64 {
         self.next_index
@@ -408,16 +419,23 @@ impl Store {
         if self.next_index == open.first_index {
             return Ok(());
         }
-        let mut checkpoint = Checkpoint {
+        let checkpoint = Checkpoint {
             segment: open.name.clone(),
             first_index: open.first_index,
             last_index: self.next_index - 1,
             first_prev: open.first_prev.clone(),
             last_hash: self.last_hash.clone(),
             sealed,
+            removed: false,
             time: Timestamp::now(),
             signature: String::new(),
         };
+        self.append_checkpoint(checkpoint)?;
+        self.checkpointed = Some(self.next_index - 1);
+        Ok(())
+    }
+
+    fn append_checkpoint(&mut self, mut checkpoint: Checkpoint) -> Result<()> {
         self.key.sign(&mut checkpoint);
         let mut line = serde_json::to_string(&checkpoint)?;
         line.push('\n');
@@ -425,7 +443,6 @@ impl Store {
             .write_all(line.as_bytes())
             .and_then(|()| self.checkpoints.sync_data())
             .context("writing a checkpoint")?;
-        self.checkpointed = Some(checkpoint.last_index);
         Ok(())
     }
 
@@ -443,6 +460,9 @@ impl Store {
                 name: open.name,
                 bytes: open.len,
                 sealed_at: Timestamp::now(),
+                first_index: open.first_index,
+                last_index: self.next_index - 1,
+                last_hash: self.last_hash.clone(),
             });
         }
         self.open_segment()
@@ -456,6 +476,7 @@ impl Store {
         let mut total: u64 = self.sealed.iter().map(|s| s.bytes).sum::<u64>()
             + self.open.as_ref().map_or(0, |o| o.len);
         let mut removed = Vec::new();
+        let mut last_removed = None;
         while let Some(oldest) = self.sealed.front() {
             let too_old = retention.max_age.is_some_and(|age| {
                 now.duration_since(oldest.sealed_at)
@@ -481,7 +502,22 @@ impl Store {
                 .with_context(|| format!("removing segment {}", path.display()))?;
             total -= oldest.bytes;
             removed.push(oldest.name.clone());
-            self.sealed.pop_front();
+            last_removed = self.sealed.pop_front();
+        }
+        // Say, signed, what retention removed: verify accepts a missing beginning only up to
+        // here, so deleting another segment by hand is still found.
+        if let Some(segment) = last_removed {
+            self.append_checkpoint(Checkpoint {
+                segment: segment.name,
+                first_index: segment.first_index,
+                last_index: segment.last_index,
+                first_prev: String::new(),
+                last_hash: segment.last_hash,
+                sealed: true,
+                removed: true,
+                time: now,
+                signature: String::new(),
+            })?;
         }
         Ok(removed)
     }

@@ -98,6 +98,18 @@ struct Entry {
     segment: String,
     line: usize,
     decoded: Result<chain::Record, chain::Broken>,
+    /// For a line that does not even parse: the event id, if it can still be read.
+    id_hint: Option<String>,
+}
+
+/// The event id in a damaged line, read without parsing it as JSON.
+fn scrape_id(line: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(line);
+    let event = text.find(",\"event\":{")?;
+    let rest = &text[event..];
+    let start = rest.find("\"id\":\"")? + 6;
+    let end = rest[start..].find('"')?;
+    Some(rest[start..start + end].to_string())
 }
 
 fn event_id(record: &chain::Record) -> Option<String> {
@@ -122,10 +134,16 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
             if line.is_empty() {
                 continue;
             }
+            let decoded = chain::decode(line);
+            let id_hint = match &decoded {
+                Err(broken) if broken.record.is_none() => scrape_id(line),
+                _ => None,
+            };
             entries.push(Entry {
                 segment: segment.clone(),
                 line: n + 1,
-                decoded: chain::decode(line),
+                decoded,
+                id_hint,
             });
         }
     }
@@ -184,11 +202,17 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
         let record = match &entry.decoded {
             Ok(record) => record,
             Err(broken) => {
-                chain_problem = Some(at(
+                let mut problem = at(
                     ProblemKind::Altered,
                     broken.record.as_deref(),
                     format!("the record was altered: {}", broken.damage),
-                ));
+                );
+                if broken.record.is_none() {
+                    // Where it stands says which record it was.
+                    problem.index = Some(previous.as_ref().map_or(0, |(index, _)| index + 1));
+                    problem.event_id = entry.id_hint.clone();
+                }
+                chain_problem = Some(problem);
                 break;
             }
         };
@@ -200,17 +224,19 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
             )),
             None if record.index == 0 => None,
             None => {
-                let anchored = checkpoints
-                    .iter()
-                    .any(|c| c.last_index + 1 == record.index && c.last_hash == record.prev);
+                // Only retention may remove the beginning, and it leaves a signed note saying
+                // up to where.
+                let anchored = checkpoints.iter().any(|c| {
+                    c.removed && c.last_index + 1 == record.index && c.last_hash == record.prev
+                });
                 (!anchored).then(|| Problem {
                     index: Some(0),
                     ..at(
                         ProblemKind::Removed,
                         Some(record),
                         format!(
-                            "records 0 to {} are missing and no signed checkpoint anchors record \
-                             {} (retention leaves the checkpoint of each segment it removes)",
+                            "records 0 to {} are missing and no signed retention checkpoint \
+                             says they were removed by retention up to record {}",
                             record.index - 1,
                             record.index
                         ),
@@ -291,7 +317,7 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
         problems.insert(0, problem);
     } else if let (Some(first), Some(last)) = (first_index, last_index) {
         let mut checkpoint_problem = None;
-        for c in &checkpoints {
+        for c in checkpoints.iter().filter(|c| !c.removed) {
             if c.last_index < first {
                 continue;
             }
@@ -389,7 +415,8 @@ impl Report {
                 self.records, self.segments, self.checkpoints
             )),
             Some(problem) => {
-                text.push_str(&format!("FAILED: {:?}", problem.kind).to_lowercase());
+                let kind = serde_json::to_value(problem.kind).unwrap_or_default();
+                text.push_str(&format!("FAILED: {}", kind.as_str().unwrap_or("damage")));
                 if let Some(segment) = &problem.segment {
                     text.push_str(&format!(" in segment {segment}"));
                 }
