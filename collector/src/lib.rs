@@ -3,8 +3,10 @@
 //!
 //! The data path of an event, in file order: [`auth`] lets the proxy in, [`ingest`] checks the
 //! batch and hands it to the writer, [`store`] appends it as [`chain`]ed records and signs
-//! [`checkpoint`]s; [`verify`] proves the files unchanged, [`query`] reads them back.
+//! [`checkpoint`]s, and [`alert`]s go out; [`verify`] proves the files unchanged, [`query`]
+//! reads them back.
 
+pub mod alert;
 pub mod auth;
 pub mod chain;
 pub mod checkpoint;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use streamward_collector::alert::Alerts;
 use streamward_collector::auth::{AUDIENCE, Authenticator, TokenFile, TokenReviewer};
 use streamward_collector::checkpoint::PublicKey;
 use streamward_collector::ingest::{self, WriterSettings};
@@ -75,6 +76,9 @@ struct ServeArgs {
     /// Remove the oldest sealed segments while the store is larger than this.
     #[arg(long)]
     retain_bytes: Option<u64>,
+    /// Webhook alert sinks (YAML; see docs/audit.md).
+    #[arg(long)]
+    alerts: Option<PathBuf>,
     /// HTTPS: the PEM certificate chain.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -243,6 +247,10 @@ async fn serve_async(args: ServeArgs) -> Result<()> {
         .unwrap_or_else(|| args.data.join(store::SIGNING_KEY));
     let store = Store::open(&args.data, &signing_key, args.segment_max_bytes)?;
     let metrics = Arc::new(Metrics::default());
+    let mut listeners = Vec::new();
+    if let Some(path) = &args.alerts {
+        listeners.push(Alerts::read(path)?.start(metrics.clone())?);
+    }
 
     let (writer, jobs) = ingest::queue();
     let settings = WriterSettings {
@@ -251,7 +259,7 @@ async fn serve_async(args: ServeArgs) -> Result<()> {
             max_age: args.retain_seconds.map(Duration::from_secs),
             max_bytes: args.retain_bytes,
         },
-        listeners: Vec::new(),
+        listeners,
     };
     let handle = tokio::runtime::Handle::current();
     let writer_thread = std::thread::Builder::new()
