@@ -811,7 +811,7 @@ fn fix_response(
         }
         ResponseKind::Metadata(r) => {
             shared.topic_ids.learn(r);
-            changed |= hide_topics(shared, r, all_topics, client);
+            changed |= hide_topics(shared, r, all_topics, client, draft);
         }
         _ => {}
     }
@@ -837,24 +837,31 @@ fn hide_topics(
     response: &mut MetadataResponse,
     all_topics: bool,
     client: &ClientIdentity,
+    mut draft: Option<&mut Draft>,
 ) -> bool {
     let state = shared.state.load();
-    let describable = |name: &str| -> bool {
+    let explain = draft.is_some();
+    let mut describable = |name: &str| -> bool {
         use streamward_api::acl::{Operation, ResourceType};
-        match &**state {
-            State::Ready(loaded) => {
-                RequestPolicy::new(
-                    &loaded.config,
-                    client,
-                    &loaded.target_name,
-                    Timestamp::now(),
-                    &shared.metrics,
-                )
-                .check(ResourceType::Topic, name, Operation::Describe)
-                .allowed
-            }
-            State::FailClosed { .. } => false,
+        let verdict = match &**state {
+            State::Ready(loaded) => RequestPolicy::new(
+                &loaded.config,
+                client,
+                &loaded.target_name,
+                Timestamp::now(),
+                &shared.metrics,
+            )
+            .explained(explain)
+            .check(ResourceType::Topic, name, Operation::Describe),
+            State::FailClosed { .. } => crate::authorize::Verdict::deny("no config is loaded")
+                .by(Some("fail closed".into())),
+        };
+        if !verdict.allowed
+            && let Some(draft) = draft.as_deref_mut()
+        {
+            draft.hidden(name, verdict.rule, verdict.message);
         }
+        verdict.allowed
     };
     let before = response.topics.len();
     let mut changed = false;

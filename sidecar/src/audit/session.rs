@@ -227,6 +227,25 @@ impl Draft {
         }
     }
 
+    /// A topic of a Metadata response the client may not Describe: left out of the answer, or
+    /// reported as TOPIC_AUTHORIZATION_FAILED.
+    pub fn hidden(&mut self, topic: &str, rule: Option<String>, reason: Option<String>) {
+        let Some(record) = self.record() else { return };
+        record.resources.push(Resource {
+            resource_type: "Topic".into(),
+            name: topic.to_string(),
+            operation: "Describe".into(),
+            effect: "Deny".into(),
+            ..Resource::default()
+        });
+        let decision = &mut record.decision;
+        if decision.effect == "Allow" {
+            decision.effect = "Partial".into();
+            decision.rule = rule.unwrap_or_default();
+            decision.reason = reason;
+        }
+    }
+
     /// The request was answered by the proxy as refused, with `reason` (no policy access).
     pub fn refuse(&mut self, rule: &str, reason: String) {
         if let Some(record) = self.record() {
