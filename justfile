@@ -65,3 +65,8 @@ demo: provision
 bench-proxy records="1000000": provision
     cargo build -q --release -p streamward-sidecar
     cargo run -q --release -p streamward-e2e --bin bench_proxy -- --sidecar {{target_dir}}/release/streamward-sidecar --records {{records}}
+
+# Benchmark: proxy throughput and round trips with audit on vs off (to a real collector), same run.
+bench-audit records="1000000": provision
+    cargo build -q --release -p streamward-sidecar -p streamward-collector
+    cargo run -q --release -p streamward-e2e --bin bench_audit -- --sidecar {{target_dir}}/release/streamward-sidecar --collector {{target_dir}}/release/streamward-collector --records {{records}}

@@ -9,6 +9,7 @@
 //! every server listens on 127.0.0.1 only. Processes die with the test binary, even when it
 //! panics or is killed.
 
+pub mod bench;
 pub mod cache;
 pub mod clients;
 pub mod kafka;
