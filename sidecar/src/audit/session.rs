@@ -238,9 +238,11 @@ impl Draft {
             effect: "Deny".into(),
             ..Resource::default()
         });
+        let all_denied = record.resources.iter().all(|r| r.effect != "Allow");
         let decision = &mut record.decision;
         if decision.effect == "Allow" {
-            decision.effect = "Partial".into();
+            // Every topic it named was withheld: refused; some: partly.
+            decision.effect = if all_denied { "Deny" } else { "Partial" }.into();
             decision.rule = rule.unwrap_or_default();
             decision.reason = reason;
         }
