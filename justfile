@@ -56,10 +56,10 @@ fuzz-mask seconds="60":
 # Everything CI runs: lint, unit and end-to-end tests.
 test: lint unit e2e
 
-# The demo: real Kafka and the proxy with the policies in config/samples/, driven by real clients.
+# The demo: real Kafka, the proxy with config/samples/ and the collector, driven by real clients; ends with the audit trail.
 demo: provision
-    cargo build -q -p streamward-sidecar
-    cargo run -q -p streamward-e2e --bin demo -- --sidecar {{target_dir}}/debug/streamward-sidecar
+    cargo build -q -p streamward-sidecar -p streamward-collector
+    cargo run -q -p streamward-e2e --bin demo -- --sidecar {{target_dir}}/debug/streamward-sidecar --collector {{target_dir}}/debug/streamward-collector
 
 # Benchmark: Kafka's producer/consumer performance tools direct and through the proxy, same run.
 bench-proxy records="1000000": provision
@@ -71,3 +71,8 @@ bench-mask records="200000": provision
     cargo bench -q -p streamward-sidecar --bench mask
     cargo build -q --release -p streamward-sidecar
     cargo run -q --release -p streamward-e2e --bin bench_mask -- --sidecar {{target_dir}}/release/streamward-sidecar --records {{records}}
+
+# Benchmark: proxy throughput and round trips with audit on vs off (to a real collector), same run.
+bench-audit records="1000000": provision
+    cargo build -q --release -p streamward-sidecar -p streamward-collector
+    cargo run -q --release -p streamward-e2e --bin bench_audit -- --sidecar {{target_dir}}/release/streamward-sidecar --collector {{target_dir}}/release/streamward-collector --records {{records}}

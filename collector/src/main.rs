@@ -1,7 +1,305 @@
-//! The Streamward audit collector. Not built yet; until then this binary says so rather than
-//! pretending to store anything.
+//! `streamward-collector serve | verify | query`.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("streamward-collector: not implemented yet (audit ingest and storage are planned)");
-    std::process::ExitCode::from(2)
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use streamward_collector::alert::Alerts;
+use streamward_collector::auth::{AUDIENCE, Authenticator, TokenFile, TokenReviewer};
+use streamward_collector::checkpoint::PublicKey;
+use streamward_collector::ingest::{self, WriterSettings};
+use streamward_collector::metrics::Metrics;
+use streamward_collector::query::{self, Filter, Format};
+use streamward_collector::server::{self, App, Listen};
+use streamward_collector::store::{self, Retention, Store};
+use streamward_collector::verify;
+
+#[derive(Parser)]
+#[command(
+    name = "streamward-collector",
+    version,
+    about = "The Streamward audit collector"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Take audit events from proxies and store them.
+    Serve(Box<ServeArgs>),
+    /// Prove a data folder's hash chain and checkpoints intact; exit 1 naming the first damage.
+    Verify(VerifyArgs),
+    /// Print stored events that match filters.
+    Query(Box<QueryArgs>),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The data folder (segments, checkpoints).
+    #[arg(long, env = "STREAMWARD_COLLECTOR_DATA")]
+    data: PathBuf,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8480")]
+    listen: SocketAddr,
+    /// Local mode: proxies' tokens, one per line (optionally followed by
+    /// `<namespace>/<serviceaccount>` to bind the token to that workload's events).
+    #[arg(long, conflicts_with = "token_review")]
+    token_file: Option<PathBuf>,
+    /// Kubernetes: check proxies' projected service-account tokens with TokenReview (the
+    /// in-cluster config or KUBECONFIG); a token may only send its own workload's events.
+    #[arg(long)]
+    token_review: bool,
+    /// The audience the tokens must be minted for.
+    #[arg(long, default_value = AUDIENCE)]
+    audience: String,
+    /// Tokens that may use the query API (`GET /v1/events`); without it the API is off.
+    #[arg(long)]
+    query_token_file: Option<PathBuf>,
+    /// The Ed25519 key that signs checkpoints (made if missing); default `<data>/signing.key`.
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
+    /// A segment is sealed (and a new one begun) past this size.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    segment_max_bytes: u64,
+    /// How often the open segment gets a signed checkpoint.
+    #[arg(long, default_value_t = 10)]
+    checkpoint_seconds: u64,
+    /// Remove sealed segments older than this many seconds.
+    #[arg(long)]
+    retain_seconds: Option<u64>,
+    /// Remove the oldest sealed segments while the store is larger than this.
+    #[arg(long)]
+    retain_bytes: Option<u64>,
+    /// Webhook alert sinks (YAML; see docs/audit.md).
+    #[arg(long)]
+    alerts: Option<PathBuf>,
+    /// HTTPS: the PEM certificate chain.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// HTTPS: the PEM private key.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The data folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// A trusted copy of the checkpoint public key (64 hex digits); default
+    /// `<data>/checkpoint.pub`, which proves less, since it lives beside what it checks.
+    #[arg(long)]
+    public_key: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct QueryArgs {
+    /// The data folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// Events at or after (RFC 3339, or relative: -15m, -24h, -7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Events before (RFC 3339, or relative).
+    #[arg(long)]
+    until: Option<String>,
+    /// The workload's namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The workload's service account.
+    #[arg(long)]
+    service_account: Option<String>,
+    /// The user the client authenticated as.
+    #[arg(long)]
+    user: Option<String>,
+    /// A topic the request touched.
+    #[arg(long)]
+    topic: Option<String>,
+    /// The Kafka API (Produce, Fetch, DeleteTopics, …).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Allow, Deny, Partial, RequireApproval, or WouldDeny (DryRun refusals).
+    #[arg(long)]
+    decision: Option<String>,
+    /// The proxy session id.
+    #[arg(long)]
+    session: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// At most this many events.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(*args).map(|()| ExitCode::SUCCESS),
+        Command::Verify(args) => run_verify(args),
+        Command::Query(args) => run_query(*args).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("streamward-collector: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
+    let key_path = args
+        .public_key
+        .unwrap_or_else(|| args.data.join(store::PUBLIC_KEY));
+    let key = PublicKey::read(&key_path)?;
+    if !args.data.join(store::SEGMENTS).is_dir() {
+        bail!(
+            "{} is not a collector data folder (no segments/)",
+            args.data.display()
+        );
+    }
+    let report = verify::verify(&args.data, &key)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn run_query(args: QueryArgs) -> Result<()> {
+    let filter = Filter {
+        since: args.since.as_deref().map(query::parse_time).transpose()?,
+        until: args.until.as_deref().map(query::parse_time).transpose()?,
+        namespace: args.namespace,
+        service_account: args.service_account,
+        user: args.user,
+        topic: args.topic,
+        api_key: args.api_key,
+        decision: args.decision,
+        session: args.session,
+    };
+    if !args.data.join(store::SEGMENTS).is_dir() {
+        bail!(
+            "{} is not a collector data folder (no segments/)",
+            args.data.display()
+        );
+    }
+    let stdout = std::io::stdout().lock();
+    let mut writer = query::Writer::new(std::io::BufWriter::new(stdout), args.format);
+    query::scan(&args.data, &filter, args.limit, |event| writer.write(event))?;
+    writer.finish()?;
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve_async(args))
+}
+
+async fn serve_async(args: ServeArgs) -> Result<()> {
+    let auth = match (&args.token_file, args.token_review) {
+        (Some(path), false) => Authenticator::Tokens(TokenFile::read(path)?),
+        (None, true) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API server for TokenReview")?;
+            Authenticator::TokenReview(TokenReviewer::new(client, args.audience.clone()))
+        }
+        _ => bail!(
+            "say how proxies authenticate: --token-file FILE (local mode) or --token-review \
+             (Kubernetes); the collector takes no unauthenticated events"
+        ),
+    };
+    let query_tokens = args
+        .query_token_file
+        .as_deref()
+        .map(TokenFile::read)
+        .transpose()?;
+    let signing_key = args
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| args.data.join(store::SIGNING_KEY));
+    let store = Store::open(&args.data, &signing_key, args.segment_max_bytes)?;
+    let metrics = Arc::new(Metrics::default());
+    let mut listeners = Vec::new();
+    if let Some(path) = &args.alerts {
+        listeners.push(Alerts::read(path)?.start(metrics.clone())?);
+    }
+
+    let (writer, jobs) = ingest::queue();
+    let settings = WriterSettings {
+        checkpoint_every: Duration::from_secs(args.checkpoint_seconds.max(1)),
+        retention: Retention {
+            max_age: args.retain_seconds.map(Duration::from_secs),
+            max_bytes: args.retain_bytes,
+        },
+        listeners,
+    };
+    let handle = tokio::runtime::Handle::current();
+    let writer_thread = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || ingest::run_writer(store, jobs, settings, handle))
+        .context("starting the store writer")?;
+
+    let app = Arc::new(App {
+        auth,
+        query_tokens,
+        data: args.data.clone(),
+        writer,
+        metrics,
+    });
+    let listen = Listen {
+        addr: args.listen,
+        tls: args.tls_cert.zip(args.tls_key),
+    };
+    server::serve(listen, server::router(app), wait_for_signal()).await?;
+    // The router (and with it every sender to the writer) is gone: the writer drains, signs a
+    // last checkpoint and stops.
+    tokio::task::spawn_blocking(move || writer_thread.join())
+        .await
+        .ok();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping: finishing in-flight batches");
 }

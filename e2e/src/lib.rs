@@ -9,6 +9,7 @@
 //! every server listens on 127.0.0.1 only. Processes die with the test binary, even when it
 //! panics or is killed.
 
+pub mod bench;
 pub mod cache;
 pub mod clients;
 pub mod data;
@@ -35,4 +36,31 @@ pub fn unique_name(prefix: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The path of binary `bin` of workspace package `package`, built (debug profile) with the
+/// caller's `CARGO_TARGET_DIR`, for tests that run another crate's binary (the sidecar's tests
+/// run the collector). Cargo only lends `CARGO_BIN_EXE_*` for the package's own binaries.
+pub fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the e2e crate lives in the workspace")?
+        .to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "-q", "-p", package, "--bin", bin])
+        .current_dir(&root)
+        .status()
+        .with_context(|| format!("running cargo build -p {package} --bin {bin}"))?;
+    anyhow::ensure!(
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let path = target.join("debug").join(bin);
+    anyhow::ensure!(path.exists(), "{} was not built", path.display());
+    Ok(path)
 }

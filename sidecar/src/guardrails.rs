@@ -19,6 +19,8 @@ pub struct Violation {
     name: String,
     operation: Operation,
     message: String,
+    /// `StreamPolicy/<name> guardrail`, for the audit.
+    rule: String,
 }
 
 /// The accesses of `request` that break a guardrail of `policies`.
@@ -34,6 +36,7 @@ pub fn violations<'c>(
                 name: name.to_string(),
                 operation,
                 message: format!("{what} (guardrail of StreamPolicy/{})", policy.name),
+                rule: format!("StreamPolicy/{} guardrail", policy.name),
             });
         };
         match request {
@@ -122,7 +125,8 @@ impl Policy for Guarded<'_> {
         match self.violations.iter().find(|v| {
             v.resource_type == resource_type && v.operation == operation && v.name == name
         }) {
-            Some(violation) => Verdict::policy_violation(violation.message.clone()),
+            Some(violation) => Verdict::policy_violation(violation.message.clone())
+                .by(verdict.rule.is_some().then(|| violation.rule.clone())),
             None => verdict,
         }
     }

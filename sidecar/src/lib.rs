@@ -12,9 +12,11 @@
 //! - [`upstream`]: the broker connection with the target's TLS and SASL;
 //! - [`brokers`], [`topics`], [`versions`]: what responses need fixing;
 //! - [`source`]: where the config comes from and reloading it; [`config_map`]: the operator's
-//!   ConfigMap watched through the API server; [`admin`], [`metrics`].
+//!   ConfigMap watched through the API server; [`admin`], [`metrics`];
+//! - [`audit`]: one event per request, spooled to disk and delivered to the collector.
 
 pub mod admin;
+pub mod audit;
 pub mod authorize;
 pub mod brokers;
 pub mod client_auth;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::Parser;
 use streamward_api::config::WorkloadIdentity;
+use streamward_sidecar::audit::{self, Audit, AuditSettings};
 use streamward_sidecar::client_auth::{ClientAuth, ClientAuthSettings, OidcSettings};
 use streamward_sidecar::config_map::{self, ConfigMapSource};
 use streamward_sidecar::metrics::Metrics;
@@ -91,6 +92,28 @@ struct Flags {
     /// authenticate is only the workload identity.
     #[arg(long, value_name = "BOOL")]
     client_auth_required: Option<bool>,
+    /// The pod this proxy runs in, named in audit events (the downward API's metadata.name).
+    #[arg(long, env = "STREAMWARD_POD_NAME")]
+    pod_name: Option<String>,
+    /// The audit collector's base URL (http:// or https://); one event per client request is
+    /// posted to its /v1/events. Without it no audit events are sent.
+    #[arg(long, env = "STREAMWARD_AUDIT_URL")]
+    audit_url: Option<String>,
+    /// The file holding the bearer token for the collector (re-read before every delivery).
+    #[arg(long, env = "STREAMWARD_AUDIT_TOKEN_FILE", requires = "audit_url")]
+    audit_token_file: Option<PathBuf>,
+    /// CA certificates (PEM) for the collector's TLS certificate (default: the system's roots).
+    #[arg(long, env = "STREAMWARD_AUDIT_CA", requires = "audit_url")]
+    audit_ca: Option<PathBuf>,
+    /// The folder events wait in until the collector has them (kept across restarts).
+    #[arg(long, env = "STREAMWARD_AUDIT_SPOOL", requires = "audit_url")]
+    audit_spool: Option<PathBuf>,
+    /// The spool's bound; events past it are dropped, counted and reported.
+    #[arg(long, env = "STREAMWARD_AUDIT_SPOOL_MAX_BYTES", default_value_t = audit::DEFAULT_SPOOL_MAX_BYTES)]
+    audit_spool_max_bytes: u64,
+    /// Events the in-memory queue between connections and the spool holds.
+    #[arg(long, env = "STREAMWARD_AUDIT_QUEUE", default_value_t = audit::DEFAULT_QUEUE)]
+    audit_queue: usize,
 }
 
 /// Where the config comes from: files polled for changes, or a ConfigMap watched.
@@ -145,6 +168,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     };
     let client_auth = load_client_auth(&flags)?;
     let metrics = Arc::new(Metrics::new());
+    let audit = start_audit(&flags, metrics.clone())?;
     let state = Arc::new(ArcSwap::from_pointee(State::FailClosed {
         reason: "the config has not been loaded yet".into(),
         last_good: None,
@@ -160,6 +184,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             max_response_bytes: 1 << 30,
             client,
             client_auth,
+            audit: audit.as_ref().map(Audit::emitter),
         },
         shutdown.clone(),
     );
@@ -210,7 +235,37 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     {
         tracing::warn!("some connections were still busy after 10 s");
     }
+    if let Some(audit) = audit {
+        audit.shutdown(Duration::from_secs(5)).await;
+    }
     Ok(())
+}
+
+/// The audit pipeline, when --audit-url is given.
+fn start_audit(flags: &Flags, metrics: Arc<Metrics>) -> anyhow::Result<Option<Audit>> {
+    let Some(url) = &flags.audit_url else {
+        tracing::warn!("no --audit-url: audit events are not sent");
+        return Ok(None);
+    };
+    let (Some(token_file), Some(spool_dir)) = (&flags.audit_token_file, &flags.audit_spool) else {
+        anyhow::bail!("--audit-url needs --audit-token-file FILE and --audit-spool DIR");
+    };
+    let settings = AuditSettings {
+        url: url.clone(),
+        token_file: token_file.clone(),
+        ca_file: flags.audit_ca.clone(),
+        spool_dir: spool_dir.clone(),
+        spool_max_bytes: flags.audit_spool_max_bytes,
+        queue: flags.audit_queue,
+        identity: streamward_api::audit::Identity {
+            namespace: flags.namespace.clone(),
+            service_account: flags.service_account.clone(),
+            pod: flags.pod_name.clone(),
+            ..Default::default()
+        },
+    };
+    let audit = Audit::start(settings, metrics).context("starting the audit emitter")?;
+    Ok(Some(audit))
 }
 
 /// Client authentication from the flags, or `None` when no client-auth flag is given.

@@ -49,6 +49,9 @@ const MAX_PLANS: usize = 1024;
 /// request and every request for its topics fails closed the same way).
 type CachedPlan = Result<Arc<Plan>, Arc<PlanError>>;
 
+/// Where the fields masked for one request are counted for its audit event, if it has one.
+pub type Tally<'a> = Option<&'a mut crate::audit::session::Draft>;
+
 /// A plan and the label its counts go under.
 #[derive(Debug)]
 pub struct Plan {
@@ -256,18 +259,28 @@ impl RequestMasking {
     /// masked (partitions that cannot be masked are refused); a forwarded Fetch hands its plans
     /// to the response half. Local answers need nothing.
     pub fn apply(self, outcome: Outcome, metrics: &Metrics) -> (Outcome, Option<FetchMasking>) {
+        self.apply_counted(outcome, metrics, &mut None)
+    }
+
+    /// [`RequestMasking::apply`], adding the fields masked to the request's audit event.
+    pub fn apply_counted(
+        self,
+        outcome: Outcome,
+        metrics: &Metrics,
+        tally: &mut Tally<'_>,
+    ) -> (Outcome, Option<FetchMasking>) {
         match self {
             RequestMasking::Fetch(fetch) => match outcome {
                 Outcome::Forward | Outcome::ForwardRewritten { .. } => (outcome, Some(fetch)),
                 other => (other, None),
             },
-            RequestMasking::Produce(produce) => (produce.apply(outcome, metrics), None),
+            RequestMasking::Produce(produce) => (produce.apply(outcome, metrics, tally), None),
         }
     }
 }
 
 impl ProduceMasking {
-    fn apply(self, outcome: Outcome, metrics: &Metrics) -> Outcome {
+    fn apply(self, outcome: Outcome, metrics: &Metrics, tally: &mut Tally<'_>) -> Outcome {
         let (mut request, fixup, untouched) = match outcome {
             Outcome::Forward => (self.request, Fixup::None, true),
             Outcome::ForwardRewritten {
@@ -293,7 +306,7 @@ impl ProduceMasking {
                 let Some(records) = partition.records.as_ref().filter(|r| !r.is_empty()) else {
                     return true;
                 };
-                match mask_records(plan, records, Flow::Produce, metrics) {
+                match mask_records(plan, records, Flow::Produce, metrics, tally) {
                     Ok(None) => true,
                     Ok(Some(masked)) => {
                         partition.records = Some(masked);
@@ -378,6 +391,16 @@ impl FetchMasking {
     /// Masks the records of the covered topics in the broker's `response`; a partition that
     /// cannot be masked gets an error and no records. Returns whether anything changed.
     pub fn apply(&self, response: &mut FetchResponse, metrics: &Metrics) -> bool {
+        self.apply_counted(response, metrics, &mut None)
+    }
+
+    /// [`FetchMasking::apply`], adding the fields masked to the request's audit event.
+    pub fn apply_counted(
+        &self,
+        response: &mut FetchResponse,
+        metrics: &Metrics,
+        tally: &mut Tally<'_>,
+    ) -> bool {
         let mut changed = false;
         for topic in &mut response.responses {
             let Some(plan) = find(
@@ -392,7 +415,7 @@ impl FetchMasking {
                 let Some(records) = partition.records.as_ref().filter(|r| !r.is_empty()) else {
                     continue;
                 };
-                match mask_records(plan, records, Flow::Consume, metrics) {
+                match mask_records(plan, records, Flow::Consume, metrics, tally) {
                     Ok(None) => {}
                     Ok(Some(masked)) => {
                         partition.records = Some(masked);
@@ -449,6 +472,7 @@ fn mask_records(
     records: &Bytes,
     flow: Flow,
     metrics: &Metrics,
+    tally: &mut Tally<'_>,
 ) -> Result<Option<Bytes>, Failure> {
     let plan = match plan {
         Ok(plan) => plan,
@@ -463,6 +487,9 @@ fn mask_records(
     let mut stats = MaskStats::default();
     let result = mask_batch(records, &plan.plan, &mut stats);
     metrics.masked(flow, &plan.rules, &stats);
+    if let Some(draft) = tally {
+        draft.masked(&plan.rules, stats.fields_masked + stats.headers_masked);
+    }
     result.map_err(|error| {
         metrics.masking_failure(
             flow,

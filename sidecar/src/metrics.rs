@@ -1,6 +1,8 @@
 //! Prometheus metrics of the proxy, `streamward_sidecar_<what>_<unit>`.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -91,6 +93,65 @@ struct FailureLabels {
     reason: MaskingFailure,
 }
 
+/// What became of an audit event.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum AuditOutcome {
+    /// Taken into the in-memory queue.
+    Queued,
+    /// Stored by the collector (it answered 200).
+    Delivered,
+    /// Lost: the queue or the spool was full, or the collector refused the batch for good.
+    Dropped,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuditOutcomeLabels {
+    outcome: AuditOutcome,
+}
+
+/// Why a batch of audit events was not delivered.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum AuditDeliveryError {
+    /// No answer: connection refused, TLS failure, timeout.
+    Connect,
+    /// 401/403: the token was refused (the batch is kept and retried).
+    Unauthorized,
+    /// 400/413: the collector refused the batch itself (it is dropped and reported).
+    Rejected,
+    /// 5xx or any other status (the batch is kept and retried).
+    Server,
+    /// The token file could not be read (the batch is kept and retried).
+    Token,
+}
+
+// Lower-case label values, as the metric's documentation names them.
+impl EncodeLabelValue for AuditOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(match self {
+            AuditOutcome::Queued => "queued",
+            AuditOutcome::Delivered => "delivered",
+            AuditOutcome::Dropped => "dropped",
+        })
+    }
+}
+
+impl EncodeLabelValue for AuditDeliveryError {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(match self {
+            AuditDeliveryError::Connect => "connect",
+            AuditDeliveryError::Unauthorized => "unauthorized",
+            AuditDeliveryError::Rejected => "rejected",
+            AuditDeliveryError::Server => "server",
+            AuditDeliveryError::Token => "token",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuditErrorLabels {
+    reason: AuditDeliveryError,
+}
+
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -107,6 +168,9 @@ pub struct Metrics {
     masked_fields: Family<RuleLabels, Counter>,
     masking_unparsable: Family<RuleLabels, Counter>,
     masking_failures: Family<FailureLabels, Counter>,
+    audit_events: Family<AuditOutcomeLabels, Counter>,
+    audit_spool_bytes: Gauge,
+    audit_delivery_errors: Family<AuditErrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -193,6 +257,24 @@ impl Metrics {
             "Partitions whose records could not be masked and were refused, by flow and reason",
             masking_failures.clone(),
         );
+        let audit_events = Family::<AuditOutcomeLabels, Counter>::default();
+        registry.register(
+            "audit_events",
+            "Audit events by outcome: queued, delivered to the collector, or dropped",
+            audit_events.clone(),
+        );
+        let audit_spool_bytes = Gauge::default();
+        registry.register(
+            "audit_spool_bytes",
+            "Bytes of audit events in the on-disk spool (delivered ones until their file is removed)",
+            audit_spool_bytes.clone(),
+        );
+        let audit_delivery_errors = Family::<AuditErrorLabels, Counter>::default();
+        registry.register(
+            "audit_delivery_errors",
+            "Failed attempts to deliver a batch of audit events to the collector, by reason",
+            audit_delivery_errors.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -208,7 +290,30 @@ impl Metrics {
             masked_fields,
             masking_unparsable,
             masking_failures,
+            audit_events,
+            audit_spool_bytes,
+            audit_delivery_errors,
         }
+    }
+
+    /// Counts `n` audit events with `outcome`.
+    pub fn audit_events(&self, outcome: AuditOutcome, n: u64) {
+        self.audit_events
+            .get_or_create(&AuditOutcomeLabels { outcome })
+            .inc_by(n);
+    }
+
+    /// The bytes in the audit spool now.
+    pub fn audit_spool_bytes(&self, bytes: u64) {
+        self.audit_spool_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a failed delivery attempt.
+    pub fn audit_delivery_error(&self, reason: AuditDeliveryError) {
+        self.audit_delivery_errors
+            .get_or_create(&AuditErrorLabels { reason })
+            .inc();
     }
 
     /// Counts what masking one partition's records did, under the plan's `rules`.

@@ -30,6 +30,8 @@ pub struct RequestPolicy<'a> {
     target: &'a str,
     now: Timestamp,
     metrics: &'a Metrics,
+    /// Whether verdicts name the rule that decided (for the audit event; it allocates).
+    explain: bool,
 }
 
 impl<'a> RequestPolicy<'a> {
@@ -52,7 +54,14 @@ impl<'a> RequestPolicy<'a> {
             target,
             now,
             metrics,
+            explain: false,
         }
+    }
+
+    /// Verdicts name the rule, grant or default that decided them (for the audit).
+    pub fn explained(mut self, explain: bool) -> RequestPolicy<'a> {
+        self.explain = explain;
+        self
     }
 }
 
@@ -87,17 +96,36 @@ impl Policy for RequestPolicy<'_> {
                 would = ?decision.would, "dry run: would refuse, forwarded"
             );
         }
-        match decision.effect {
+        let mut verdict = match decision.effect {
             Effect::Allow => Verdict::allow(),
             Effect::Deny => Verdict::deny(format!(
                 "{operation} on {resource_type} {name} denied by {}",
                 decision.rule_name()
             )),
-            Effect::RequireApproval => Verdict::policy_violation(format!(
-                "{operation} on {resource_type} {name} requires approval ({}); the approval flow is not available in this proxy yet",
-                decision.rule_name()
-            )),
+            Effect::RequireApproval => {
+                let mut verdict = Verdict::policy_violation(format!(
+                    "{operation} on {resource_type} {name} requires approval ({}); the approval flow is not available in this proxy yet",
+                    decision.rule_name()
+                ));
+                verdict.requires_approval = true;
+                verdict
+            }
+        };
+        if self.explain {
+            verdict.rule = Some(decision.rule_name());
+            verdict.dry_run = decision.dry_run;
+            if decision.dry_run {
+                verdict.message = Some(format!(
+                    "DryRun: {operation} on {resource_type} {name} would be {} by {}",
+                    match decision.would {
+                        Effect::RequireApproval => "held for approval",
+                        _ => "denied",
+                    },
+                    decision.rule_name()
+                ));
+            }
         }
+        verdict
     }
 }
 
@@ -116,5 +144,6 @@ impl Policy for FailClosed<'_> {
             "no valid Streamward config is loaded, so every request is refused (fail closed): {}",
             self.reason
         ))
+        .by(Some("fail closed".to_string()))
     }
 }

@@ -40,6 +40,8 @@ pub struct Settings {
     pub client: ClientIdentity,
     /// How clients authenticate to the proxy, if they do; `None` keeps SASL away from clients.
     pub client_auth: Option<Arc<ClientAuth>>,
+    /// Where audit events go; `None` sends none.
+    pub audit: Option<crate::audit::Emitter>,
 }
 
 /// What every connection shares.

@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tracing::Instrument;
 
+use crate::audit::session::{Draft, SessionAudit, audit_level};
 use crate::authorize::streams::{self, StreamsOutcome};
 use crate::authorize::{self, Fixup, Outcome, Policy, TopicNames};
 use crate::client_auth::login::{self, Login};
@@ -93,23 +94,45 @@ struct Client {
     identity: Arc<ClientIdentity>,
     /// `None` when clients do not authenticate to the proxy.
     login: Option<Login>,
+    /// The session's audit events; `None` when no events are sent.
+    audit: Option<SessionAudit>,
 }
 
 impl Client {
-    fn new(shared: &Shared) -> Client {
+    fn new(shared: &Shared, peer: SocketAddr) -> Client {
         Client {
             identity: Arc::new(shared.settings.client.clone()),
             login: shared.settings.client_auth.clone().map(Login::new),
+            audit: shared
+                .settings
+                .audit
+                .clone()
+                .map(|emitter| SessionAudit::new(emitter, peer)),
         }
     }
+
+    /// Starts the audit event of a request.
+    fn begin(&mut self, start: RequestStart, api: &str, frame: &[u8]) -> Option<Draft> {
+        let identity = &self.identity;
+        self.audit
+            .as_mut()
+            .map(|audit| audit.begin(start, api, frame, identity))
+    }
 }
+
+/// What to do with one request: what to send to the broker, what the response half should
+/// expect, and the request's audit event (finished once it is answered).
+type Handled = (Option<Bytes>, Option<Pending>, Option<Draft>);
+
+/// What the response half takes: the next answer and the audit event it completes.
+type Queued = (Pending, Option<Draft>);
 
 /// Serves one client until it disconnects, the broker goes away, or the proxy shuts down.
 pub async fn run(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, upstream: Upstream) {
     let _ = client.set_nodelay(true);
     shared.metrics.connections().inc();
     let span = tracing::info_span!("session", %peer, ?upstream);
-    match serve(&shared, client, upstream)
+    match serve(&shared, client, peer, upstream)
         .instrument(span.clone())
         .await
     {
@@ -129,12 +152,13 @@ pub async fn run(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, upstr
 async fn serve(
     shared: &Arc<Shared>,
     client: TcpStream,
+    peer: SocketAddr,
     upstream: Upstream,
 ) -> Result<(), SessionError> {
     let state = shared.state.load_full();
     let Some(loaded) = state.connection_config().cloned() else {
         let reason = state.refusal().unwrap_or("no config is loaded");
-        return serve_without_config(shared, client, reason).await;
+        return serve_without_config(shared, client, peer, reason).await;
     };
     let addresses: Vec<String> = match upstream {
         Upstream::Bootstrap => loaded.bootstrap.clone(),
@@ -167,22 +191,28 @@ async fn serve(
     let to_client = FrameWriter::new(client_write);
     let (queue, pending) = mpsc::channel(PIPELINE_DEPTH);
 
-    let request_half = forward_requests(shared, requests, to_broker, queue);
+    let request_half = forward_requests(
+        shared,
+        Client::new(shared, peer),
+        requests,
+        to_broker,
+        queue,
+    );
     let response_half = return_responses(shared, pending, responses, to_client);
     tokio::try_join!(request_half, response_half).map(|_| ())
 }
 
 async fn forward_requests<R, W>(
     shared: &Shared,
+    mut client: Client,
     mut requests: FramedRead<R, LengthDelimitedCodec>,
     mut to_broker: FrameWriter<W>,
-    queue: mpsc::Sender<Pending>,
+    queue: mpsc::Sender<Queued>,
 ) -> Result<(), SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut client = Client::new(shared);
     loop {
         let frame = tokio::select! {
             // On shutdown, stop taking requests; those in flight are still answered.
@@ -195,12 +225,27 @@ where
             _ => SessionError::Client(e),
         })?;
         let frame = frame.freeze();
-        let (to_send, expect) = handle_request(shared, &mut client, frame)?;
+        let (to_send, expect, draft) = handle_request(shared, &mut client, frame)?;
         let closing = matches!(expect, Some(Pending::Close { .. }));
-        if let Some(expect) = expect
-            && queue.send(expect).await.is_err()
-        {
-            return Ok(()); // the response half has ended and says why
+        match expect {
+            Some(expect) => {
+                if queue.send((expect, draft)).await.is_err() {
+                    return Ok(()); // the response half has ended and says why
+                }
+            }
+            // No answer is due (Produce with acks=0): the request is done once it is sent.
+            None => {
+                if let Some(request) = to_send {
+                    to_broker
+                        .send(request)
+                        .await
+                        .map_err(SessionError::Broker)?;
+                }
+                if let Some(draft) = draft {
+                    draft.finish();
+                }
+                continue;
+            }
         }
         if closing {
             // Read no more; the response half answers what is queued, then ends the session.
@@ -215,24 +260,72 @@ where
     }
 }
 
-/// Decides what to do with one request: what to send to the broker (if anything) and what the
-/// response half should expect (if anything).
+/// Decides what to do with one request: what to send to the broker (if anything), what the
+/// response half should expect (if anything), and the request's audit event. A request that
+/// ends the session (malformed) still has its event, saying why.
 fn handle_request(
     shared: &Shared,
     client: &mut Client,
     frame: Bytes,
+) -> Result<Handled, SessionError> {
+    let mut draft = None;
+    match decide_request(shared, client, frame, &mut draft) {
+        Ok((to_send, expect)) => {
+            if let (Some(draft), Some(Pending::Close { reason, .. })) = (draft.as_mut(), &expect) {
+                draft.refuse("client authentication", reason.clone());
+            }
+            Ok((to_send, expect, draft))
+        }
+        Err(error) => {
+            if let Some(draft) = draft.as_mut() {
+                draft.refuse("malformed request", error.to_string());
+            }
+            if let Some(draft) = draft {
+                draft.finish();
+            }
+            Err(error)
+        }
+    }
+}
+
+fn decide_request(
+    shared: &Shared,
+    client: &mut Client,
+    frame: Bytes,
+    draft: &mut Option<Draft>,
 ) -> Result<(Option<Bytes>, Option<Pending>), SessionError> {
     if let Some(login) = client.login.as_mut()
         && login.expects_raw_token()
     {
         // After a v0 SaslHandshake the client sends bare tokens, not requests.
+        let identity = client.identity.clone();
+        *draft = client
+            .audit
+            .as_mut()
+            .map(|audit| audit.begin_headerless("SaslAuthenticate", &identity));
         let (reply, outcome) = login.raw_token(&frame, Instant::now());
         return Ok((None, Some(client.after_login(shared, reply, outcome))));
     }
-    let start = RequestStart::parse(&frame).map_err(|e| SessionError::Malformed(e.to_string()))?;
+    let start = match RequestStart::parse(&frame) {
+        Ok(start) => start,
+        Err(error) => {
+            let identity = client.identity.clone();
+            *draft = client
+                .audit
+                .as_mut()
+                .map(|audit| audit.begin_headerless("Unknown", &identity));
+            return Err(SessionError::Malformed(error.to_string()));
+        }
+    };
     if streams::is_streams_api(start.api_key) {
-        return handle_streams_request(shared, client, start, frame);
+        *draft = client.begin(start, streams::name(start.api_key), &frame);
+        return handle_streams_request(shared, client, start, frame, draft);
     }
+    let name = ApiKey::try_from(start.api_key).map_or("Unknown", api_key_name);
+    if client.audit.is_some() && start.api_key == ApiKey::ApiVersions as i16 {
+        learn_software(client, start, &frame);
+    }
+    *draft = client.begin(start, name, &frame);
     let Ok(api_key) = ApiKey::try_from(start.api_key) else {
         // Withheld from ApiVersions, so a client that sends it ignored the proxy's ranges; it
         // cannot be authorized, and its response format is unknown.
@@ -268,6 +361,17 @@ fn handle_request(
         ApiKey::SaslHandshake | ApiKey::SaslAuthenticate if client.login.is_some() => {
             return answer_sasl(shared, client, start, api_key, frame);
         }
+        ApiKey::SaslHandshake | ApiKey::SaslAuthenticate => {
+            if let Some(draft) = draft.as_mut() {
+                draft.refuse(
+                    "client authentication",
+                    "this Streamward proxy does not authenticate clients".into(),
+                );
+            }
+        }
+        _ => {}
+    }
+    match api_key {
         ApiKey::SaslHandshake => {
             let response = SaslHandshakeResponse::default()
                 .with_error_code(ResponseError::UnsupportedSaslMechanism.code());
@@ -309,8 +413,24 @@ fn handle_request(
     let state = shared.state.load();
     let ids = SharedTopicIds(shared);
     let mut masking = None;
+    let mut config_hash = "";
+    // The audit event names what the client produced; authorization takes the request.
+    let produced = match (&request, draft.is_some()) {
+        (RequestKind::Produce(produce), true) => Some(produce.clone()),
+        _ => None,
+    };
     let inspection = match &**state {
         State::Ready(loaded) => {
+            config_hash = &loaded.config.hash;
+            if let Some(draft) = draft.as_mut()
+                && matches!(api_key, ApiKey::Produce | ApiKey::Fetch)
+            {
+                draft.set_level(audit_level(
+                    &loaded.config,
+                    &client.identity,
+                    &loaded.target_name,
+                ));
+            }
             masking = loaded.masking.prepare(
                 &loaded.config,
                 &client.identity,
@@ -324,7 +444,8 @@ fn handle_request(
                 &loaded.target_name,
                 Timestamp::now(),
                 &shared.metrics,
-            );
+            )
+            .explained(draft.is_some());
             let violations = guardrails::violations(&request, policy.guardrails());
             let guarded = Guarded::new(&policy, &violations);
             authorize::inspect(&header, request, start.api_version, &guarded, &ids)
@@ -338,10 +459,28 @@ fn handle_request(
         }
     };
     log_refusals(start, api_key_name(api_key), &inspection.accesses);
+    let mut tally = draft.as_mut();
     let (outcome, masking) = match masking {
-        Some(masking) => masking.apply(inspection.outcome, &shared.metrics),
+        Some(masking) => masking.apply_counted(inspection.outcome, &shared.metrics, &mut tally),
         None => (inspection.outcome, None),
     };
+    if let Some(draft) = draft.as_mut() {
+        let refused = matches!(outcome, Outcome::Respond(_) | Outcome::NoResponse);
+        draft.decide(&inspection.accesses, refused, config_hash);
+        match (&outcome, &produced) {
+            (
+                Outcome::ForwardRewritten {
+                    request: RequestKind::Produce(rewritten),
+                    ..
+                },
+                _,
+            ) => draft.produced(rewritten, start.api_version, &ids),
+            (Outcome::Forward, Some(original)) => {
+                draft.produced(original, start.api_version, &ids);
+            }
+            _ => {}
+        }
+    }
     let expect = |fixup| Pending::Broker {
         start,
         fixup,
@@ -385,6 +524,7 @@ fn handle_streams_request(
     client: &Client,
     start: RequestStart,
     frame: Bytes,
+    draft: &mut Option<Draft>,
 ) -> Result<(Option<Bytes>, Option<Pending>), SessionError> {
     let api = streams::name(start.api_key);
     shared.metrics.request(api);
@@ -406,15 +546,18 @@ fn handle_streams_request(
     RequestHeader::decode(&mut body, 2)
         .map_err(|e| SessionError::Malformed(format!("{api} header: {e}")))?;
     let state = shared.state.load();
+    let mut config_hash = "";
     let inspection = match &**state {
         State::Ready(loaded) => {
+            config_hash = &loaded.config.hash;
             let policy = RequestPolicy::new(
                 &loaded.config,
                 &client.identity,
                 &loaded.target_name,
                 Timestamp::now(),
                 &shared.metrics,
-            );
+            )
+            .explained(draft.is_some());
             streams::inspect(start.api_key, start.api_version, &body, &policy)
         }
         State::FailClosed { reason, .. } => {
@@ -427,6 +570,10 @@ fn handle_streams_request(
     }
     .map_err(|e| SessionError::Malformed(format!("{api} v{}: {e}", start.api_version)))?;
     log_refusals(start, api, &inspection.accesses);
+    if let Some(draft) = draft.as_mut() {
+        let refused = matches!(inspection.outcome, StreamsOutcome::Respond(_));
+        draft.decide(&inspection.accesses, refused, config_hash);
+    }
     Ok(match inspection.outcome {
         StreamsOutcome::Forward => (
             Some(frame),
@@ -522,7 +669,7 @@ impl Client {
 
 async fn return_responses<R, W>(
     shared: &Shared,
-    mut pending: mpsc::Receiver<Pending>,
+    mut pending: mpsc::Receiver<Queued>,
     mut responses: FramedRead<R, LengthDelimitedCodec>,
     mut to_client: FrameWriter<W>,
 ) -> Result<(), SessionError>
@@ -530,12 +677,15 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    while let Some(next) = pending.recv().await {
+    while let Some((next, mut draft)) = pending.recv().await {
         let out = match next {
             Pending::Local(bytes) => bytes,
             Pending::Close { last, reason } => {
                 if let Some(last) = last {
                     to_client.send(last).await.map_err(SessionError::Client)?;
+                }
+                if let Some(draft) = draft {
+                    draft.finish();
                 }
                 return Err(SessionError::ClientAuth(reason));
             }
@@ -570,11 +720,15 @@ where
                     all_topics,
                     client: &client,
                     masking: masking.as_deref(),
+                    draft: draft.as_mut(),
                 };
                 fix_response(shared, start, fix, frame)?
             }
         };
         to_client.send(out).await.map_err(SessionError::Client)?;
+        if let Some(draft) = draft {
+            draft.finish();
+        }
     }
     Ok(())
 }
@@ -585,6 +739,8 @@ struct ResponseFix<'a> {
     all_topics: bool,
     client: &'a ClientIdentity,
     masking: Option<&'a FetchMasking>,
+    /// The request's audit event, which counts what a Fetch returned.
+    draft: Option<&'a mut Draft>,
 }
 
 /// Applies what the proxy must change in a broker response; returns the original bytes when
@@ -600,12 +756,14 @@ fn fix_response(
         all_topics,
         client,
         masking,
+        mut draft,
     } = fix;
     let Ok(api_key) = ApiKey::try_from(start.api_key) else {
         return Ok(frame);
     };
     let must_decode = matches!(fixup, Fixup::Produce(_) | Fixup::Fetch(_))
         || masking.is_some()
+        || (draft.is_some() && api_key == ApiKey::Fetch)
         || api_key == ApiKey::ApiVersions
         || crate::brokers::carries_addresses(start.api_key);
     if !must_decode {
@@ -636,7 +794,11 @@ fn fix_response(
     match &mut response {
         ResponseKind::Fetch(r) => {
             if let Some(masking) = masking {
-                changed |= masking.apply(r, &shared.metrics);
+                let mut tally = draft.as_deref_mut();
+                changed |= masking.apply_counted(r, &shared.metrics, &mut tally);
+            }
+            if let Some(draft) = draft {
+                draft.fetched(r, version, &SharedTopicIds(shared));
             }
         }
         ResponseKind::ApiVersions(r) => {
@@ -649,7 +811,7 @@ fn fix_response(
         }
         ResponseKind::Metadata(r) => {
             shared.topic_ids.learn(r);
-            changed |= hide_topics(shared, r, all_topics, client);
+            changed |= hide_topics(shared, r, all_topics, client, draft);
         }
         _ => {}
     }
@@ -675,24 +837,31 @@ fn hide_topics(
     response: &mut MetadataResponse,
     all_topics: bool,
     client: &ClientIdentity,
+    mut draft: Option<&mut Draft>,
 ) -> bool {
     let state = shared.state.load();
-    let describable = |name: &str| -> bool {
+    let explain = draft.is_some();
+    let mut describable = |name: &str| -> bool {
         use streamward_api::acl::{Operation, ResourceType};
-        match &**state {
-            State::Ready(loaded) => {
-                RequestPolicy::new(
-                    &loaded.config,
-                    client,
-                    &loaded.target_name,
-                    Timestamp::now(),
-                    &shared.metrics,
-                )
-                .check(ResourceType::Topic, name, Operation::Describe)
-                .allowed
-            }
-            State::FailClosed { .. } => false,
+        let verdict = match &**state {
+            State::Ready(loaded) => RequestPolicy::new(
+                &loaded.config,
+                client,
+                &loaded.target_name,
+                Timestamp::now(),
+                &shared.metrics,
+            )
+            .explained(explain)
+            .check(ResourceType::Topic, name, Operation::Describe),
+            State::FailClosed { .. } => crate::authorize::Verdict::deny("no config is loaded")
+                .by(Some("fail closed".into())),
+        };
+        if !verdict.allowed
+            && let Some(draft) = draft.as_deref_mut()
+        {
+            draft.hidden(name, verdict.rule, verdict.message);
         }
+        verdict.allowed
     };
     let before = response.topics.len();
     let mut changed = false;
@@ -721,21 +890,30 @@ fn hide_topics(
 async fn serve_without_config(
     shared: &Shared,
     client: TcpStream,
+    peer: SocketAddr,
     reason: &str,
 ) -> Result<(), SessionError> {
     tracing::warn!(%reason, "client connected while no config is loaded: refusing its requests");
     let mut framed =
         tokio_util::codec::Framed::new(client, frame::codec(shared.settings.max_request_bytes));
-    let mut client = Client::new(shared);
+    let mut client = Client::new(shared, peer);
     while let Some(frame) = framed.next().await {
         let frame = frame.map_err(SessionError::Client)?.freeze();
-        let (_, expect) = handle_request(shared, &mut client, frame.clone())?;
+        let (_, expect, draft) = handle_request(shared, &mut client, frame.clone())?;
         let response = match expect {
             Some(Pending::Local(bytes)) => bytes,
-            None => continue,
+            None => {
+                if let Some(draft) = draft {
+                    draft.finish();
+                }
+                continue;
+            }
             Some(Pending::Close { last, reason }) => {
                 if let Some(last) = last {
                     framed.send(last).await.map_err(SessionError::Client)?;
+                }
+                if let Some(draft) = draft {
+                    draft.finish();
                 }
                 return Err(SessionError::ClientAuth(reason));
             }
@@ -757,6 +935,9 @@ async fn serve_without_config(
             },
         };
         framed.send(response).await.map_err(SessionError::Client)?;
+        if let Some(draft) = draft {
+            draft.finish();
+        }
     }
     Ok(())
 }
@@ -823,4 +1004,27 @@ pub fn api_key_name(key: ApiKey) -> &'static str {
         .get(&(key as i16))
         .copied()
         .unwrap_or("Unknown")
+}
+
+/// Reads the client's software name and version from an ApiVersions request (v3+, KIP-511)
+/// for the audit events of the session. A request that does not decode is left to the broker.
+fn learn_software(client: &mut Client, start: RequestStart, frame: &Bytes) {
+    use kafka_protocol::messages::ApiVersionsRequest;
+    if start.api_version < 3 {
+        return;
+    }
+    let Some(audit) = client.audit.as_mut() else {
+        return;
+    };
+    let mut body = frame.clone();
+    let header_version = ApiKey::ApiVersions.request_header_version(start.api_version);
+    if RequestHeader::decode(&mut body, header_version).is_err() {
+        return;
+    }
+    if let Ok(request) = ApiVersionsRequest::decode(&mut body, start.api_version) {
+        audit.learn_software(
+            request.client_software_name.as_str(),
+            request.client_software_version.as_str(),
+        );
+    }
 }

@@ -1,24 +1,40 @@
 //! `just demo`: a real Kafka, the Streamward proxy serving the policies in `config/samples/`,
 //! and real clients showing what it allows and what it refuses, each with the client's own
-//! output.
+//! output; then the audit trail of all of it, from the real `streamward-collector`.
 //!
-//! Usage: `demo --sidecar PATH/TO/streamward-sidecar`
+//! Usage: `demo --sidecar PATH/TO/streamward-sidecar --collector PATH/TO/streamward-collector`
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use streamward_e2e::kafka::KafkaCluster;
+use streamward_e2e::process::Process;
 use streamward_e2e::sidecar::Sidecar;
-use streamward_e2e::{cache, clients, process};
+use streamward_e2e::{cache, clients, net, process, wait_for};
+
+/// The proxy's token for the collector (local mode: a token file on each side).
+const TOKEN: &str = "demo-orders-app-audit-token";
 
 fn main() -> Result<()> {
+    let usage =
+        "usage: demo --sidecar PATH/TO/streamward-sidecar --collector PATH/TO/streamward-collector";
+    let (mut sidecar_binary, mut collector_binary) = (None, None);
     let mut args = std::env::args().skip(1);
-    let sidecar_binary = match (args.next().as_deref(), args.next()) {
-        (Some("--sidecar"), Some(path)) => PathBuf::from(path),
-        _ => bail!("usage: demo --sidecar PATH/TO/streamward-sidecar"),
+    while let Some(flag) = args.next() {
+        let value = args.next().context(usage)?;
+        match flag.as_str() {
+            "--sidecar" => sidecar_binary = Some(PathBuf::from(value)),
+            "--collector" => collector_binary = Some(PathBuf::from(value)),
+            _ => bail!("{usage}"),
+        }
+    }
+    let (Some(sidecar_binary), Some(collector_binary)) = (sidecar_binary, collector_binary) else {
+        bail!("{usage}");
     };
+    let run = cache::run_dir("demo")?;
 
     say("Starting Apache Kafka (KRaft, one node) from its Maven Central jars...");
     let kafka = KafkaCluster::start(1)?;
@@ -54,8 +70,27 @@ fn main() -> Result<()> {
         }
     }
     let files: Vec<(&str, String)> = files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    say("Starting streamward-sidecar with config/samples/ for demo/orders-app...");
-    let proxy = Sidecar::start(&sidecar_binary, &files, "demo", "orders-app")?;
+    say("Starting streamward-collector (local mode: a token file)...");
+    let (_collector, collector_addr, data) = start_collector(&collector_binary, run.path())?;
+    say("Starting streamward-sidecar with config/samples/ for demo/orders-app, auditing to it...");
+    std::fs::write(run.path().join("token"), format!("{TOKEN}\n"))?;
+    let url = format!("http://{collector_addr}");
+    let token = run.path().join("token").display().to_string();
+    let spool = run.path().join("spool").display().to_string();
+    let proxy = Sidecar::start_with_args(
+        &sidecar_binary,
+        &files,
+        "demo",
+        "orders-app",
+        &[
+            "--audit-url",
+            &url,
+            "--audit-token-file",
+            &token,
+            "--audit-spool",
+            &spool,
+        ],
+    )?;
     println!(
         "  Kafka is at {direct}; the proxy's bootstrap is {}.\n",
         proxy.bootstrap
@@ -119,8 +154,56 @@ fn main() -> Result<()> {
     {
         println!("  {line}");
     }
-    println!("\nThe audit trail of these requests comes with the collector (not built yet).");
+
+    step("7. The audit trail: one event per request the clients sent, from the collector");
+    let queued = proxy.metric("streamward_sidecar_audit_events_total{outcome=\"queued\"}")?;
+    wait_for(
+        "the audit events to reach the collector",
+        Duration::from_secs(30),
+        || {
+            let delivered =
+                proxy.metric("streamward_sidecar_audit_events_total{outcome=\"delivered\"}")?;
+            Ok((delivered >= queued).then_some(()))
+        },
+    )?;
+    let mut query = Command::new(&collector_binary);
+    query
+        .arg("query")
+        .arg("--data")
+        .arg(&data)
+        .args(["--namespace", "demo", "--format", "table"]);
+    println!("$ streamward-collector query --data <data> --namespace demo --format table");
+    let output = query.output()?;
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    for line in String::from_utf8_lossy(&output.stderr).lines() {
+        println!("  {line}");
+    }
     Ok(())
+}
+
+/// Starts `streamward-collector serve` with the demo proxy's token; returns the process, its
+/// address and its data folder.
+fn start_collector(binary: &Path, dir: &Path) -> Result<(Process, String, PathBuf)> {
+    std::fs::write(dir.join("tokens"), format!("{TOKEN} demo/orders-app\n"))?;
+    let addr = format!("127.0.0.1:{}", net::free_port()?);
+    let data = dir.join("data");
+    let mut command = Command::new(binary);
+    command
+        .arg("serve")
+        .arg("--data")
+        .arg(&data)
+        .args(["--listen", &addr])
+        .arg("--token-file")
+        .arg(dir.join("tokens"))
+        .env("RUST_LOG", "warn");
+    let mut process = Process::spawn("streamward-collector", command, &dir.join("collector.log"))?;
+    wait_for("the collector to listen", Duration::from_secs(30), || {
+        process.check_running()?;
+        Ok(net::http_get(&addr, "/healthz")
+            .ok()
+            .filter(|(s, _)| *s == 200))
+    })?;
+    Ok((process, addr, data))
 }
 
 fn say(text: &str) {

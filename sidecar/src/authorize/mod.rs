@@ -57,6 +57,13 @@ pub struct Verdict {
     /// The error must be POLICY_VIOLATION (44) rather than an authorization error, e.g. when
     /// the rule requires approval or a guardrail applies.
     pub policy_violation: bool,
+    /// What decided (`StreamPolicy/orders rule producers`, `AccessGrant/oncall-1`, `default
+    /// deny`), for the audit event; set only when the policy is asked to explain itself.
+    pub rule: Option<String>,
+    /// Allowed although a `DryRun` policy would have refused.
+    pub dry_run: bool,
+    /// Refused because the rule requires approval.
+    pub requires_approval: bool,
 }
 
 impl Verdict {
@@ -66,6 +73,9 @@ impl Verdict {
             allowed: true,
             message: None,
             policy_violation: false,
+            rule: None,
+            dry_run: false,
+            requires_approval: false,
         }
     }
 
@@ -75,6 +85,9 @@ impl Verdict {
             allowed: false,
             message: Some(message.into()),
             policy_violation: false,
+            rule: None,
+            dry_run: false,
+            requires_approval: false,
         }
     }
 
@@ -85,7 +98,18 @@ impl Verdict {
             allowed: false,
             message: Some(message.into()),
             policy_violation: true,
+            rule: None,
+            dry_run: false,
+            requires_approval: false,
         }
+    }
+}
+
+impl Verdict {
+    /// This verdict, naming what decided it.
+    pub fn by(mut self, rule: Option<String>) -> Verdict {
+        self.rule = rule;
+        self
     }
 }
 
@@ -122,8 +146,15 @@ pub struct Access {
     pub operation: Operation,
     /// Whether the policy allowed it.
     pub allowed: bool,
-    /// The verdict's message (on denials, which rule denied).
+    /// The verdict's message (on denials, which rule denied; on accesses a `DryRun` policy
+    /// would have refused, what it would have done).
     pub message: Option<String>,
+    /// What decided, when the policy explains itself (see [`Verdict::rule`]).
+    pub rule: Option<String>,
+    /// Allowed although a `DryRun` policy would have refused.
+    pub dry_run: bool,
+    /// Refused because the rule requires approval.
+    pub requires_approval: bool,
 }
 
 /// What the proxy must do with the request.
@@ -261,8 +292,8 @@ type Answer = Result<(), Denial>;
 /// answers, and records what was asked for the audit.
 struct Checks<'a> {
     policy: &'a dyn Policy,
-    /// (type, operation) → name → (answer, recorded as an access yet).
-    answers: HashMap<(ResourceType, Operation), HashMap<String, (Answer, bool)>>,
+    /// (type, operation) → name → (answer, recorded as an access yet, what decided).
+    answers: HashMap<(ResourceType, Operation), HashMap<String, Asked>>,
     accesses: Vec<Access>,
     /// The first refusal, which entries that were allowed in a refused request carry.
     first: Option<Denial>,
@@ -281,10 +312,17 @@ impl<'a> Checks<'a> {
     /// Asks the policy (once per distinct access) without recording the access.
     fn ask(&mut self, resource_type: ResourceType, name: &str, operation: Operation) -> Answer {
         let by_name = self.answers.entry((resource_type, operation)).or_default();
-        if let Some((answer, _)) = by_name.get(name) {
+        if let Some((answer, _, _)) = by_name.get(name) {
             return answer.clone();
         }
         let verdict = self.policy.check(resource_type, name, operation);
+        let explanation = Explanation {
+            // An allowed verdict's message is a dry run's "would be denied".
+            note: verdict.allowed.then(|| verdict.message.clone()).flatten(),
+            rule: verdict.rule,
+            dry_run: verdict.dry_run,
+            requires_approval: verdict.requires_approval,
+        };
         let answer = if verdict.allowed {
             Ok(())
         } else {
@@ -298,13 +336,13 @@ impl<'a> Checks<'a> {
                 message: verdict.message,
             })
         };
-        by_name.insert(name.to_owned(), (answer.clone(), false));
+        by_name.insert(name.to_owned(), (answer.clone(), false, explanation));
         answer
     }
 
     /// Records an access already asked about (once), for the audit.
     fn record(&mut self, resource_type: ResourceType, name: &str, operation: Operation) {
-        let Some((answer, recorded)) = self
+        let Some((answer, recorded, explanation)) = self
             .answers
             .get_mut(&(resource_type, operation))
             .and_then(|by_name| by_name.get_mut(name))
@@ -316,7 +354,7 @@ impl<'a> Checks<'a> {
         }
         *recorded = true;
         let (allowed, message) = match answer {
-            Ok(()) => (true, None),
+            Ok(()) => (true, explanation.note.clone()),
             Err(denial) => {
                 if self.first.is_none() {
                     self.first = Some(denial.clone());
@@ -330,6 +368,9 @@ impl<'a> Checks<'a> {
             operation,
             allowed,
             message,
+            rule: explanation.rule.clone(),
+            dry_run: explanation.dry_run,
+            requires_approval: explanation.requires_approval,
         });
     }
 
@@ -404,6 +445,18 @@ impl<'a> Checks<'a> {
             }
         }
     }
+}
+
+/// An access asked about: the answer, whether it is recorded yet, and what decided it.
+type Asked = (Answer, bool, Explanation);
+
+/// What decided an answer, kept for the audit.
+#[derive(Clone, Debug, Default)]
+struct Explanation {
+    note: Option<String>,
+    rule: Option<String>,
+    dry_run: bool,
+    requires_approval: bool,
 }
 
 /// One access, as the policy is asked about it: resource type, name, operation.

@@ -1902,7 +1902,10 @@ fn verdict_constructors_say_what_they_mean() {
         Verdict {
             allowed: true,
             message: None,
-            policy_violation: false
+            policy_violation: false,
+            rule: None,
+            dry_run: false,
+            requires_approval: false,
         }
     );
     let deny = Verdict::deny("no");

@@ -1,0 +1,368 @@
+//! Alerts: webhooks that hear about stored events matching their filter (denials, DryRun
+//! refusals, approvals, masking, events the proxies dropped), each body signed with HMAC-SHA-256,
+//! retried with backoff, and rate limited per sink.
+//!
+//! Alerts follow the store: an event alerts only once it is durably stored, and a sink that is
+//! down or slow never holds up ingest (its queue is bounded; what does not fit is counted).
+//!
+//! The alerts file (`--alerts FILE`, YAML):
+//!
+//! ```yaml
+//! sinks:
+//!   - name: secops
+//!     url: https://hooks.example.com/streamward
+//!     secretFile: /etc/streamward/secops-hmac   # the HMAC key (its text, trimmed)
+//!     on: [deny, wouldDeny, approval, masking, dropped]
+//!     maxPerMinute: 60        # default 60
+//!     retries: 5              # default 5; backoff 0.2 s doubling up to 10 s
+//! caFile: /etc/ssl/extra-ca.pem   # optional, trusted besides the system roots
+//! ```
+//!
+//! Each alert is `POST`ed as JSON `{"sink", "reasons", "event"}` with
+//! `X-Streamward-Signature: sha256=<hex HMAC-SHA-256 of the body with the sink's secret>` and
+//! `X-Streamward-Event-Id` (a retried alert may arrive twice; the id tells).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use hmac::{KeyInit, Mac};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use sha2::Sha256;
+use streamward_api::audit::{AuditEvent, EventData};
+use tokio::sync::mpsc;
+
+use crate::metrics::{AlertOutcome, Metrics};
+
+/// The header carrying the body's signature.
+pub const SIGNATURE_HEADER: &str = "x-streamward-signature";
+
+/// What makes an event alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Reason {
+    /// The proxy refused (all or part of) the request.
+    Deny,
+    /// A DryRun policy would have refused it.
+    WouldDeny,
+    /// The request needed an approval.
+    Approval,
+    /// Fields were masked.
+    Masking,
+    /// A proxy reports events it had to drop.
+    Dropped,
+}
+
+/// Why `event` alerts, if it does.
+pub fn reasons(event: &AuditEvent) -> Vec<Reason> {
+    let mut reasons = Vec::new();
+    match &event.data {
+        EventData::Dropped(_) => reasons.push(Reason::Dropped),
+        EventData::Request(record) => {
+            let effect = record.decision.effect.as_str();
+            if record.decision.dry_run {
+                reasons.push(Reason::WouldDeny);
+            } else if effect == "Deny" || effect == "Partial" {
+                reasons.push(Reason::Deny);
+            }
+            if effect == "RequireApproval" || record.approval.is_some() {
+                reasons.push(Reason::Approval);
+            }
+            if !record.masking.is_empty() {
+                reasons.push(Reason::Masking);
+            }
+        }
+    }
+    reasons
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct File {
+    sinks: Vec<SinkConfig>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SinkConfig {
+    name: String,
+    url: String,
+    secret_file: PathBuf,
+    on: Vec<Reason>,
+    #[serde(default = "default_per_minute")]
+    max_per_minute: u32,
+    #[serde(default = "default_retries")]
+    retries: u32,
+}
+
+fn default_per_minute() -> u32 {
+    60
+}
+
+fn default_retries() -> u32 {
+    5
+}
+
+/// A checked sink.
+struct Sink {
+    name: String,
+    url: http::Uri,
+    secret: Vec<u8>,
+    on: Vec<Reason>,
+    max_per_minute: u32,
+    retries: u32,
+}
+
+/// The alert sinks of an alerts file, checked.
+pub struct Alerts {
+    sinks: Vec<Sink>,
+    ca_file: Option<PathBuf>,
+}
+
+impl Alerts {
+    /// Reads and checks an alerts file (and the secrets it names).
+    pub fn read(path: &Path) -> Result<Alerts> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the alerts file {}", path.display()))?;
+        let file: File = serde_yaml::from_str(&text)
+            .with_context(|| format!("reading the alerts file {}", path.display()))?;
+        let mut sinks = Vec::new();
+        for sink in file.sinks {
+            let what = || format!("alert sink {:?} in {}", sink.name, path.display());
+            let url: http::Uri = sink.url.parse().with_context(what)?;
+            if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+                bail!("{}: the url must be http(s)://host/…", what());
+            }
+            if sink.on.is_empty() {
+                bail!(
+                    "{}: `on` names no reason (deny, wouldDeny, approval, masking, dropped)",
+                    what()
+                );
+            }
+            if sink.max_per_minute == 0 {
+                bail!("{}: maxPerMinute must be at least 1", what());
+            }
+            let secret = std::fs::read_to_string(&sink.secret_file)
+                .with_context(|| format!("{}: reading secretFile", what()))?
+                .trim()
+                .as_bytes()
+                .to_vec();
+            if secret.len() < 16 {
+                bail!("{}: the HMAC secret must have at least 16 bytes", what());
+            }
+            sinks.push(Sink {
+                name: sink.name,
+                url,
+                secret,
+                on: sink.on,
+                max_per_minute: sink.max_per_minute,
+                retries: sink.retries,
+            });
+        }
+        Ok(Alerts {
+            sinks,
+            ca_file: file.ca_file,
+        })
+    }
+
+    /// Starts a delivery task per sink and returns the queue stored events go to.
+    pub fn start(self, metrics: Arc<Metrics>) -> Result<mpsc::Sender<Arc<AuditEvent>>> {
+        let client = http_client(self.ca_file.as_deref())?;
+        let mut queues = Vec::new();
+        for sink in self.sinks {
+            let (tx, rx) = mpsc::channel(1024);
+            let bucket = Bucket::new(sink.max_per_minute);
+            queues.push((sink.name.clone(), sink.on.clone(), bucket, tx));
+            tokio::spawn(deliver(Arc::new(sink), rx, client.clone(), metrics.clone()));
+        }
+        let (events, mut stored) = mpsc::channel::<Arc<AuditEvent>>(4096);
+        tokio::spawn(async move {
+            while let Some(event) = stored.recv().await {
+                let all = reasons(&event);
+                if all.is_empty() {
+                    continue;
+                }
+                for (name, on, bucket, queue) in &mut queues {
+                    let matched: Vec<Reason> =
+                        all.iter().copied().filter(|r| on.contains(r)).collect();
+                    if matched.is_empty() {
+                        continue;
+                    }
+                    if !bucket.take() {
+                        metrics.alert(name, AlertOutcome::RateLimited);
+                        continue;
+                    }
+                    if queue.try_send((event.clone(), matched)).is_err() {
+                        metrics.alert(name, AlertOutcome::Dropped);
+                    }
+                }
+            }
+        });
+        Ok(events)
+    }
+}
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+fn http_client(ca_file: Option<&Path>) -> Result<HttpClient> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the alerts caFile {}", path.display()))?;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots
+                .add(cert.with_context(|| format!("reading {}", path.display()))?)
+                .with_context(|| format!("adding a CA from {}", path.display()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// A token bucket: `per_minute` alerts a minute, bursts up to the same number.
+struct Bucket {
+    tokens: f64,
+    capacity: f64,
+    per_second: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(per_minute: u32) -> Bucket {
+        Bucket {
+            tokens: f64::from(per_minute),
+            capacity: f64::from(per_minute),
+            per_second: f64::from(per_minute) / 60.0,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The body of an alert and its signature header value.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    // HMAC takes keys of any length, so this cannot fail.
+    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn deliver(
+    sink: Arc<Sink>,
+    mut queue: mpsc::Receiver<(Arc<AuditEvent>, Vec<Reason>)>,
+    client: HttpClient,
+    metrics: Arc<Metrics>,
+) {
+    while let Some((event, reasons)) = queue.recv().await {
+        let body = serde_json::json!({
+            "sink": sink.name,
+            "reasons": reasons,
+            "event": &*event,
+        });
+        let body = Bytes::from(body.to_string());
+        let signature = sign(&sink.secret, &body);
+        let mut backoff = Duration::from_millis(200);
+        let mut outcome = AlertOutcome::Failed;
+        for attempt in 0..=sink.retries {
+            if attempt > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            let request = http::Request::post(sink.url.clone())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(http::header::USER_AGENT, "streamward-collector")
+                .header(SIGNATURE_HEADER, &signature)
+                .header("x-streamward-event-id", &event.id)
+                .body(Full::new(body.clone()));
+            let request = match request {
+                Ok(request) => request,
+                Err(error) => {
+                    tracing::error!(sink = %sink.name, %error, "building an alert failed");
+                    break;
+                }
+            };
+            let status = match tokio::time::timeout(
+                Duration::from_secs(10),
+                client.request(request),
+            )
+            .await
+            {
+                Ok(Ok(response)) => response.status(),
+                Ok(Err(error)) => {
+                    tracing::warn!(sink = %sink.name, attempt, %error, "alert not delivered; retrying");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(sink = %sink.name, attempt, "alert timed out; retrying");
+                    continue;
+                }
+            };
+            if status.is_success() {
+                outcome = AlertOutcome::Delivered;
+                break;
+            }
+            if status.is_client_error() && status != http::StatusCode::TOO_MANY_REQUESTS {
+                tracing::error!(sink = %sink.name, %status, event = %event.id, "the alert sink refused an alert");
+                break;
+            }
+            tracing::warn!(sink = %sink.name, attempt, %status, "alert sink answered an error; retrying");
+        }
+        if outcome == AlertOutcome::Failed {
+            tracing::error!(sink = %sink.name, event = %event.id, "giving up on an alert");
+        }
+        metrics.alert(&sink.name, outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_lets_a_burst_through_then_holds() {
+        let mut bucket = Bucket::new(3);
+        assert!(bucket.take() && bucket.take() && bucket.take());
+        assert!(!bucket.take());
+    }
+
+    #[test]
+    fn the_signature_is_hmac_sha256_of_the_body() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

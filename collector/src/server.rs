@@ -1,0 +1,177 @@
+//! The collector's HTTP(S) server: ingest, the query API, health and metrics.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use streamward_api::audit::INGEST_PATH;
+use tokio::sync::mpsc;
+
+use crate::auth::{Authenticator, TokenFile, bearer};
+use crate::ingest::{self, Job};
+use crate::metrics::Metrics;
+use crate::query::{self, Filter, Format};
+
+/// What the handlers share.
+pub struct App {
+    /// How senders authenticate.
+    pub auth: Authenticator,
+    /// Who may query (`None`: the query API is off).
+    pub query_tokens: Option<TokenFile>,
+    /// The data folder (queries read it).
+    pub data: PathBuf,
+    /// The queue to the writer.
+    pub writer: mpsc::Sender<Job>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The routes.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route(INGEST_PATH, post(ingest::ingest).get(query_events))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+const DEFAULT_LIMIT: usize = 1_000;
+const MAX_LIMIT: usize = 100_000;
+
+/// `GET /v1/events?since=…&namespace=…&format=ndjson|csv|table&limit=N`.
+async fn query_events(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let error = |status: StatusCode, message: String| {
+        (status, axum::Json(json!({ "error": message }))).into_response()
+    };
+    let Some(tokens) = &app.query_tokens else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the query API is off: start the collector with --query-token-file".into(),
+        );
+    };
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if bearer(authorization).is_none_or(|token| !tokens.contains(token)) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "a valid query token is required (Authorization: Bearer <token>)".into(),
+        );
+    }
+    let raw = raw.unwrap_or_default();
+    let params: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
+        .into_owned()
+        .collect();
+    let pairs = || params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let filter = match Filter::from_params(pairs()) {
+        Ok(filter) => filter,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+    };
+    let mut format = Format::Ndjson;
+    let mut limit = DEFAULT_LIMIT;
+    for (name, value) in pairs() {
+        match name {
+            "format" => match value.parse() {
+                Ok(f) => format = f,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+            },
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if n <= MAX_LIMIT => limit = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit is a number up to {MAX_LIMIT}"),
+                    );
+                }
+            },
+            _ => {}
+        }
+    }
+    let data = app.data.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+        let mut writer = query::Writer::new(Vec::new(), format);
+        query::scan(&data, &filter, Some(limit), |event| writer.write(event))?;
+        writer.finish()
+    })
+    .await;
+    match result {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Where and how to listen.
+pub struct Listen {
+    /// The address.
+    pub addr: SocketAddr,
+    /// PEM certificate chain and key, for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Serves `router` until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listen: Listen,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    match listen.tls {
+        None => {
+            let listener = tokio::net::TcpListener::bind(listen.addr)
+                .await
+                .with_context(|| format!("listening on {}", listen.addr))?;
+            tracing::info!(addr = %listener.local_addr()?, "listening (HTTP)");
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("serving HTTP")
+        }
+        Some((cert, key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "loading the TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            tracing::info!(addr = %listen.addr, "listening (HTTPS)");
+            axum_server::bind_rustls(listen.addr, config)
+                .handle(handle)
+                .serve(router.into_make_service())
+                .await
+                .context("serving HTTPS")
+        }
+    }
+}

@@ -1,0 +1,622 @@
+//! The embedded store: append-only segment files of hash-chained records (see [`crate::chain`]),
+//! signed checkpoints (see [`crate::checkpoint`]) and the set of event ids already stored.
+//!
+//! Layout of the data folder:
+//!
+//! ```text
+//! segments/<first index, 20 digits>.seg   records, one per line, appended and fsynced
+//! checkpoints.ndjson                      signed checkpoints, one per line
+//! checkpoint.pub                          the public key that verifies them
+//! signing.key                             the private key (unless --signing-key puts it elsewhere)
+//! ```
+//!
+//! One writer owns a [`Store`]; it appends a group of batches with one `write` and one
+//! `fdatasync`, and only then are the batches acknowledged.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use jiff::Timestamp;
+
+use crate::chain::{self, GENESIS};
+use crate::checkpoint::{Checkpoint, PublicKey, SigningKey};
+
+/// The segments folder inside the data folder.
+pub const SEGMENTS: &str = "segments";
+/// The checkpoints file inside the data folder.
+pub const CHECKPOINTS: &str = "checkpoints.ndjson";
+/// The public key file inside the data folder.
+pub const PUBLIC_KEY: &str = "checkpoint.pub";
+/// The default signing key file inside the data folder.
+pub const SIGNING_KEY: &str = "signing.key";
+
+/// An event ready to be appended: its id and its JSON.
+pub struct Prepared {
+    /// The event id.
+    pub id: String,
+    /// The event, serialised.
+    pub json: String,
+}
+
+/// What one batch came to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Appended {
+    /// Events stored now.
+    pub accepted: usize,
+    /// Events that were stored before (or twice in this batch) and were not stored again.
+    pub duplicates: usize,
+    /// The positions in the batch of the events stored now.
+    #[serde(skip)]
+    pub stored: Vec<usize>,
+}
+
+/// How long and how much the store keeps.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Retention {
+    /// Sealed segments whose last record is older than this are removed.
+    pub max_age: Option<std::time::Duration>,
+    /// The oldest sealed segments are removed while all segments together exceed this.
+    pub max_bytes: Option<u64>,
+}
+
+struct OpenSegment {
+    name: String,
+    file: File,
+    len: u64,
+    first_index: u64,
+    first_prev: String,
+}
+
+struct SealedSegment {
+    name: String,
+    bytes: u64,
+    sealed_at: Timestamp,
+    first_index: u64,
+    last_index: u64,
+    last_hash: String,
+}
+
+/// The store, owned by one writer.
+pub struct Store {
+    dir: PathBuf,
+    key: SigningKey,
+    segment_max_bytes: u64,
+    open: Option<OpenSegment>,
+    sealed: VecDeque<SealedSegment>,
+    next_index: u64,
+    last_hash: String,
+    seen: HashSet<String>,
+    checkpoints: File,
+    /// The last index a checkpoint covers.
+    checkpointed: Option<u64>,
+    broken: Option<String>,
+}
+
+/// The file name of the segment whose first record has `index`.
+pub fn segment_name(index: u64) -> String {
+    format!("{index:020}.seg")
+}
+
+/// The segment files of a data folder, oldest first.
+pub fn segment_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let folder = dir.join(SEGMENTS);
+    let mut files = Vec::new();
+    let entries = match std::fs::read_dir(&folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", folder.display())),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "seg") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The checkpoints of a data folder, in the order they were written. A line that does not
+/// parse is returned as an error with its line number, for `verify` to report.
+pub fn read_checkpoints(dir: &Path) -> Result<Vec<Result<Checkpoint, (usize, String)>>> {
+    let path = dir.join(CHECKPOINTS);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut out = Vec::new();
+    for (number, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.is_empty() {
+            continue;
+        }
+        out.push(serde_json::from_slice(&line).map_err(|e| (number + 1, e.to_string())));
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, signing checkpoints with the key at
+    /// `signing_key` (made there if missing).
+    ///
+    /// A last line without its newline is an append that was never acknowledged (the
+    /// collector stopped mid-write): it is cut off.
+    pub fn open(dir: &Path, signing_key: &Path, segment_max_bytes: u64) -> Result<Store> {
+        std::fs::create_dir_all(dir.join(SEGMENTS))
+            .with_context(|| format!("creating the data folder {}", dir.display()))?;
+        let key = SigningKey::load_or_create(signing_key)?;
+        let public = key.public_key();
+        let public_path = dir.join(PUBLIC_KEY);
+        match PublicKey::read(&public_path) {
+            Ok(existing) if existing == public => {}
+            Ok(_) => bail!(
+                "{} holds another public key than the signing key {}: the checkpoints of this \
+                 store were signed with another key; use that key, or a new data folder",
+                public_path.display(),
+                signing_key.display()
+            ),
+            Err(_) => std::fs::write(&public_path, format!("{}\n", public.to_hex()))
+                .with_context(|| format!("writing {}", public_path.display()))?,
+        }
+
+        let checkpoints_path = dir.join(CHECKPOINTS);
+        let sealed_times: Vec<(String, Timestamp)> = read_checkpoints(dir)?
+            .into_iter()
+            .filter_map(|c| c.ok())
+            .filter(|c| c.sealed)
+            .map(|c| (c.segment, c.time))
+            .collect();
+        let checkpoints = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&checkpoints_path)
+            .with_context(|| format!("opening {}", checkpoints_path.display()))?;
+
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            key,
+            segment_max_bytes: segment_max_bytes.max(1),
+            open: None,
+            sealed: VecDeque::new(),
+            next_index: 0,
+            last_hash: GENESIS.to_string(),
+            seen: HashSet::new(),
+            checkpoints,
+            checkpointed: None,
+            broken: None,
+        };
+
+        let files = segment_files(dir)?;
+        let count = files.len();
+        for (n, path) in files.into_iter().enumerate() {
+            let last = n + 1 == count;
+            let name = file_name(&path);
+            let scan = store.load_segment(&path, last)?;
+            if last {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("opening {} to append", path.display()))?;
+                store.open = Some(OpenSegment {
+                    name,
+                    file,
+                    len: scan.len,
+                    first_index: scan.first_index.unwrap_or(store.next_index),
+                    first_prev: scan.first_prev.unwrap_or_else(|| store.last_hash.clone()),
+                });
+            } else {
+                let sealed_at = sealed_times
+                    .iter()
+                    .rev()
+                    .find(|(segment, _)| *segment == name)
+                    .map(|(_, time)| *time)
+                    .unwrap_or_else(|| modified(&path));
+                store.sealed.push_back(SealedSegment {
+                    name,
+                    bytes: scan.len,
+                    sealed_at,
+                    first_index: scan.first_index.unwrap_or(store.next_index),
+                    last_index: store.next_index.saturating_sub(1),
+                    last_hash: store.last_hash.clone(),
+                });
+            }
+        }
+        if store.open.is_none() {
+            store.open_segment()?;
+        }
+        Ok(store)
+    }
+
+    /// Reads one segment: its ids into the dedup set, its last record into the chain state.
+    fn load_segment(&mut self, path: &Path, last: bool) -> Result<SegmentScan> {
+        let mut bytes = Vec::new();
+        File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut complete = bytes.len();
+        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+            complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+            if !last {
+                bail!(
+                    "{} ends in a partial record although it is not the newest segment; run \
+                     `streamward-collector verify` on this data folder",
+                    path.display()
+                );
+            }
+            tracing::warn!(
+                segment = %path.display(),
+                bytes = bytes.len() - complete,
+                "cutting off a partial record that was never acknowledged"
+            );
+            let file = OpenOptions::new().write(true).open(path)?;
+            file.set_len(complete as u64)?;
+            file.sync_all()?;
+        }
+        let mut scan = SegmentScan {
+            len: complete as u64,
+            first_index: None,
+            first_prev: None,
+        };
+        let lines: Vec<&[u8]> = bytes[..complete]
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        let total = lines.len();
+        for (n, line) in lines.into_iter().enumerate() {
+            match chain::decode(line) {
+                Ok(record) => {
+                    if scan.first_index.is_none() {
+                        scan.first_index = Some(record.index);
+                        scan.first_prev = Some(record.prev.clone());
+                    }
+                    if let Some(id) = record.event.get("id").and_then(|v| v.as_str()) {
+                        self.seen.insert(id.to_string());
+                    }
+                    self.next_index = record.index + 1;
+                    self.last_hash = record.hash;
+                }
+                Err(broken) if n + 1 < total => {
+                    tracing::error!(
+                        segment = %path.display(),
+                        line = n + 1,
+                        damage = %broken.damage,
+                        "a stored record is damaged; run `streamward-collector verify`"
+                    );
+                }
+                Err(broken) => bail!(
+                    "the newest record ({} line {}) is damaged ({}), so the chain cannot be \
+                     continued; run `streamward-collector verify` on this data folder",
+                    path.display(),
+                    n + 1,
+                    broken.damage
+                ),
+            }
+        }
+        Ok(scan)
+    }
+
+    fn open_segment(&mut self) -> Result<()> {
+        let name = segment_name(self.next_index);
+        let path = self.dir.join(SEGMENTS).join(&name);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("creating segment {}", path.display()))?;
+        File::open(self.dir.join(SEGMENTS))
+            .and_then(|d| d.sync_all())
+            .context("syncing the segments folder")?;
+        self.open = Some(OpenSegment {
+            name,
+            file,
+            len: 0,
+            first_index: self.next_index,
+            first_prev: self.last_hash.clone(),
+        });
+        Ok(())
+    }
+
+    /// Whether `id` is stored.
+    pub fn contains(&self, id: &str) -> bool {
+        self.seen.contains(id)
+    }
+
+    /// Sealed segments held.
+    pub fn sealed_segments(&self) -> usize {
+        self.sealed.len()
+    }
+
+    /// Records stored so far (including those retention removed).
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Appends batches durably (written and fdatasynced) and says, per batch, how many events
+    /// were new and how many were stored already. On error nothing of the group is stored.
+    pub fn append(&mut self, batches: &[Vec<Prepared>]) -> Result<Vec<Appended>> {
+        if let Some(reason) = &self.broken {
+            bail!("the store stopped accepting events after an earlier failure: {reason}");
+        }
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|s| s.len >= self.segment_max_bytes)
+        {
+            self.seal()?;
+        }
+        let mut results = Vec::with_capacity(batches.len());
+        let mut fresh: HashSet<&str> = HashSet::new();
+        let mut buffer = String::new();
+        let mut index = self.next_index;
+        let mut hash = self.last_hash.clone();
+        for batch in batches {
+            let mut result = Appended::default();
+            for (position, event) in batch.iter().enumerate() {
+                if self.seen.contains(&event.id) || !fresh.insert(&event.id) {
+                    result.duplicates += 1;
+                    continue;
+                }
+                let (line, next) = chain::encode(index, &hash, &event.json);
+                buffer.push_str(&line);
+                buffer.push('\n');
+                index += 1;
+                hash = next;
+                result.accepted += 1;
+                result.stored.push(position);
+            }
+            results.push(result);
+        }
+        if buffer.is_empty() {
+            return Ok(results);
+        }
+        let Some(open) = self.open.as_mut() else {
+            bail!("no open segment");
+        };
+        let written = open
+            .file
+            .write_all(buffer.as_bytes())
+            .and_then(|()| open.file.sync_data());
+        if let Err(error) = written {
+            // Take back whatever part reached the file, so the chain stays whole.
+            let undo = open
+                .file
+                .set_len(open.len)
+                .and_then(|()| open.file.seek(SeekFrom::End(0)).map(|_| ()));
+            if let Err(undo) = undo {
+                self.broken = Some(format!(
+                    "appending to {} failed ({error}) and cutting the partial write failed too \
+                     ({undo})",
+                    open.name
+                ));
+            }
+            return Err(error).with_context(|| format!("appending to segment {}", open.name));
+        }
+        open.len += buffer.len() as u64;
+        self.next_index = index;
+        self.last_hash = hash;
+        for id in fresh {
+            self.seen.insert(id.to_string());
+        }
+        Ok(results)
+    }
+
+    /// Writes a signed checkpoint of the open segment if records arrived since the last one.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        if self.next_index == 0 || self.checkpointed == Some(self.next_index - 1) {
+            return Ok(());
+        }
+        self.write_checkpoint(false)
+    }
+
+    fn write_checkpoint(&mut self, sealed: bool) -> Result<()> {
+        let Some(open) = &self.open else {
+            return Ok(());
+        };
+        if self.next_index == open.first_index {
+            return Ok(());
+        }
+        let checkpoint = Checkpoint {
+            segment: open.name.clone(),
+            first_index: open.first_index,
+            last_index: self.next_index - 1,
+            first_prev: open.first_prev.clone(),
+            last_hash: self.last_hash.clone(),
+            sealed,
+            removed: false,
+            time: Timestamp::now(),
+            signature: String::new(),
+        };
+        self.append_checkpoint(checkpoint)?;
+        self.checkpointed = Some(self.next_index - 1);
+        Ok(())
+    }
+
+    fn append_checkpoint(&mut self, mut checkpoint: Checkpoint) -> Result<()> {
+        self.key.sign(&mut checkpoint);
+        let mut line = serde_json::to_string(&checkpoint)?;
+        line.push('\n');
+        self.checkpoints
+            .write_all(line.as_bytes())
+            .and_then(|()| self.checkpoints.sync_data())
+            .context("writing a checkpoint")?;
+        Ok(())
+    }
+
+    /// Closes the open segment with a sealed checkpoint and starts the next one.
+    pub fn seal(&mut self) -> Result<()> {
+        let Some(open) = &self.open else {
+            return Ok(());
+        };
+        if open.len == 0 {
+            return Ok(());
+        }
+        self.write_checkpoint(true)?;
+        if let Some(open) = self.open.take() {
+            self.sealed.push_back(SealedSegment {
+                name: open.name,
+                bytes: open.len,
+                sealed_at: Timestamp::now(),
+                first_index: open.first_index,
+                last_index: self.next_index - 1,
+                last_hash: self.last_hash.clone(),
+            });
+        }
+        self.open_segment()
+    }
+
+    /// Removes the oldest sealed segments that `retention` no longer keeps. The chain stays
+    /// verifiable: the sealed checkpoint of each removed segment stays in the checkpoints file
+    /// and anchors the first record that is left. Returns the names removed.
+    pub fn apply_retention(&mut self, retention: Retention) -> Result<Vec<String>> {
+        let now = Timestamp::now();
+        let mut total: u64 = self.sealed.iter().map(|s| s.bytes).sum::<u64>()
+            + self.open.as_ref().map_or(0, |o| o.len);
+        let mut removed = Vec::new();
+        let mut last_removed = None;
+        while let Some(oldest) = self.sealed.front() {
+            let too_old = retention.max_age.is_some_and(|age| {
+                now.duration_since(oldest.sealed_at)
+                    .try_into()
+                    .is_ok_and(|elapsed: std::time::Duration| elapsed > age)
+            });
+            let too_big = retention.max_bytes.is_some_and(|max| total > max);
+            if !too_old && !too_big {
+                break;
+            }
+            let path = self.dir.join(SEGMENTS).join(&oldest.name);
+            // Forget its ids first: an event that is no longer stored may be stored again.
+            if let Ok(bytes) = std::fs::read(&path) {
+                for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    if let Ok(record) = chain::decode(line)
+                        && let Some(id) = record.event.get("id").and_then(|v| v.as_str())
+                    {
+                        self.seen.remove(id);
+                    }
+                }
+            }
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing segment {}", path.display()))?;
+            total -= oldest.bytes;
+            removed.push(oldest.name.clone());
+            last_removed = self.sealed.pop_front();
+        }
+        // Say, signed, what retention removed: verify accepts a missing beginning only up to
+        // here, so deleting another segment by hand is still found.
+        if let Some(segment) = last_removed {
+            self.append_checkpoint(Checkpoint {
+                segment: segment.name,
+                first_index: segment.first_index,
+                last_index: segment.last_index,
+                first_prev: String::new(),
+                last_hash: segment.last_hash,
+                sealed: true,
+                removed: true,
+                time: now,
+                signature: String::new(),
+            })?;
+        }
+        Ok(removed)
+    }
+}
+
+struct SegmentScan {
+    len: u64,
+    first_index: Option<u64>,
+    first_prev: Option<String>,
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn modified(path: &Path) -> Timestamp {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| Timestamp::try_from(t).ok())
+        .unwrap_or_else(Timestamp::now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepared(id: &str) -> Prepared {
+        Prepared {
+            id: id.into(),
+            json: format!(r#"{{"id":"{id}"}}"#),
+        }
+    }
+
+    #[test]
+    fn appends_survive_a_reopen_and_duplicates_are_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        let mut store = Store::open(dir.path(), &key, 1 << 20).unwrap();
+        let result = store
+            .append(&[vec![prepared("a:1"), prepared("a:2"), prepared("a:1")]])
+            .unwrap();
+        assert_eq!(
+            result,
+            vec![Appended {
+                accepted: 2,
+                duplicates: 1,
+                stored: vec![0, 1],
+            }]
+        );
+        drop(store);
+        let mut store = Store::open(dir.path(), &key, 1 << 20).unwrap();
+        assert!(store.contains("a:2"));
+        let result = store
+            .append(&[vec![prepared("a:2")], vec![prepared("a:3")]])
+            .unwrap();
+        assert_eq!(result[0].duplicates, 1);
+        assert_eq!(result[1].accepted, 1);
+        assert_eq!(store.next_index(), 3);
+    }
+
+    #[test]
+    fn a_partial_last_line_is_cut_off_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        let mut store = Store::open(dir.path(), &key, 1 << 20).unwrap();
+        store.append(&[vec![prepared("a:1")]]).unwrap();
+        drop(store);
+        let segment = segment_files(dir.path()).unwrap().remove(0);
+        let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
+        file.write_all(b"{\"i\":1,\"prev\":\"00").unwrap();
+        drop(file);
+        let mut store = Store::open(dir.path(), &key, 1 << 20).unwrap();
+        store.append(&[vec![prepared("a:2")]]).unwrap();
+        let text = std::fs::read_to_string(&segment).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.lines().all(|l| chain::decode(l.as_bytes()).is_ok()));
+    }
+
+    #[test]
+    fn segments_rotate_and_retention_removes_the_oldest_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        let mut store = Store::open(dir.path(), &key, 100).unwrap();
+        for n in 0..5 {
+            store.append(&[vec![prepared(&format!("a:{n}"))]]).unwrap();
+        }
+        assert_eq!(segment_files(dir.path()).unwrap().len(), 5);
+        let removed = store
+            .apply_retention(Retention {
+                max_age: None,
+                max_bytes: Some(400),
+            })
+            .unwrap();
+        assert_eq!(removed.len(), 3);
+        assert!(!store.contains("a:0"));
+        assert!(store.contains("a:4"));
+        assert_eq!(segment_files(dir.path()).unwrap().len(), 2);
+    }
+}

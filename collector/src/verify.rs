@@ -1,0 +1,465 @@
+//! `verify`: proves the chain of a data folder unbroken, or names the first record that was
+//! altered, removed or moved, and reports gaps in each proxy session's sequence numbers.
+//!
+//! What is checked, in this order:
+//! 1. every line hashes to the hash it carries (else: *altered*, with segment, line and event);
+//! 2. every record follows the one before: the next index, and the `prev` that is the hash of
+//!    the record before (else: *removed* when the missing index is nowhere in the store,
+//!    *reordered* when it is elsewhere, *altered* when the record was re-linked);
+//! 3. the first record left is index 0 after the genesis hash, or is anchored by a signed
+//!    checkpoint of the segment retention removed before it;
+//! 4. every checkpoint carries a valid Ed25519 signature, and the record at its last index has
+//!    the hash it signed (so a chain rewritten from some record on, hashes and all, is found,
+//!    and so are records cut off the end).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::chain::{self, GENESIS};
+use crate::checkpoint::{Checkpoint, PublicKey};
+use crate::store;
+
+/// What kind of damage a problem is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ProblemKind {
+    /// A record's bytes were changed.
+    Altered,
+    /// Records are missing.
+    Removed,
+    /// A record is not where its index says it belongs.
+    Reordered,
+    /// A checkpoint's signature is not the collector key's.
+    CheckpointForged,
+}
+
+/// The first thing found wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    /// What.
+    pub kind: ProblemKind,
+    /// The segment file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
+    /// The line in the segment (from 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// The index of the record concerned, or of the first missing one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    /// The event concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// In words.
+    pub message: String,
+}
+
+/// Sequence numbers missing from one proxy session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Gap {
+    /// The session id.
+    pub session: String,
+    /// Inclusive ranges of missing sequence numbers.
+    pub missing: Vec<(u64, u64)>,
+}
+
+/// The outcome of `verify`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// No problem found.
+    pub ok: bool,
+    /// Segment files read.
+    pub segments: usize,
+    /// Records read.
+    pub records: u64,
+    /// The first and last index present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The last index present.
+    pub last_index: Option<u64>,
+    /// Checkpoints with a valid signature.
+    pub checkpoints: usize,
+    /// The first problem of the chain, then any checkpoint problems.
+    pub problems: Vec<Problem>,
+    /// Sequence gaps per session (events the proxies never delivered).
+    pub gaps: Vec<Gap>,
+    /// Events proxies reported as dropped (spool full).
+    pub dropped_reported: u64,
+}
+
+struct Entry {
+    segment: String,
+    line: usize,
+    decoded: Result<chain::Record, chain::Broken>,
+    /// For a line that does not even parse: the event id, if it can still be read.
+    id_hint: Option<String>,
+}
+
+/// The event id in a damaged line, read without parsing it as JSON.
+fn scrape_id(line: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(line);
+    let event = text.find(",\"event\":{")?;
+    let rest = &text[event..];
+    let start = rest.find("\"id\":\"")? + 6;
+    let end = rest[start..].find('"')?;
+    Some(rest[start..start + end].to_string())
+}
+
+fn event_id(record: &chain::Record) -> Option<String> {
+    record
+        .event
+        .get("id")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+}
+
+/// Verifies the store in `dir` with the checkpoint key `key`.
+pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
+    let files = store::segment_files(dir)?;
+    let mut entries = Vec::new();
+    for path in &files {
+        let segment = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bytes = std::fs::read(path)?;
+        for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let decoded = chain::decode(line);
+            let id_hint = match &decoded {
+                Err(broken) if broken.record.is_none() => scrape_id(line),
+                _ => None,
+            };
+            entries.push(Entry {
+                segment: segment.clone(),
+                line: n + 1,
+                decoded,
+                id_hint,
+            });
+        }
+    }
+
+    let mut checkpoints: Vec<Checkpoint> = Vec::new();
+    let mut problems = Vec::new();
+    for checkpoint in store::read_checkpoints(dir)? {
+        match checkpoint {
+            Ok(c) if c.is_signed_by(key) => checkpoints.push(c),
+            Ok(c) => problems.push(Problem {
+                kind: ProblemKind::CheckpointForged,
+                segment: Some(c.segment.clone()),
+                line: None,
+                index: Some(c.last_index),
+                event_id: None,
+                message: format!(
+                    "a checkpoint of {} up to index {} is not signed by the collector key",
+                    c.segment, c.last_index
+                ),
+            }),
+            Err((line, error)) => problems.push(Problem {
+                kind: ProblemKind::CheckpointForged,
+                segment: None,
+                line: Some(line),
+                index: None,
+                event_id: None,
+                message: format!(
+                    "line {line} of {} is not a checkpoint: {error}",
+                    store::CHECKPOINTS
+                ),
+            }),
+        }
+    }
+    let checkpointed: HashSet<u64> = checkpoints.iter().map(|c| c.last_index).collect();
+
+    let present: HashSet<u64> = entries
+        .iter()
+        .filter_map(|e| e.decoded.as_ref().ok().map(|r| r.index))
+        .collect();
+    let mut at_checkpoints: HashMap<u64, (String, usize, String, Option<String>)> = HashMap::new();
+    let mut sessions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut dropped_reported = 0;
+    let mut chain_problem = None;
+    let mut previous: Option<(u64, String)> = None;
+    let mut first_index = None;
+    let mut last_index = None;
+    for entry in &entries {
+        let at = |kind, record: Option<&chain::Record>, message: String| Problem {
+            kind,
+            segment: Some(entry.segment.clone()),
+            line: Some(entry.line),
+            index: record.map(|r| r.index),
+            event_id: record.and_then(event_id),
+            message,
+        };
+        let record = match &entry.decoded {
+            Ok(record) => record,
+            Err(broken) => {
+                let mut problem = at(
+                    ProblemKind::Altered,
+                    broken.record.as_deref(),
+                    format!("the record was altered: {}", broken.damage),
+                );
+                if broken.record.is_none() {
+                    // Where it stands says which record it was.
+                    problem.index = Some(previous.as_ref().map_or(0, |(index, _)| index + 1));
+                    problem.event_id = entry.id_hint.clone();
+                }
+                chain_problem = Some(problem);
+                break;
+            }
+        };
+        let problem = match &previous {
+            None if record.index == 0 && record.prev != GENESIS => Some(at(
+                ProblemKind::Altered,
+                Some(record),
+                "the first record does not start from the genesis hash".into(),
+            )),
+            None if record.index == 0 => None,
+            None => {
+                // Only retention may remove the beginning, and it leaves a signed note saying
+                // up to where.
+                let anchored = checkpoints.iter().any(|c| {
+                    c.removed && c.last_index + 1 == record.index && c.last_hash == record.prev
+                });
+                (!anchored).then(|| Problem {
+                    index: Some(0),
+                    ..at(
+                        ProblemKind::Removed,
+                        Some(record),
+                        format!(
+                            "records 0 to {} are missing and no signed retention checkpoint \
+                             says they were removed by retention up to record {}",
+                            record.index - 1,
+                            record.index
+                        ),
+                    )
+                })
+            }
+            Some((index, hash)) => {
+                let expected = index + 1;
+                if record.index == expected && record.prev == *hash {
+                    None
+                } else if record.index == expected {
+                    Some(at(
+                        ProblemKind::Altered,
+                        Some(record),
+                        format!(
+                            "the record does not follow record {index}: its prev is not that \
+                             record's hash (the chain was re-linked here)"
+                        ),
+                    ))
+                } else if record.index > expected && !present.contains(&expected) {
+                    Some(Problem {
+                        index: Some(expected),
+                        ..at(
+                            ProblemKind::Removed,
+                            Some(record),
+                            format!(
+                                "records {expected} to {} are missing before this one",
+                                record.index - 1
+                            ),
+                        )
+                    })
+                } else {
+                    Some(at(
+                        ProblemKind::Reordered,
+                        Some(record),
+                        format!(
+                            "record {} stands where record {expected} belongs (after record \
+                             {index})",
+                            record.index
+                        ),
+                    ))
+                }
+            }
+        };
+        if let Some(problem) = problem {
+            chain_problem = Some(problem);
+            break;
+        }
+        first_index.get_or_insert(record.index);
+        last_index = Some(record.index);
+        if checkpointed.contains(&record.index) {
+            at_checkpoints.insert(
+                record.index,
+                (
+                    entry.segment.clone(),
+                    entry.line,
+                    record.hash.clone(),
+                    event_id(record),
+                ),
+            );
+        }
+        let data = &record.event["data"];
+        if let (Some(session), Some(sequence)) =
+            (data["sessionId"].as_str(), data["sequence"].as_u64())
+        {
+            sessions
+                .entry(session.to_string())
+                .or_default()
+                .push(sequence);
+        }
+        if let Some(dropped) = data["dropped"].as_u64() {
+            dropped_reported += dropped;
+        }
+        previous = Some((record.index, record.hash.clone()));
+    }
+
+    if let Some(problem) = chain_problem {
+        problems.insert(0, problem);
+    } else if let (Some(first), Some(last)) = (first_index, last_index) {
+        let mut checkpoint_problem = None;
+        for c in checkpoints.iter().filter(|c| !c.removed) {
+            if c.last_index < first {
+                continue;
+            }
+            if c.last_index > last {
+                checkpoint_problem = Some(Problem {
+                    kind: ProblemKind::Removed,
+                    segment: Some(c.segment.clone()),
+                    line: None,
+                    index: Some(last + 1),
+                    event_id: None,
+                    message: format!(
+                        "records {} to {} were cut off the end: a signed checkpoint covers them",
+                        last + 1,
+                        c.last_index
+                    ),
+                });
+                break;
+            }
+            if let Some((segment, line, hash, id)) = at_checkpoints.get(&c.last_index)
+                && *hash != c.last_hash
+            {
+                checkpoint_problem = Some(Problem {
+                    kind: ProblemKind::Altered,
+                    segment: Some(segment.clone()),
+                    line: Some(*line),
+                    index: Some(c.last_index),
+                    event_id: id.clone(),
+                    message: format!(
+                        "record {} is not the record a signed checkpoint holds: the chain up to \
+                         it was rewritten",
+                        c.last_index
+                    ),
+                });
+                break;
+            }
+        }
+        if let Some(problem) = checkpoint_problem {
+            problems.insert(0, problem);
+        }
+    } else if let Some(c) = checkpoints.iter().max_by_key(|c| c.last_index) {
+        problems.insert(
+            0,
+            Problem {
+                kind: ProblemKind::Removed,
+                segment: Some(c.segment.clone()),
+                line: None,
+                index: Some(c.first_index),
+                event_id: None,
+                message: format!(
+                    "the store holds no records, but a signed checkpoint covers records up to {}",
+                    c.last_index
+                ),
+            },
+        );
+    }
+
+    let from_start = first_index == Some(0);
+    let gaps = sessions
+        .into_iter()
+        .filter_map(|(session, mut sequences)| {
+            sequences.sort_unstable();
+            sequences.dedup();
+            let mut missing = Vec::new();
+            let mut expected = if from_start { 1 } else { sequences[0] };
+            for sequence in sequences {
+                if sequence > expected {
+                    missing.push((expected, sequence - 1));
+                }
+                expected = sequence + 1;
+            }
+            (!missing.is_empty()).then_some(Gap { session, missing })
+        })
+        .collect();
+
+    Ok(Report {
+        ok: problems.is_empty(),
+        segments: files.len(),
+        records: entries.len() as u64,
+        first_index,
+        last_index,
+        checkpoints: checkpoints.len(),
+        problems,
+        gaps,
+        dropped_reported,
+    })
+}
+
+impl Report {
+    /// The report for people.
+    pub fn to_text(&self) -> String {
+        let mut text = String::new();
+        match self.problems.first() {
+            None => text.push_str(&format!(
+                "OK: {} records in {} segments, chain unbroken, {} signed checkpoints agree\n",
+                self.records, self.segments, self.checkpoints
+            )),
+            Some(problem) => {
+                let kind = serde_json::to_value(problem.kind).unwrap_or_default();
+                text.push_str(&format!("FAILED: {}", kind.as_str().unwrap_or("damage")));
+                if let Some(segment) = &problem.segment {
+                    text.push_str(&format!(" in segment {segment}"));
+                }
+                if let Some(line) = problem.line {
+                    text.push_str(&format!(" line {line}"));
+                }
+                if let Some(index) = problem.index {
+                    text.push_str(&format!(" (record {index}"));
+                    if let Some(id) = &problem.event_id {
+                        text.push_str(&format!(", event {id}"));
+                    }
+                    text.push(')');
+                }
+                text.push_str(&format!(": {}\n", problem.message));
+                for other in &self.problems[1..] {
+                    text.push_str(&format!("also: {}\n", other.message));
+                }
+            }
+        }
+        for gap in &self.gaps {
+            let ranges: Vec<String> = gap
+                .missing
+                .iter()
+                .map(|(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    }
+                })
+                .collect();
+            text.push_str(&format!(
+                "gap: session {} is missing sequence numbers {}\n",
+                gap.session,
+                ranges.join(", ")
+            ));
+        }
+        if self.dropped_reported > 0 {
+            text.push_str(&format!(
+                "proxies reported {} events dropped (spool full)\n",
+                self.dropped_reported
+            ));
+        }
+        text
+    }
+}

@@ -1,0 +1,225 @@
+//! `just bench-audit`: what sending one audit event per request costs the proxy. Two proxies on
+//! the same broker in the same run, one without audit and one sending to a real
+//! `streamward-collector`; Kafka's ProducerPerformance through each (alternating over rounds),
+//! then single Produce round trips (one event per request, the worst case for the emitter), then
+//! how fast the audited proxy's events reached the collector.
+//!
+//! Usage: `bench_audit --sidecar PATH --collector PATH [--records N] [--size BYTES]`
+//! (release builds of `streamward-sidecar` and `streamward-collector`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use streamward_e2e::bench::{peak_rss_kib, percentile, probe, produce};
+use streamward_e2e::kafka::KafkaCluster;
+use streamward_e2e::process::Process;
+use streamward_e2e::sidecar::Sidecar;
+use streamward_e2e::{cache, net, wait_for};
+
+const POLICY: &str = "apiVersion: streamward.io/v1alpha1
+kind: StreamPolicy
+metadata: {name: bench, namespace: bench}
+spec:
+  subjects:
+    serviceAccounts: [bench]
+  auditLevel: PayloadDigest
+  rules:
+  - name: bench-topics
+    resources: [{resourceType: Topic, name: bench., patternType: Prefixed}]
+    operations: [Read, Write, Create, Describe]
+    effect: Allow
+  - name: idempotence
+    resources: [{resourceType: Cluster, name: kafka-cluster}]
+    operations: [IdempotentWrite]
+    effect: Allow
+";
+const TOKEN: &str = "bench-audit-token-0123456789";
+const ROUNDS: usize = 2;
+const PROBE_BLOCKS: usize = 6;
+const PROBE_REQUESTS: usize = 2_000;
+
+struct Args {
+    sidecar: PathBuf,
+    collector: PathBuf,
+    records: u64,
+    size: u64,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        sidecar: PathBuf::new(),
+        collector: PathBuf::new(),
+        records: 1_000_000,
+        size: 1024,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--sidecar" => args.sidecar = PathBuf::from(value),
+            "--collector" => args.collector = PathBuf::from(value),
+            "--records" => args.records = value.parse()?,
+            "--size" => args.size = value.parse()?,
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    if args.sidecar.as_os_str().is_empty() || args.collector.as_os_str().is_empty() {
+        bail!("usage: bench_audit --sidecar PATH --collector PATH [--records N] [--size BYTES]");
+    }
+    Ok(args)
+}
+
+fn start_collector(binary: &Path, dir: &Path) -> Result<(Process, String)> {
+    std::fs::write(dir.join("tokens"), format!("{TOKEN} bench/bench\n"))?;
+    let addr = format!("127.0.0.1:{}", net::free_port()?);
+    let mut command = Command::new(binary);
+    command
+        .arg("serve")
+        .arg("--data")
+        .arg(dir.join("data"))
+        .args(["--listen", &addr])
+        .arg("--token-file")
+        .arg(dir.join("tokens"))
+        .env("RUST_LOG", "warn");
+    let mut process = Process::spawn("streamward-collector", command, &dir.join("collector.log"))?;
+    wait_for("the collector to listen", Duration::from_secs(30), || {
+        process.check_running()?;
+        Ok(net::http_get(&addr, "/healthz")
+            .ok()
+            .filter(|(s, _)| *s == 200))
+    })?;
+    Ok((process, addr))
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let run = cache::run_dir("bench-audit")?;
+    let kafka = KafkaCluster::start(1)?;
+    let direct = kafka.bootstrap();
+    let (_collector, collector_addr) = start_collector(&args.collector, run.path())?;
+    let target = format!(
+        "apiVersion: streamward.io/v1alpha1\nkind: StreamTarget\nmetadata: {{name: kafka, namespace: bench}}\nspec:\n  bootstrapServers: [\"{direct}\"]\n"
+    );
+    let files = [("target.yaml", target), ("policy.yaml", POLICY.to_string())];
+    let off = Sidecar::start(&args.sidecar, &files, "bench", "bench")?;
+    std::fs::write(run.path().join("token"), TOKEN)?;
+    let url = format!("http://{collector_addr}");
+    let token = run.path().join("token").display().to_string();
+    let spool = run.path().join("spool").display().to_string();
+    let on = Sidecar::start_with_args(
+        &args.sidecar,
+        &files,
+        "bench",
+        "bench",
+        &[
+            "--audit-url",
+            &url,
+            "--audit-token-file",
+            &token,
+            "--audit-spool",
+            &spool,
+        ],
+    )?;
+    let dist = kafka.dist();
+    let run_id = std::process::id();
+    println!(
+        "records: {}, record size: {} B, one broker, producer acks=1, audit level PayloadDigest, all on 2 cores",
+        args.records, args.size
+    );
+    produce(
+        dist,
+        &direct,
+        &format!("bench.warmup-{run_id}"),
+        args.records / 4,
+        args.size,
+        -1,
+    )?;
+    let started = Instant::now();
+    let paths = [
+        ("audit off", off.bootstrap.as_str()),
+        ("audit on", on.bootstrap.as_str()),
+    ];
+    let mut totals = [(0.0, 0.0); 2];
+    for round in 0..ROUNDS {
+        for step in 0..2 {
+            let index = (step + round) % 2;
+            let (path, bootstrap) = paths[index];
+            let topic = format!("bench.audit-{index}-{run_id}-{round}");
+            let p = produce(dist, bootstrap, &topic, args.records, args.size, -1)?;
+            println!(
+                "round {round} {path:>9}: produce {:.0} rec/s {:.1} MB/s",
+                p.records_per_sec, p.mb_per_sec
+            );
+            totals[index].0 += p.records_per_sec / ROUNDS as f64;
+            totals[index].1 += p.mb_per_sec / ROUNDS as f64;
+        }
+    }
+    let probe_topic = format!("bench.probe-{run_id}");
+    produce(dist, &direct, &probe_topic, 10, args.size, -1)?;
+    let mut round_trips = [Vec::new(), Vec::new()];
+    for block in 0..PROBE_BLOCKS {
+        for (index, (_, bootstrap)) in paths.iter().enumerate() {
+            let times = probe(bootstrap, &probe_topic, PROBE_REQUESTS, args.size as usize)?;
+            if block > 0 {
+                round_trips[index].extend(times);
+            }
+        }
+    }
+    let loaded = started.elapsed();
+    // Every event queued must reach the collector; how long the tail takes after the load.
+    let queued = on.metric("streamward_sidecar_audit_events_total{outcome=\"queued\"}")?;
+    let drained = Instant::now();
+    wait_for("the audit spool to drain", Duration::from_secs(300), || {
+        let delivered =
+            on.metric("streamward_sidecar_audit_events_total{outcome=\"delivered\"}")?;
+        Ok((delivered >= queued).then_some(()))
+    })?;
+    let tail = drained.elapsed();
+    let delivered = on.metric("streamward_sidecar_audit_events_total{outcome=\"delivered\"}")?;
+    let dropped = on.metric("streamward_sidecar_audit_events_total{outcome=\"dropped\"}")?;
+    let total = loaded + tail;
+
+    println!("\nmean of {ROUNDS} rounds:");
+    println!("| proxy | produce rec/s | produce MB/s |");
+    println!("|---|---|---|");
+    for (index, (path, _)) in paths.iter().enumerate() {
+        println!(
+            "| {path} | {:.0} | {:.1} |",
+            totals[index].0, totals[index].1
+        );
+    }
+    println!(
+        "| on / off | {:.1} % | {:.1} % |",
+        100.0 * totals[1].0 / totals[0].0,
+        100.0 * totals[1].1 / totals[0].1
+    );
+    println!(
+        "\nsingle Produce round trips ({} per proxy, one connection, one event each):",
+        round_trips[0].len()
+    );
+    println!("| proxy | p50 µs | p99 µs | p99.9 µs |");
+    println!("|---|---|---|---|");
+    for (index, (path, _)) in paths.iter().enumerate() {
+        let times = &mut round_trips[index];
+        times.sort_unstable();
+        println!(
+            "| {path} | {} | {} | {} |",
+            percentile(times, 0.50),
+            percentile(times, 0.99),
+            percentile(times, 0.999)
+        );
+    }
+    println!(
+        "\naudit events: {delivered:.0} delivered, {dropped:.0} dropped; the spool drained {:.1} s after the load ended ({:.0} events/s over the whole run)",
+        tail.as_secs_f64(),
+        delivered / total.as_secs_f64()
+    );
+    println!(
+        "peak RSS: audit off {:.1} MiB, audit on {:.1} MiB",
+        peak_rss_kib(off.pid())? as f64 / 1024.0,
+        peak_rss_kib(on.pid())? as f64 / 1024.0
+    );
+    Ok(())
+}

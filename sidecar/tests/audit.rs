@@ -1,0 +1,422 @@
+//! Audit end to end: real Kafka, the real proxy and the real collector (`streamward-collector
+//! serve`), clients users run. Every request a client sends must reach the collector as one
+//! event, in order, even when the collector is killed under load.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{Sidecar, consume, kafka_tool, produce, target_yaml};
+use streamward_api::audit::{AuditEvent, EventData};
+use streamward_e2e::kafka::KafkaCluster;
+use streamward_e2e::process::Process;
+use streamward_e2e::{cache, net, unique_name, wait_for, workspace_binary};
+
+const NS: &str = "team-a";
+const SA: &str = "orders-app";
+const TOKEN: &str = "audit-e2e-token-0123456789";
+
+fn kafka() -> &'static KafkaCluster {
+    static KAFKA: OnceLock<KafkaCluster> = OnceLock::new();
+    KAFKA.get_or_init(|| KafkaCluster::start(1).expect("starting Kafka"))
+}
+
+fn collector_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        workspace_binary("streamward-collector", "streamward-collector")
+            .expect("building streamward-collector")
+    })
+}
+
+fn policy_yaml() -> String {
+    format!(
+        "apiVersion: streamward.io/v1alpha1
+kind: StreamPolicy
+metadata: {{name: orders-team, namespace: {NS}}}
+spec:
+  subjects:
+    serviceAccounts: [{SA}]
+  auditLevel: PayloadDigest
+  rules:
+  - name: no-destructive-admin
+    resources: [{{resourceType: Topic, name: '*'}}]
+    operations: [Delete, Alter, AlterConfigs]
+    effect: Deny
+  - name: orders-topics
+    resources: [{{resourceType: Topic, name: orders., patternType: Prefixed}}]
+    operations: [Read, Write, Create, Describe, DescribeConfigs]
+    effect: Allow
+  - name: orders-groups
+    resources: [{{resourceType: Group, name: orders-, patternType: Prefixed}}]
+    operations: [Read, Describe]
+    effect: Allow
+  - name: idempotence
+    resources: [{{resourceType: Cluster, name: kafka-cluster}}]
+    operations: [IdempotentWrite, Describe]
+    effect: Allow
+"
+    )
+}
+
+/// A collector in local mode on a fixed port and data folder, so it can be killed and started
+/// again where it was.
+struct Collector {
+    addr: String,
+    dir: PathBuf,
+    process: Option<Process>,
+}
+
+impl Collector {
+    fn start(dir: &Path) -> Collector {
+        std::fs::write(dir.join("tokens"), format!("{TOKEN} {NS}/{SA}\n")).unwrap();
+        let addr = format!("127.0.0.1:{}", net::free_port().unwrap());
+        let mut collector = Collector {
+            addr,
+            dir: dir.to_path_buf(),
+            process: None,
+        };
+        collector.restart();
+        collector
+    }
+
+    fn restart(&mut self) {
+        let mut command = Command::new(collector_binary());
+        command
+            .arg("serve")
+            .arg("--data")
+            .arg(self.dir.join("data"))
+            .args(["--listen", &self.addr])
+            .arg("--token-file")
+            .arg(self.dir.join("tokens"))
+            .env("RUST_LOG", "info");
+        let mut process = Process::spawn(
+            "streamward-collector",
+            command,
+            &self.dir.join("collector.log"),
+        )
+        .unwrap();
+        let addr = self.addr.clone();
+        wait_for("the collector to listen", Duration::from_secs(30), || {
+            process.check_running()?;
+            Ok(net::http_get(&addr, "/healthz")
+                .ok()
+                .filter(|(s, _)| *s == 200))
+        })
+        .unwrap();
+        self.process = Some(process);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Every stored event of the test's workload, via `streamward-collector query`.
+    fn events(&self) -> Vec<AuditEvent> {
+        let out = Command::new(collector_binary())
+            .arg("query")
+            .arg("--data")
+            .arg(self.dir.join("data"))
+            .args(["--namespace", NS, "--format", "ndjson"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "query: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+}
+
+fn sidecar(collector: &Collector, dir: &Path) -> Sidecar {
+    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
+    let url = format!("http://{}", collector.addr);
+    let token = dir.join("token").display().to_string();
+    let spool = dir.join("spool").display().to_string();
+    common::sidecar_with_args(
+        &[
+            ("target.yaml", target_yaml(NS, &kafka().bootstrap())),
+            ("policy.yaml", policy_yaml()),
+        ],
+        NS,
+        SA,
+        &[
+            "--audit-url",
+            &url,
+            "--audit-token-file",
+            &token,
+            "--audit-spool",
+            &spool,
+        ],
+    )
+}
+
+/// The proxy's own count of requests, per API.
+fn requests_by_api(proxy: &Sidecar) -> BTreeMap<String, u64> {
+    let (_, body) = net::http_get(&proxy.admin, "/metrics").unwrap();
+    body.lines()
+        .filter_map(|l| l.strip_prefix("streamward_sidecar_requests_total{api=\""))
+        .filter_map(|l| {
+            let (api, rest) = l.split_once('"')?;
+            Some((api.to_string(), rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn events_by_api(events: &[AuditEvent]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for record in events.iter().filter_map(AuditEvent::record) {
+        *counts.entry(record.request.api_key.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// Waits until the collector holds one event per request the proxy counted; returns them.
+fn wait_for_every_event(
+    collector: &Collector,
+    proxy: &Sidecar,
+    within: Duration,
+) -> Vec<AuditEvent> {
+    let deadline = Instant::now() + within;
+    loop {
+        let expected = requests_by_api(proxy);
+        let events = collector.events();
+        let got = events_by_api(&events);
+        if got == expected {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the collector has {got:?}, the proxy counted {expected:?}\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Per session, the sequence numbers are exactly 1..=n: no gaps, no duplicates.
+fn assert_sessions_complete(events: &[AuditEvent]) -> usize {
+    let ids: HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), events.len(), "an event was stored twice");
+    let mut sessions: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for record in events.iter().filter_map(AuditEvent::record) {
+        sessions
+            .entry(record.session_id.as_str())
+            .or_default()
+            .push(record.sequence);
+    }
+    for (session, sequences) in &mut sessions {
+        sequences.sort_unstable();
+        let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
+        assert_eq!(
+            *sequences, expected,
+            "session {session} has gaps or duplicates"
+        );
+    }
+    sessions.len()
+}
+
+#[test]
+fn every_request_yields_exactly_one_event_with_identity_topic_and_decision() {
+    let run = cache::run_dir("audit-e2e").unwrap();
+    let collector = Collector::start(run.path());
+    let proxy = sidecar(&collector, run.path());
+    let topic = unique_name("orders.audit");
+    let denied = unique_name("payments.audit");
+    for name in [&topic, &denied] {
+        let (ok, out) = kafka_tool(
+            kafka(),
+            "org.apache.kafka.tools.TopicCommand",
+            &[
+                "--bootstrap-server",
+                &kafka().bootstrap(),
+                "--create",
+                "--topic",
+                name,
+                "--partitions",
+                "2",
+                "--replication-factor",
+                "1",
+            ],
+        );
+        assert!(ok, "{out}");
+    }
+
+    // Produce with kcat and confluent-kafka, consume, a refused produce, a refused deletion.
+    let out = streamward_e2e::clients::kcat()
+        .unwrap()
+        .args(["-P", "-b", &proxy.bootstrap, "-t", &topic, "-X", "acks=all"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut kcat| {
+            use std::io::Write;
+            kcat.stdin.take().unwrap().write_all(b"a\nb\nc\n").unwrap();
+            kcat.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = produce(&proxy.bootstrap, &topic, "ck", 100, &[]);
+    assert_eq!(report.delivered, 100, "{report:?}");
+    let consumed = consume(&proxy.bootstrap, &topic, &unique_name("orders-g"), 103, &[]);
+    assert_eq!(consumed.count, 103, "{consumed:?}");
+    let refused = produce(&proxy.bootstrap, &denied, "x", 3, &[]);
+    assert_eq!(refused.delivered, 0, "{refused:?}");
+    let (ok, out) = kafka_tool(
+        kafka(),
+        "org.apache.kafka.tools.TopicCommand",
+        &[
+            "--bootstrap-server",
+            &proxy.bootstrap,
+            "--delete",
+            "--topic",
+            &topic,
+        ],
+    );
+    assert!(!ok, "the deletion went through: {out}");
+
+    let events = wait_for_every_event(&collector, &proxy, Duration::from_secs(60));
+    let sessions = assert_sessions_complete(&events);
+    assert!(
+        sessions >= 5,
+        "expected a session per client connection, got {sessions}"
+    );
+
+    for event in &events {
+        let record = event
+            .record()
+            .expect("only request events (nothing was dropped)");
+        assert_eq!(record.identity.namespace, NS);
+        assert_eq!(record.identity.service_account, SA);
+        assert!(record.client.address.starts_with("127.0.0.1:"));
+    }
+    let records: Vec<_> = events.iter().filter_map(AuditEvent::record).collect();
+
+    // Allowed produce: the topic, the rule, records and a payload digest.
+    let written: u64 = records
+        .iter()
+        .filter(|r| r.request.api_key == "Produce" && r.decision.effect == "Allow")
+        .flat_map(|r| &r.resources)
+        .filter(|res| res.name == topic && res.operation == "Write")
+        .filter_map(|res| res.records)
+        .sum();
+    assert_eq!(written, 103, "records produced, as the events count them");
+    let produce = records
+        .iter()
+        .find(|r| r.request.api_key == "Produce" && r.decision.effect == "Allow")
+        .unwrap();
+    assert_eq!(
+        produce.decision.rule,
+        "StreamPolicy/orders-team rule orders-topics"
+    );
+    assert!(produce.decision.config_hash.starts_with("sha256:"));
+    assert!(
+        produce
+            .payload
+            .as_ref()
+            .and_then(|p| p.sha256.as_ref())
+            .is_some()
+    );
+    // librdkafka names itself in ApiVersions (KIP-511).
+    assert!(records.iter().any(|r| r.client.software_name.is_some()));
+
+    // Consumed: Fetch events read the topic, with offsets.
+    let read: u64 = records
+        .iter()
+        .filter(|r| r.request.api_key == "Fetch")
+        .flat_map(|r| &r.resources)
+        .filter(|res| res.name == topic && res.operation == "Read")
+        .filter_map(|res| res.records)
+        .sum();
+    assert!(read >= 103, "fetched records counted: {read}");
+
+    // The refused topic: librdkafka learns from Metadata that it may not see it (and so never
+    // sends the Produce); the event says so, naming the default deny.
+    let refused_topic = records
+        .iter()
+        .find(|r| {
+            r.resources
+                .iter()
+                .any(|res| res.name == denied && res.effect == "Deny")
+        })
+        .expect("an event refusing the payments topic");
+    assert_eq!(refused_topic.decision.rule, "default deny");
+    let deletion = records
+        .iter()
+        .find(|r| r.request.api_key == "DeleteTopics")
+        .expect("an event for the refused deletion");
+    assert_eq!(deletion.decision.effect, "Deny");
+    assert_eq!(
+        deletion.decision.rule,
+        "StreamPolicy/orders-team rule no-destructive-admin"
+    );
+    assert_eq!(deletion.resources[0].name, topic);
+    assert!(deletion.decision.reason.is_some());
+    assert!(records.iter().any(|r| r.request.api_key == "ApiVersions"));
+}
+
+#[test]
+fn killing_the_collector_for_30_seconds_under_load_loses_no_event() {
+    let run = cache::run_dir("audit-outage").unwrap();
+    let mut collector = Collector::start(run.path());
+    let proxy = sidecar(&collector, run.path());
+    let topic = unique_name("orders.outage");
+
+    // Load: confluent-kafka producers, one after another, each a new session.
+    let load = |seconds: u64| -> (usize, f64) {
+        let started = Instant::now();
+        let mut records = 0;
+        while started.elapsed() < Duration::from_secs(seconds) {
+            let report = produce(&proxy.bootstrap, &topic, "load", 2000, &[]);
+            assert_eq!(report.errors, Vec::<String>::new());
+            records += report.delivered;
+        }
+        (records, records as f64 / started.elapsed().as_secs_f64())
+    };
+    let (_, before) = load(10);
+    collector.kill();
+    let (during_records, during) = load(30);
+    collector.restart();
+    let (_, after) = load(5);
+    eprintln!(
+        "produce rate through the proxy: {before:.0} records/s with the collector up, \
+         {during:.0} records/s while it was down ({during_records} records), {after:.0} after"
+    );
+
+    let events = wait_for_every_event(&collector, &proxy, Duration::from_secs(120));
+    assert_sessions_complete(&events);
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e.data, EventData::Request(_))),
+        "events were reported dropped"
+    );
+    assert_eq!(
+        proxy
+            .metric("streamward_sidecar_audit_events_total{outcome=\"dropped\"}")
+            .unwrap(),
+        0.0
+    );
+    assert!(
+        proxy
+            .metric("streamward_sidecar_audit_delivery_errors_total")
+            .unwrap()
+            > 0.0,
+        "the outage was not noticed"
+    );
+}
