@@ -65,3 +65,7 @@ demo: provision
 bench-proxy records="1000000": provision
     cargo build -q --release -p streamward-sidecar
     cargo run -q --release -p streamward-e2e --bin bench_proxy -- --sidecar {{target_dir}}/release/streamward-sidecar --records {{records}}
+
+# Benchmark: audit events/s the collector durably stores over HTTP (batches of 500, concurrent senders), release build.
+bench-collector events="200000" senders="8":
+    cargo bench -p streamward-collector --bench ingest -- --events {{events}} --senders {{senders}}
