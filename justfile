@@ -76,3 +76,7 @@ bench-mask records="200000": provision
 bench-audit records="1000000": provision
     cargo build -q --release -p streamward-sidecar -p streamward-collector
     cargo run -q --release -p streamward-e2e --bin bench_audit -- --sidecar {{target_dir}}/release/streamward-sidecar --collector {{target_dir}}/release/streamward-collector --records {{records}}
+
+# Benchmark: audit events/s the collector durably stores over HTTP (batches of 500, concurrent senders), release build.
+bench-collector events="200000" senders="8":
+    cargo bench -p streamward-collector --bench ingest -- --events {{events}} --senders {{senders}}

@@ -10,6 +10,7 @@ pub mod alert;
 pub mod auth;
 pub mod chain;
 pub mod checkpoint;
+pub mod forward;
 pub mod ingest;
 pub mod metrics;
 pub mod query;

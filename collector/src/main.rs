@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use streamward_collector::alert::Alerts;
 use streamward_collector::auth::{AUDIENCE, Authenticator, TokenFile, TokenReviewer};
 use streamward_collector::checkpoint::PublicKey;
+use streamward_collector::forward;
 use streamward_collector::ingest::{self, WriterSettings};
 use streamward_collector::metrics::Metrics;
 use streamward_collector::query::{self, Filter, Format};
@@ -79,6 +80,12 @@ struct ServeArgs {
     /// Webhook alert sinks (YAML; see docs/audit.md).
     #[arg(long)]
     alerts: Option<PathBuf>,
+    /// Forward every stored event to Kafka: bootstrap brokers, `host:port[,host:port…]`.
+    #[arg(long, requires = "kafka_topic", value_delimiter = ',')]
+    kafka_bootstrap: Vec<String>,
+    /// The Kafka topic events are forwarded to (it must exist).
+    #[arg(long, requires = "kafka_bootstrap")]
+    kafka_topic: Option<String>,
     /// HTTPS: the PEM certificate chain.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -274,6 +281,14 @@ async fn serve_async(args: ServeArgs) -> Result<()> {
         writer,
         metrics,
     });
+    if let Some(topic) = args.kafka_topic.clone() {
+        let target = forward::Target {
+            bootstrap: args.kafka_bootstrap.clone(),
+            topic,
+        };
+        tracing::info!(topic = %target.topic, "forwarding stored events to Kafka");
+        tokio::spawn(forward::run(args.data.clone(), target, app.metrics.clone()));
+    }
     let listen = Listen {
         addr: args.listen,
         tls: args.tls_cert.zip(args.tls_key),

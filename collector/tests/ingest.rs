@@ -93,3 +93,81 @@ fn batches_that_are_not_valid_events_are_refused_whole() {
     assert_eq!(collector.send(&[good]), (1, 0));
     assert!(!collector.log().contains("panicked"));
 }
+
+#[test]
+fn ingest_works_over_https() {
+    use std::process::Command;
+    use std::time::Duration;
+
+    let run = streamward_e2e::cache::run_dir("collector-tls").unwrap();
+    let dir = run.path();
+    let ca = streamward_e2e::pki::Ca::new("collector-test-ca").unwrap();
+    let serving = ca.issue_server(&["127.0.0.1", "localhost"]).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca_file = write("ca.crt", ca.cert_pem());
+    let cert = write("tls.crt", &serving.cert_pem);
+    let key = write("tls.key", &serving.key_pem);
+    let tokens = write("tokens", &format!("{TOKEN}\n"));
+    let port = streamward_e2e::net::free_port().unwrap();
+    let mut command = Command::new(common::binary());
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(dir.join("data"))
+        .arg("--token-file")
+        .arg(&tokens)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key);
+    let mut process = streamward_e2e::process::Process::spawn(
+        "streamward-collector",
+        command,
+        &dir.join("collector.log"),
+    )
+    .unwrap();
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-sS", "--cacert", ca_file.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let base = format!("https://127.0.0.1:{port}");
+    streamward_e2e::wait_for("the HTTPS listener", Duration::from_secs(30), || {
+        process.check_running()?;
+        Ok(curl(&[&format!("{base}/healthz")])
+            .status
+            .success()
+            .then_some(()))
+    })
+    .unwrap();
+    let batch = serde_json::to_string(&[event("tls", 1, &About::default())]).unwrap();
+    let output = curl(&[
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Content-Type: application/cloudevents-batch+json",
+        "-H",
+        &format!("Authorization: Bearer {TOKEN}"),
+        "--data-binary",
+        &batch,
+        &format!("{base}/v1/events"),
+    ]);
+    let answer = String::from_utf8_lossy(&output.stdout);
+    assert!(answer.ends_with("\n200"), "{answer}");
+    assert!(answer.contains("\"accepted\":1"), "{answer}");
+    // Plain HTTP to the TLS port gets nowhere.
+    assert!(
+        streamward_e2e::net::http_get(&format!("127.0.0.1:{port}"), "/healthz")
+            .map(|(status, _)| status != 200)
+            .unwrap_or(true)
+    );
+    assert_eq!(
+        ids(&query(&dir.join("data"), &["--format", "ndjson"])),
+        ["tls:1"]
+    );
+}
