@@ -9,7 +9,7 @@
 //!   service account, or it selects by pod labels, users or groups (which the proxy matches on
 //!   each request). Sorted by name; unnamed rules are called `rule-<index>`;
 //! - every AccessGrant of the namespace whose subjects could match, unless it is revoked
-//!   (`Revoked=True`) or still waits for approval (`requireApproval` without `Approved=True`),
+//!   (`spec.revoked` or `Revoked=True`) or still waits for approval (`requireApproval` without `Approved=True`),
 //!   with its window `[startTime or creation, expiryTime or start + durationSeconds)`. Grants
 //!   outside their window stay in: the proxy checks the window on every request, so no
 //!   compile is needed when a grant starts or ends.
@@ -443,7 +443,8 @@ pub fn compile(inputs: &Inputs, identity: &WorkloadIdentity) -> Result<ProxyConf
             .status
             .as_ref()
             .map_or(&[][..], |s| s.conditions.as_slice());
-        if condition_is_true(conditions, crd::condition::REVOKED)
+        if grant.spec.revoked
+            || condition_is_true(conditions, crd::condition::REVOKED)
             || (grant.spec.require_approval
                 && !condition_is_true(conditions, crd::condition::APPROVED))
         {
@@ -738,11 +739,38 @@ fn compile_grant(
         };
         return Err(CompileError::EmptyGrant { object, missing });
     }
+    let (not_before, not_after) = window(&object, grant)?;
+    Ok(CompiledGrant {
+        name: object.name,
+        subjects,
+        resources: spec.resources.clone(),
+        operations: spec.operations.clone(),
+        not_before,
+        not_after,
+    })
+}
+
+/// The window `[start, end)` in which `grant` counts: `spec.startTime` (or the creation time)
+/// up to `spec.expiryTime` (or start + `spec.durationSeconds`). The operator uses it to know
+/// when a grant starts and ends; [`compile`] checks the same.
+pub fn grant_window(grant: &AccessGrant) -> Result<(Timestamp, Timestamp), CompileError> {
+    let object = ObjectRef {
+        kind: "AccessGrant",
+        namespace: grant.metadata.namespace.clone().unwrap_or_default(),
+        name: grant.metadata.name.clone().unwrap_or_default(),
+    };
+    window(&object, grant)
+}
+
+fn window(object: &ObjectRef, grant: &AccessGrant) -> Result<(Timestamp, Timestamp), CompileError> {
+    let spec = &grant.spec;
     let Some(not_before) = spec
         .start_time
         .or_else(|| grant.metadata.creation_timestamp.as_ref().map(|Time(t)| *t))
     else {
-        return Err(CompileError::GrantStart { object });
+        return Err(CompileError::GrantStart {
+            object: object.clone(),
+        });
     };
     let not_after = match (spec.expiry_time, spec.duration_seconds) {
         (Some(expiry), None) => expiry,
@@ -758,29 +786,26 @@ fn compile_grant(
                 Some(end) => end,
                 None => {
                     return Err(CompileError::GrantDuration {
-                        object,
+                        object: object.clone(),
                         value: seconds,
                     });
                 }
             }
         }
-        _ => return Err(CompileError::GrantEnd { object }),
+        _ => {
+            return Err(CompileError::GrantEnd {
+                object: object.clone(),
+            });
+        }
     };
     if not_after <= not_before {
         return Err(CompileError::GrantWindow {
-            object,
+            object: object.clone(),
             not_before,
             not_after,
         });
     }
-    Ok(CompiledGrant {
-        name: object.name,
-        subjects,
-        resources: spec.resources.clone(),
-        operations: spec.operations.clone(),
-        not_before,
-        not_after,
-    })
+    Ok((not_before, not_after))
 }
 
 /// Most characters `KeepFirst`/`KeepLast` may keep.

@@ -4,3 +4,6 @@
 
 pub mod configs;
 pub mod controller;
+pub mod plan;
+pub mod rbac;
+pub mod status;
