@@ -65,3 +65,7 @@ demo: provision
 bench-proxy records="1000000": provision
     cargo build -q --release -p streamward-sidecar
     cargo run -q --release -p streamward-e2e --bin bench_proxy -- --sidecar {{target_dir}}/release/streamward-sidecar --records {{records}}
+
+# Benchmark: compile 1,000 StreamPolicies and 10,000 AccessGrants, and the operator's plan of that namespace.
+bench-operator:
+    cargo bench -q -p streamward-operator --bench compile

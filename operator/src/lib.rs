@@ -4,6 +4,8 @@
 
 pub mod configs;
 pub mod controller;
+pub mod leader;
+pub mod metrics;
 pub mod plan;
 pub mod rbac;
 pub mod status;
