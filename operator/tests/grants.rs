@@ -239,3 +239,198 @@ fn a_twenty_second_grant_becomes_active_then_expired_with_events_and_leaves_the_
     );
     assert!(operator.metric("streamward_operator_reconciles_total") >= 1.0);
 }
+
+const NEEDS_APPROVAL: &str = "apiVersion: streamward.io/v1alpha1
+kind: AccessGrant
+metadata: {name: break-glass, namespace: payments}
+spec:
+  subjects: {serviceAccounts: [ledger]}
+  resources: [{resourceType: Topic, name: ledger.audit}]
+  operations: [Read]
+  durationSeconds: 3600
+  reason: break glass
+  requireApproval: true
+";
+
+const APPROVAL: &str = "apiVersion: streamward.io/v1alpha1
+kind: Approval
+metadata: {name: yes-break-glass, namespace: payments}
+spec:
+  requestRef: {kind: AccessGrant, name: break-glass}
+  decision: Approve
+  comment: on call confirmed
+  approver: bob
+";
+
+const REQUEST: &str = "apiVersion: streamward.io/v1alpha1
+kind: ApprovalRequest
+metadata: {name: delete-ledger, namespace: payments}
+spec:
+  requester: {serviceAccount: ledger}
+  apiKey: DeleteTopics
+  operation: Delete
+  resources: [{resourceType: Topic, name: ledger.entries}]
+  policy: ledger-writes
+  rule: deletes-need-approval
+  requestDigest: '0000000000000000000000000000000000000000000000000000000000000000'
+  expiryTime: '2099-01-01T00:00:00Z'
+  requiredApprovals: 2
+";
+
+fn approval_of_request(name: &str, approver: &str) -> String {
+    format!(
+        "apiVersion: streamward.io/v1alpha1
+kind: Approval
+metadata: {{name: {name}, namespace: payments}}
+spec:
+  requestRef: {{kind: ApprovalRequest, name: delete-ledger}}
+  decision: Approve
+  approver: {approver}
+"
+    )
+}
+
+#[test]
+fn a_grant_waits_for_approval_counts_once_approved_and_leaves_when_revoked() {
+    let server = common::cluster();
+    kubectl(&server, &["create", "namespace", NS]);
+    kubectl_apply(&server, RESOURCES);
+    let log = server.dir().join("operator.log");
+    let mut operator = Operator::start(&server, &log, "only");
+    operator.wait_leader(Duration::from_secs(30));
+
+    let grant_args = ["accessgrant", "-n", NS, "break-glass"];
+    kubectl_apply(&server, NEEDS_APPROVAL);
+    let pending = wait_json(
+        &server,
+        "the grant to wait for approval",
+        &grant_args,
+        Duration::from_secs(30),
+        |g| has_condition(g, "Approved", "False").then(|| g.clone()),
+    );
+    assert_eq!(
+        condition(&pending, "Approved").unwrap()["reason"],
+        "Pending"
+    );
+    assert_eq!(
+        condition(&pending, "Active").unwrap()["reason"],
+        "PendingApproval"
+    );
+    assert!(config(&server).is_some_and(|c| c.grants.is_empty()));
+
+    kubectl_apply(&server, APPROVAL);
+    let approved = wait_json(
+        &server,
+        "the approved grant to be active",
+        &grant_args,
+        Duration::from_secs(30),
+        |g| has_condition(g, "Active", "True").then(|| g.clone()),
+    );
+    assert!(
+        condition(&approved, "Approved").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("bob")
+    );
+    wait_for("the grant in the config", Duration::from_secs(10), || {
+        Ok(config(&server).filter(|c| c.grants.iter().any(|g| g.name == "break-glass")))
+    })
+    .unwrap();
+
+    // Revoking takes it out at once, with an Event; it cannot be taken back.
+    kubectl(
+        &server,
+        &[
+            "patch",
+            "accessgrant",
+            "-n",
+            NS,
+            "break-glass",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"revoked":true}}"#,
+        ],
+    );
+    let revoked = wait_json(
+        &server,
+        "the grant to be revoked",
+        &grant_args,
+        Duration::from_secs(30),
+        |g| has_condition(g, "Revoked", "True").then(|| g.clone()),
+    );
+    assert_eq!(condition(&revoked, "Active").unwrap()["reason"], "Revoked");
+    assert_eq!(
+        condition(&revoked, "Revoked").unwrap()["observedGeneration"],
+        revoked["metadata"]["generation"]
+    );
+    wait_for(
+        "the grant to leave the config",
+        Duration::from_secs(10),
+        || Ok(config(&server).filter(|c| c.grants.is_empty())),
+    )
+    .unwrap();
+    let undo = server
+        .kubectl()
+        .args([
+            "patch",
+            "accessgrant",
+            "-n",
+            NS,
+            "break-glass",
+            "--type=merge",
+        ])
+        .args(["-p", r#"{"spec":{"revoked":false}}"#])
+        .output()
+        .unwrap();
+    assert!(!undo.status.success());
+    assert!(
+        String::from_utf8_lossy(&undo.stderr).contains("a revoked grant stays revoked"),
+        "{}",
+        String::from_utf8_lossy(&undo.stderr)
+    );
+    let events = kubectl(
+        &server,
+        &[
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            "involvedObject.name=break-glass",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+        ],
+    );
+    let mut reasons: Vec<&str> = events.lines().collect();
+    reasons.sort();
+    assert_eq!(reasons, ["Activated", "Revoked"], "{events}");
+
+    // An ApprovalRequest needing two approvers: one is not enough, two are.
+    kubectl_apply(&server, REQUEST);
+    let request_args = ["approvalrequest", "-n", NS, "delete-ledger"];
+    kubectl_apply(&server, &approval_of_request("first", "bob"));
+    let one = wait_json(
+        &server,
+        "the first decision to be recorded",
+        &request_args,
+        Duration::from_secs(30),
+        |r| (r["status"]["decisions"].as_array().map(Vec::len) == Some(1)).then(|| r.clone()),
+    );
+    assert!(has_condition(&one, "Approved", "False"), "{one}");
+    kubectl_apply(&server, &approval_of_request("second", "carol"));
+    wait_json(
+        &server,
+        "the request to be approved",
+        &request_args,
+        Duration::from_secs(30),
+        |r| has_condition(r, "Approved", "True").then_some(()),
+    );
+    // An Approval is a decision, not something to edit later.
+    let edit = server
+        .kubectl()
+        .args(["patch", "approval", "-n", NS, "first", "--type=merge"])
+        .args(["-p", r#"{"spec":{"decision":"Deny"}}"#])
+        .output()
+        .unwrap();
+    assert!(!edit.status.success());
+}
