@@ -750,64 +750,6 @@ fn compile_grant(
     })
 }
 
-/// The window `[start, end)` in which `grant` counts: `spec.startTime` (or the creation time)
-/// up to `spec.expiryTime` (or start + `spec.durationSeconds`). The operator uses it to know
-/// when a grant starts and ends; [`compile`] checks the same.
-pub fn grant_window(grant: &AccessGrant) -> Result<(Timestamp, Timestamp), CompileError> {
-    let object = ObjectRef {
-        kind: "AccessGrant",
-        namespace: grant.metadata.namespace.clone().unwrap_or_default(),
-        name: grant.metadata.name.clone().unwrap_or_default(),
-    };
-    window(&object, grant)
-}
-
-fn window(object: &ObjectRef, grant: &AccessGrant) -> Result<(Timestamp, Timestamp), CompileError> {
-    let spec = &grant.spec;
-    let Some(not_before) = spec
-        .start_time
-        .or_else(|| grant.metadata.creation_timestamp.as_ref().map(|Time(t)| *t))
-    else {
-        return Err(CompileError::GrantStart {
-            object: object.clone(),
-        });
-    };
-    let not_after = match (spec.expiry_time, spec.duration_seconds) {
-        (Some(expiry), None) => expiry,
-        (None, Some(seconds)) => {
-            let end = (seconds > 0)
-                .then(|| {
-                    not_before
-                        .checked_add(SignedDuration::from_secs(seconds))
-                        .ok()
-                })
-                .flatten();
-            match end {
-                Some(end) => end,
-                None => {
-                    return Err(CompileError::GrantDuration {
-                        object: object.clone(),
-                        value: seconds,
-                    });
-                }
-            }
-        }
-        _ => {
-            return Err(CompileError::GrantEnd {
-                object: object.clone(),
-            });
-        }
-    };
-    if not_after <= not_before {
-        return Err(CompileError::GrantWindow {
-            object: object.clone(),
-            not_before,
-            not_after,
-        });
-    }
-    Ok((not_before, not_after))
-}
-
 /// Most characters `KeepFirst`/`KeepLast` may keep.
 const MAX_KEEP: i32 = 4096;
 
@@ -1065,6 +1007,64 @@ fn compile_strategy(
             key_secret_ref: key()?,
         },
     })
+}
+
+/// The window `[start, end)` in which `grant` counts: `spec.startTime` (or the creation time)
+/// up to `spec.expiryTime` (or start + `spec.durationSeconds`). The operator uses it to know
+/// when a grant starts and ends; [`compile`] checks the same.
+pub fn grant_window(grant: &AccessGrant) -> Result<(Timestamp, Timestamp), CompileError> {
+    let object = ObjectRef {
+        kind: "AccessGrant",
+        namespace: grant.metadata.namespace.clone().unwrap_or_default(),
+        name: grant.metadata.name.clone().unwrap_or_default(),
+    };
+    window(&object, grant)
+}
+
+fn window(object: &ObjectRef, grant: &AccessGrant) -> Result<(Timestamp, Timestamp), CompileError> {
+    let spec = &grant.spec;
+    let Some(not_before) = spec
+        .start_time
+        .or_else(|| grant.metadata.creation_timestamp.as_ref().map(|Time(t)| *t))
+    else {
+        return Err(CompileError::GrantStart {
+            object: object.clone(),
+        });
+    };
+    let not_after = match (spec.expiry_time, spec.duration_seconds) {
+        (Some(expiry), None) => expiry,
+        (None, Some(seconds)) => {
+            let end = (seconds > 0)
+                .then(|| {
+                    not_before
+                        .checked_add(SignedDuration::from_secs(seconds))
+                        .ok()
+                })
+                .flatten();
+            match end {
+                Some(end) => end,
+                None => {
+                    return Err(CompileError::GrantDuration {
+                        object: object.clone(),
+                        value: seconds,
+                    });
+                }
+            }
+        }
+        _ => {
+            return Err(CompileError::GrantEnd {
+                object: object.clone(),
+            });
+        }
+    };
+    if not_after <= not_before {
+        return Err(CompileError::GrantWindow {
+            object: object.clone(),
+            not_before,
+            not_after,
+        });
+    }
+    Ok((not_before, not_after))
 }
 
 #[cfg(test)]
@@ -1442,6 +1442,10 @@ spec:
                     "  durationSeconds: 60\n  requireApproval: true\n",
                 ),
                 grant("denied", "  durationSeconds: 60\n  requireApproval: true\n"),
+                grant(
+                    "revoked-in-spec",
+                    "  durationSeconds: 60\n  revoked: true\n",
+                ),
             ]
             .concat(),
         );
@@ -1466,6 +1470,8 @@ spec:
         let config = compile(&inputs, &identity()).unwrap();
         let names: Vec<_> = config.grants.iter().map(|g| g.name.as_str()).collect();
         assert_eq!(names, ["approved", "plain"]);
+        let window = grant_window(&inputs.grants[0]).unwrap();
+        assert_eq!(window.1.duration_since(window.0).as_secs(), 60);
     }
 
     #[test]
