@@ -509,4 +509,57 @@ spec: {{requestRef: {{kind: AccessGrant, name: g}}, decision: {decision}, approv
         assert_eq!(accepted.message, "spec.x is wrong");
         assert_eq!(status_of(&status, "Active").status, "False");
     }
+    #[test]
+    fn a_request_is_approved_by_enough_distinct_approvers_denied_by_one_and_expires() {
+        let request: ApprovalRequest = serde_yaml::from_str(
+            "apiVersion: streamward.io/v1alpha1
+kind: ApprovalRequest
+metadata: {name: r, namespace: ns, generation: 1}
+spec:
+  requester: {serviceAccount: app}
+  apiKey: DeleteTopics
+  operation: Delete
+  resources: [{resourceType: Topic, name: t}]
+  policy: p
+  rule: deletes
+  requestDigest: '0000000000000000000000000000000000000000000000000000000000000000'
+  expiryTime: '2026-01-01T00:01:00Z'
+  requiredApprovals: 2
+",
+        )
+        .unwrap();
+        let decide = |name: &str, by: &str, decision: &str| -> Approval {
+            serde_yaml::from_str(&format!(
+                "apiVersion: streamward.io/v1alpha1
+kind: Approval
+metadata: {{name: {name}, namespace: ns}}
+spec: {{requestRef: {{kind: ApprovalRequest, name: r}}, decision: {decision}, approver: {by}}}"
+            ))
+            .unwrap()
+        };
+        let is = |s: &ApprovalRequestStatus, type_: &str| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.status == "True")
+        };
+        // The same approver twice is one approval.
+        let twice = [decide("a", "bob", "Approve"), decide("b", "bob", "Approve")];
+        let status = request_status(&request, &twice, at(10));
+        assert!(!is(&status, "Approved"));
+        assert_eq!(status.decisions.len(), 2);
+        let two = [
+            decide("a", "bob", "Approve"),
+            decide("c", "carol", "Approve"),
+        ];
+        assert!(is(&request_status(&request, &two, at(10)), "Approved"));
+        let denied = [
+            decide("a", "bob", "Approve"),
+            decide("c", "carol", "Approve"),
+            decide("d", "dave", "Deny"),
+        ];
+        let status = request_status(&request, &denied, at(10));
+        assert!(is(&status, "Denied") && !is(&status, "Approved"));
+        let late = request_status(&request, &twice, at(61));
+        assert!(is(&late, "Expired") && !is(&late, "Approved"));
+    }
 }
