@@ -94,8 +94,10 @@ fn a_twenty_second_grant_becomes_active_then_expired_with_events_and_leaves_the_
     let server = common::cluster();
     kubectl(&server, &["create", "namespace", NS]);
     kubectl_apply(&server, RESOURCES);
+    // The operator runs as its own service account with only the rights config/rbac gives it.
+    let credentials = common::operator_kubeconfig(&server);
     let log = server.dir().join("operator.log");
-    let mut operator = Operator::start(&server, &log, "first");
+    let mut operator = Operator::start_as(&log, "first", &credentials);
     operator.wait_leader(Duration::from_secs(30));
 
     // Every object gets Accepted/Ready with observedGeneration.
@@ -212,7 +214,7 @@ fn a_twenty_second_grant_becomes_active_then_expired_with_events_and_leaves_the_
     // A restart with nothing changed writes nothing: no ConfigMap, Role, RoleBinding or status.
     operator.process.kill();
     let before = log_count(&log, "namespace reconciled");
-    let mut operator = Operator::start(&server, &log, "second");
+    let mut operator = Operator::start_as(&log, "second", &credentials);
     wait_for(
         "the restarted operator to reconcile",
         Duration::from_secs(60),

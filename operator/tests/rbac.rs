@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Operator, get_json, kubectl, kubectl_apply};
+use common::{Operator, get_json, kubectl, kubectl_apply, service_account_kubeconfig};
 use streamward_e2e::kube::KubeApiServer;
 use streamward_e2e::process::{Process, run};
 use streamward_e2e::{net, wait_for};
@@ -36,46 +36,6 @@ spec:
   rules:
   - {resources: [{resourceType: Topic, name: invoices}], operations: [Read], effect: Allow}
 ";
-
-/// A kubeconfig that authenticates as `namespace/service_account` with a token the API server
-/// minted (TokenRequest), as a pod's projected token would.
-fn service_account_kubeconfig(server: &KubeApiServer, service_account: &str) -> PathBuf {
-    let token = kubectl(
-        server,
-        &[
-            "create",
-            "token",
-            service_account,
-            "-n",
-            NS,
-            "--duration=1h",
-        ],
-    );
-    let file = server.dir().join(format!("{service_account}.kubeconfig"));
-    let config = format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: e2e
-  cluster:
-    server: {url}
-    certificate-authority: {ca}
-users:
-- name: {service_account}
-  user:
-    token: {token}
-contexts:
-- name: {service_account}
-  context: {{cluster: e2e, user: {service_account}, namespace: {NS}}}
-current-context: {service_account}
-",
-        url = server.url(),
-        ca = server.dir().join("ca.crt").display(),
-        token = token.trim(),
-    );
-    std::fs::write(&file, config).unwrap();
-    file
-}
 
 /// kubectl as someone else: (succeeded, stdout + stderr).
 fn kubectl_as(server: &KubeApiServer, kubeconfig: &Path, args: &[&str]) -> (bool, String) {
@@ -182,7 +142,7 @@ fn each_proxy_reads_only_its_own_config_map_and_the_role_goes_with_the_identity(
     }
 
     // As orders' service account: its own ConfigMap yes, billing's and the list of all no.
-    let orders = service_account_kubeconfig(&server, "orders");
+    let orders = service_account_kubeconfig(&server, NS, "orders");
     let (ok, output) = kubectl_as(
         &server,
         &orders,

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -56,8 +56,14 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts `streamward-operator` as replica `identity`, logging to `log` (appending).
+    /// Starts `streamward-operator` as replica `identity` with admin rights, logging to `log`
+    /// (appending).
     pub fn start(server: &KubeApiServer, log: &Path, identity: &str) -> Operator {
+        Operator::start_as(log, identity, server.kubeconfig())
+    }
+
+    /// Starts `streamward-operator` with the credentials of `kubeconfig`.
+    pub fn start_as(log: &Path, identity: &str, kubeconfig: &Path) -> Operator {
         let metrics = format!("127.0.0.1:{}", net::free_port().unwrap());
         let mut command = Command::new(env!("CARGO_BIN_EXE_streamward-operator"));
         command
@@ -65,7 +71,7 @@ impl Operator {
             .args(["--lease-namespace", LEASE_NAMESPACE])
             .args(["--identity", identity])
             .args(["--lease-duration-seconds", "4", "--renew-seconds", "1"])
-            .env("KUBECONFIG", server.kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info");
         let process = Process::spawn("streamward-operator", command, log).unwrap();
         Operator { process, metrics }
@@ -156,4 +162,58 @@ pub fn condition<'v>(object: &'v serde_json::Value, type_: &str) -> Option<&'v s
 /// Whether condition `type_` has `status`.
 pub fn has_condition(object: &serde_json::Value, type_: &str, status: &str) -> bool {
     condition(object, type_).is_some_and(|c| c["status"] == status)
+}
+
+/// A kubeconfig that authenticates as `namespace/service_account` with a token the API server
+/// minted (TokenRequest), as a pod's projected token would.
+pub fn service_account_kubeconfig(
+    server: &KubeApiServer,
+    namespace: &str,
+    service_account: &str,
+) -> PathBuf {
+    let token = kubectl(
+        server,
+        &[
+            "create",
+            "token",
+            service_account,
+            "-n",
+            namespace,
+            "--duration=1h",
+        ],
+    );
+    let file = server
+        .dir()
+        .join(format!("{namespace}-{service_account}.kubeconfig"));
+    let config = format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: {url}
+    certificate-authority: {ca}
+users:
+- name: {service_account}
+  user:
+    token: {token}
+contexts:
+- name: {service_account}
+  context: {{cluster: e2e, user: {service_account}, namespace: {namespace}}}
+current-context: {service_account}
+",
+        url = server.url(),
+        ca = server.dir().join("ca.crt").display(),
+        token = token.trim(),
+    );
+    std::fs::write(&file, config).unwrap();
+    file
+}
+
+/// The operator's own RBAC from `config/rbac`, applied, and a kubeconfig with its service
+/// account's token.
+pub fn operator_kubeconfig(server: &KubeApiServer) -> PathBuf {
+    let rbac = cache::source_root().join("config/rbac/operator.yaml");
+    kubectl(server, &["apply", "-f", rbac.to_str().unwrap()]);
+    service_account_kubeconfig(server, LEASE_NAMESPACE, "streamward-operator")
 }
