@@ -335,6 +335,10 @@ impl Controller {
         K: Resource<DynamicType = ()> + Clone + 'static + HasStatus,
     {
         let mut objects = in_namespace(store, namespace);
+        // Forget what was written for objects that are gone.
+        let names: HashSet<String> = objects.iter().map(|o| o.name_any()).collect();
+        self.written
+            .retain(|(k, ns, name), _| *k != kind || ns != namespace || names.contains(name));
         for object in &mut objects {
             let key = (kind, namespace.to_string(), object.name_any());
             let Some((version, status)) = self.written.get(&key) else {
@@ -484,6 +488,14 @@ impl Controller {
                 Err(error) => tracing::warn!(%namespace, %error, "recording an Event"),
             }
         }
+        // Forget the events of grants that are gone.
+        let live: HashSet<String> = caches
+            .grants
+            .state()
+            .iter()
+            .filter_map(|g| g.metadata.uid.clone())
+            .collect();
+        self.recorded.retain(|(uid, _, _)| live.contains(uid));
         tracing::info!(%namespace, identities = plan.identities.len(), configs_written = written,
             statuses_written = plan.statuses.len(), "namespace reconciled");
         Ok(plan.wake_at)
