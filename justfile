@@ -80,3 +80,7 @@ bench-audit records="1000000": provision
 # Benchmark: audit events/s the collector durably stores over HTTP (batches of 500, concurrent senders), release build.
 bench-collector events="200000" senders="8":
     cargo bench -p streamward-collector --bench ingest -- --events {{events}} --senders {{senders}}
+
+# Benchmark: compile 1,000 StreamPolicies and 10,000 AccessGrants, and the operator's plan of that namespace.
+bench-operator:
+    cargo bench -q -p streamward-operator --bench compile

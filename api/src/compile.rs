@@ -9,7 +9,7 @@
 //!   service account, or it selects by pod labels, users or groups (which the proxy matches on
 //!   each request). Sorted by name; unnamed rules are called `rule-<index>`;
 //! - every AccessGrant of the namespace whose subjects could match, unless it is revoked
-//!   (`Revoked=True`) or still waits for approval (`requireApproval` without `Approved=True`),
+//!   (`spec.revoked` or `Revoked=True`) or still waits for approval (`requireApproval` without `Approved=True`),
 //!   with its window `[startTime or creation, expiryTime or start + durationSeconds)`. Grants
 //!   outside their window stay in: the proxy checks the window on every request, so no
 //!   compile is needed when a grant starts or ends.
@@ -443,7 +443,8 @@ pub fn compile(inputs: &Inputs, identity: &WorkloadIdentity) -> Result<ProxyConf
             .status
             .as_ref()
             .map_or(&[][..], |s| s.conditions.as_slice());
-        if condition_is_true(conditions, crd::condition::REVOKED)
+        if grant.spec.revoked
+            || condition_is_true(conditions, crd::condition::REVOKED)
             || (grant.spec.require_approval
                 && !condition_is_true(conditions, crd::condition::APPROVED))
         {
@@ -738,41 +739,7 @@ fn compile_grant(
         };
         return Err(CompileError::EmptyGrant { object, missing });
     }
-    let Some(not_before) = spec
-        .start_time
-        .or_else(|| grant.metadata.creation_timestamp.as_ref().map(|Time(t)| *t))
-    else {
-        return Err(CompileError::GrantStart { object });
-    };
-    let not_after = match (spec.expiry_time, spec.duration_seconds) {
-        (Some(expiry), None) => expiry,
-        (None, Some(seconds)) => {
-            let end = (seconds > 0)
-                .then(|| {
-                    not_before
-                        .checked_add(SignedDuration::from_secs(seconds))
-                        .ok()
-                })
-                .flatten();
-            match end {
-                Some(end) => end,
-                None => {
-                    return Err(CompileError::GrantDuration {
-                        object,
-                        value: seconds,
-                    });
-                }
-            }
-        }
-        _ => return Err(CompileError::GrantEnd { object }),
-    };
-    if not_after <= not_before {
-        return Err(CompileError::GrantWindow {
-            object,
-            not_before,
-            not_after,
-        });
-    }
+    let (not_before, not_after) = window(&object, grant)?;
     Ok(CompiledGrant {
         name: object.name,
         subjects,
@@ -1040,6 +1007,64 @@ fn compile_strategy(
             key_secret_ref: key()?,
         },
     })
+}
+
+/// The window `[start, end)` in which `grant` counts: `spec.startTime` (or the creation time)
+/// up to `spec.expiryTime` (or start + `spec.durationSeconds`). The operator uses it to know
+/// when a grant starts and ends; [`compile`] checks the same.
+pub fn grant_window(grant: &AccessGrant) -> Result<(Timestamp, Timestamp), CompileError> {
+    let object = ObjectRef {
+        kind: "AccessGrant",
+        namespace: grant.metadata.namespace.clone().unwrap_or_default(),
+        name: grant.metadata.name.clone().unwrap_or_default(),
+    };
+    window(&object, grant)
+}
+
+fn window(object: &ObjectRef, grant: &AccessGrant) -> Result<(Timestamp, Timestamp), CompileError> {
+    let spec = &grant.spec;
+    let Some(not_before) = spec
+        .start_time
+        .or_else(|| grant.metadata.creation_timestamp.as_ref().map(|Time(t)| *t))
+    else {
+        return Err(CompileError::GrantStart {
+            object: object.clone(),
+        });
+    };
+    let not_after = match (spec.expiry_time, spec.duration_seconds) {
+        (Some(expiry), None) => expiry,
+        (None, Some(seconds)) => {
+            let end = (seconds > 0)
+                .then(|| {
+                    not_before
+                        .checked_add(SignedDuration::from_secs(seconds))
+                        .ok()
+                })
+                .flatten();
+            match end {
+                Some(end) => end,
+                None => {
+                    return Err(CompileError::GrantDuration {
+                        object: object.clone(),
+                        value: seconds,
+                    });
+                }
+            }
+        }
+        _ => {
+            return Err(CompileError::GrantEnd {
+                object: object.clone(),
+            });
+        }
+    };
+    if not_after <= not_before {
+        return Err(CompileError::GrantWindow {
+            object: object.clone(),
+            not_before,
+            not_after,
+        });
+    }
+    Ok((not_before, not_after))
 }
 
 #[cfg(test)]
@@ -1417,6 +1442,10 @@ spec:
                     "  durationSeconds: 60\n  requireApproval: true\n",
                 ),
                 grant("denied", "  durationSeconds: 60\n  requireApproval: true\n"),
+                grant(
+                    "revoked-in-spec",
+                    "  durationSeconds: 60\n  revoked: true\n",
+                ),
             ]
             .concat(),
         );
@@ -1441,6 +1470,8 @@ spec:
         let config = compile(&inputs, &identity()).unwrap();
         let names: Vec<_> = config.grants.iter().map(|g| g.name.as_str()).collect();
         assert_eq!(names, ["approved", "plain"]);
+        let window = grant_window(&inputs.grants[0]).unwrap();
+        assert_eq!(window.1.duration_since(window.0).as_secs(), 60);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!
 //! - [`acl`]: the Kafka ACL vocabulary (resource types, patterns, operations);
 //! - [`crd`]: the custom resources (`StreamTarget`, `StreamPolicy`, `AccessGrant`,
-//!   `MaskingRule`);
+//!   `MaskingRule`, `ApprovalRequest`, `Approval`);
 //! - [`config`]: the compiled config of one workload identity;
 //! - [`compile`]: custom resources → config, and parsing of YAML manifests for local mode;
 //! - [`decide`]: the request-time decision the proxy makes on every request;
@@ -37,6 +37,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         crd::StreamPolicy::crd(),
         crd::AccessGrant::crd(),
         crd::MaskingRule::crd(),
+        crd::ApprovalRequest::crd(),
+        crd::Approval::crd(),
     ]
 }
 
@@ -72,7 +74,9 @@ mod tests {
                 "streamtargets.streamward.io",
                 "streampolicies.streamward.io",
                 "accessgrants.streamward.io",
-                "maskingrules.streamward.io"
+                "maskingrules.streamward.io",
+                "approvalrequests.streamward.io",
+                "approvals.streamward.io"
             ]
         );
         for (plural, short) in [
@@ -80,6 +84,8 @@ mod tests {
             ("streampolicies", "sp"),
             ("accessgrants", "ag"),
             ("maskingrules", "mr"),
+            ("approvalrequests", "areq"),
+            ("approvals", "apv"),
         ] {
             let crd = crd(plural);
             assert_eq!(crd["spec"]["group"], GROUP);
@@ -95,7 +101,10 @@ mod tests {
             let version = &crd["spec"]["versions"][0];
             assert_eq!(version["name"], crd::VERSION);
             assert_eq!(version["storage"], true);
-            assert_eq!(version["subresources"]["status"], serde_json::json!({}));
+            // An Approval is a decision and nothing more: it has no status to report.
+            if plural != "approvals" {
+                assert_eq!(version["subresources"]["status"], serde_json::json!({}));
+            }
             let columns: Vec<_> = version["additionalPrinterColumns"]
                 .as_array()
                 .unwrap()
@@ -103,10 +112,11 @@ mod tests {
                 .map(|c| c["name"].as_str().unwrap())
                 .collect();
             assert_eq!(columns.last(), Some(&"Age"), "{plural}");
-            let ready = if plural == "accessgrants" {
-                "Active"
-            } else {
-                "Ready"
+            let ready = match plural {
+                "accessgrants" => "Active",
+                "approvalrequests" => "Approved",
+                "approvals" => "Decision",
+                _ => "Ready",
             };
             assert!(columns.contains(&ready), "{plural}: {columns:?}");
         }
@@ -119,6 +129,7 @@ mod tests {
             "streampolicies",
             "accessgrants",
             "maskingrules",
+            "approvalrequests",
         ] {
             let crd = crd(plural);
             let conditions = schema(&crd, "/status/properties/conditions");
@@ -180,6 +191,28 @@ mod tests {
         assert_eq!(spec["properties"]["durationSeconds"]["minimum"], 1.0);
         assert_eq!(spec["properties"]["expiryTime"]["format"], "date-time");
         assert_eq!(spec["properties"]["reason"]["minLength"], 1);
+        assert_eq!(
+            spec["properties"]["revoked"]["x-kubernetes-validations"][0]["rule"],
+            "self || !oldSelf"
+        );
+
+        for plural in ["approvalrequests", "approvals"] {
+            let crd = crd(plural);
+            assert_eq!(
+                schema(&crd, "/spec")["x-kubernetes-validations"][0]["rule"],
+                "self == oldSelf",
+                "{plural}"
+            );
+        }
+        let approval = crd("approvals");
+        assert_eq!(
+            schema(&approval, "/spec/properties/decision")["enum"],
+            serde_json::json!(["Approve", "Deny"])
+        );
+        assert_eq!(
+            schema(&approval, "/spec/properties/requestRef/properties/kind")["enum"],
+            serde_json::json!(["ApprovalRequest", "AccessGrant"])
+        );
 
         let masking = crd("maskingrules");
         let spec = schema(&masking, "/spec");

@@ -55,14 +55,12 @@ pub fn identities(inputs: &Inputs, namespace: &str) -> BTreeSet<WorkloadIdentity
         .collect()
 }
 
-/// The ConfigMap of one identity: the compiled config as JSON, its hash as an annotation, and
-/// the StreamPolicies that name the identity as owners.
-pub fn build_config_map(
-    config: &ProxyConfig,
-    inputs: &Inputs,
-) -> Result<ConfigMap, serde_json::Error> {
+/// The owners of what the operator creates for one identity: the StreamPolicies of its
+/// namespace that went into its config. Several policies may own one object; none of them is
+/// its controller.
+pub fn owners(config: &ProxyConfig, inputs: &Inputs) -> Vec<OwnerReference> {
     let identity = &config.identity;
-    let owners: Vec<OwnerReference> = inputs
+    inputs
         .policies
         .iter()
         .filter(|p| {
@@ -74,12 +72,21 @@ pub fn build_config_map(
         .filter(|p| p.metadata.namespace.as_deref() == Some(identity.namespace.as_str()))
         .filter_map(|p| p.controller_owner_ref(&()))
         .map(|mut owner| {
-            // Several policies may own one config; none of them is its controller.
             owner.controller = None;
             owner.block_owner_deletion = None;
             owner
         })
-        .collect();
+        .collect()
+}
+
+/// The ConfigMap of one identity: the compiled config as JSON, its hash as an annotation, and
+/// the StreamPolicies that name the identity as owners.
+pub fn build_config_map(
+    config: &ProxyConfig,
+    inputs: &Inputs,
+) -> Result<ConfigMap, serde_json::Error> {
+    let identity = &config.identity;
+    let owners = owners(config, inputs);
     Ok(ConfigMap {
         metadata: ObjectMeta {
             name: Some(config_map_name(&identity.service_account)),

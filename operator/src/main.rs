@@ -1,12 +1,22 @@
 //! `streamward-operator`: runs the config controller against the cluster of the current
-//! kubeconfig (or the in-cluster service account).
+//! kubeconfig (or the in-cluster service account), with leader election and `/metrics`.
 //!
-//! Built so far: the config controller. Admission webhooks, sidecar injection, grant status
-//! and leader election are planned.
+//! Built so far: the config controller (ConfigMaps, proxy Roles, statuses, grant Events).
+//! Admission webhooks and sidecar injection are planned.
 
 use anyhow::Context;
+use clap::Parser;
+
+/// The Streamward operator.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    controller: streamward_operator::controller::ControllerOptions,
+}
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -24,6 +34,6 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
             tracing::info!("streamward-operator: config controller starting");
-            streamward_operator::controller::run(client).await
+            streamward_operator::controller::serve(client, cli.controller).await
         })
 }

@@ -1,27 +1,14 @@
 //! The config controller against a real kube-apiserver: the samples become ConfigMaps, edits
 //! recompile them, deletion removes them, and a restart writes nothing.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
+
 use std::time::Duration;
 
+use common::{Operator, kubectl, log_count};
 use streamward_api::config::{Mode, ProxyConfig};
 use streamward_e2e::kube::KubeApiServer;
-use streamward_e2e::process::{Process, run};
 use streamward_e2e::{cache, wait_for};
-
-fn kubectl(server: &KubeApiServer, args: &[&str]) -> String {
-    let output = run(&format!("kubectl {args:?}"), server.kubectl().args(args)).unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn start_operator(server: &KubeApiServer, log: &Path) -> Process {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_streamward-operator"));
-    command
-        .env("KUBECONFIG", server.kubeconfig())
-        .env("RUST_LOG", "info");
-    Process::spawn("streamward-operator", command, log).unwrap()
-}
 
 /// The compiled config in `streamward-config-<sa>` and its resourceVersion, once it exists and
 /// satisfies `accept`.
@@ -55,34 +42,16 @@ fn wait_config(
     .unwrap()
 }
 
-fn log_count(log: &Path, needle: &str) -> usize {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .matches(needle)
-        .count()
-}
-
 #[test]
 fn samples_compile_into_config_maps_that_follow_edits_restarts_and_deletes() {
-    let server = KubeApiServer::start().unwrap();
+    let server = common::cluster();
     let root = cache::source_root();
     let path = |p: &str| root.join(p).display().to_string();
-    kubectl(&server, &["apply", "-f", &path("crds")]);
-    kubectl(
-        &server,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "--all",
-        ],
-    );
     kubectl(&server, &["create", "namespace", "demo"]);
     kubectl(&server, &["apply", "-f", &path("config/samples")]);
 
     let log = server.dir().join("operator.log");
-    let mut operator = start_operator(&server, &log);
+    let mut operator = Operator::start(&server, &log, "first");
 
     // The samples name one identity, demo/orders-app.
     let (config, _) = wait_config(&server, "orders-app", |_| true);
@@ -127,14 +96,14 @@ fn samples_compile_into_config_maps_that_follow_edits_restarts_and_deletes() {
     assert_ne!(edited.hash, config.hash);
 
     // A restart with nothing changed writes nothing.
-    operator.kill();
+    operator.process.kill();
     let before = log_count(&log, "namespace reconciled");
-    let mut operator = start_operator(&server, &log);
+    let mut operator = Operator::start(&server, &log, "second");
     wait_for(
         "the restarted operator to reconcile",
         Duration::from_secs(60),
         || {
-            operator.check_running()?;
+            operator.process.check_running()?;
             Ok((log_count(&log, "namespace reconciled") > before).then_some(()))
         },
     )
@@ -144,7 +113,7 @@ fn samples_compile_into_config_maps_that_follow_edits_restarts_and_deletes() {
         after,
         version,
         "the restart rewrote an unchanged ConfigMap:\n{}",
-        operator.log_tail(20)
+        operator.process.log_tail(20)
     );
 
     // Deleting the only policy that names the identity removes its config.

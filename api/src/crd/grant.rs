@@ -39,6 +39,12 @@ use crate::acl::{Operation, ResourcePattern};
         description = "Whether an approver approved it"
     ),
     printcolumn(
+        name = "Expired",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Expired\")].status",
+        description = "Whether the grant's window has passed"
+    ),
+    printcolumn(
         name = "Expiry",
         type_ = "date",
         json_path = ".spec.expiryTime",
@@ -102,6 +108,14 @@ pub struct AccessGrantSpec {
     /// The grant counts only after an approver approved it (condition `Approved=True`).
     #[serde(default)]
     pub require_approval: bool,
+    /// Set to `true` to end the grant now (`kubectl patch ag NAME --type=merge -p
+    /// '{"spec":{"revoked":true}}'`); a revoked grant never counts again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self || !oldSelf",
+        "message": "a revoked grant stays revoked; create a new grant instead"
+    }]))]
+    pub revoked: bool,
 }
 
 /// What the operator last observed about an AccessGrant.

@@ -1,5 +1,6 @@
 //! The custom resources teams write: [`StreamTarget`], [`StreamPolicy`], [`AccessGrant`] and
-//! [`MaskingRule`]
+//! [`MaskingRule`]; and the approval flow's [`ApprovalRequest`] (made by the proxy) and
+//! [`Approval`] (a person's decision)
 //! (group `streamward.io`, version `v1alpha1`, namespaced, category `streamward`).
 //!
 //! The specs are what `kubectl apply` accepts; [`crate::compile::compile`] turns them into the
@@ -7,6 +8,7 @@
 //! fields, enums, minimum sizes, CEL rules); the compiler refuses the rest with an error that
 //! names the object and the field.
 
+mod approval;
 mod grant;
 mod masking;
 mod policy;
@@ -18,6 +20,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
+pub use approval::{
+    Approval, ApprovalRequest, ApprovalRequestSpec, ApprovalRequestStatus, ApprovalSpec,
+    ApprovalTarget, Decision, RecordedDecision, RequestRef, RequestedResource, RequesterSpec,
+};
 pub use grant::{AccessGrant, AccessGrantSpec, AccessGrantStatus};
 pub use masking::{
     DetectorSpec, FieldSpec, HeaderSpec, MaskingRule, MaskingRuleSpec, MaskingRuleStatus,
@@ -40,7 +46,8 @@ pub mod condition {
     pub const READY: &str = "Ready";
     /// The policy or rule was valid and compiled (StreamPolicy, MaskingRule).
     pub const ACCEPTED: &str = "Accepted";
-    /// An approver approved the grant (AccessGrant).
+    /// An approver approved the grant (AccessGrant) or enough approvers approved the request
+    /// (ApprovalRequest).
     pub const APPROVED: &str = "Approved";
     /// The grant is inside its validity window and in the proxies' config (AccessGrant).
     pub const ACTIVE: &str = "Active";
@@ -48,6 +55,8 @@ pub mod condition {
     pub const EXPIRED: &str = "Expired";
     /// Someone revoked the grant; it never counts again (AccessGrant).
     pub const REVOKED: &str = "Revoked";
+    /// An approver denied the request or the grant (ApprovalRequest).
+    pub const DENIED: &str = "Denied";
 }
 
 /// Whether `conditions` holds a condition of type `type_` with status `"True"`.
