@@ -10,7 +10,8 @@
 //! - [`config`]: the compiled config of one workload identity;
 //! - [`compile`]: custom resources → config, and parsing of YAML manifests for local mode;
 //! - [`decide`]: the request-time decision the proxy makes on every request;
-//! - [`masking`]: field paths and detector regexes, parsed the same way by compiler and proxy.
+//! - [`masking`]: field paths and detector regexes, parsed the same way by compiler and proxy;
+//! - [`validate`]: one resource checked alone, as compile would, for admission.
 
 #![warn(missing_docs)]
 
@@ -23,6 +24,7 @@ pub mod config;
 pub mod crd;
 pub mod decide;
 pub mod masking;
+pub mod validate;
 
 /// The API group of every Streamward custom resource.
 pub const GROUP: &str = "streamward.io";
