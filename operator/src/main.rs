@@ -1,12 +1,22 @@
 //! `streamward-operator`: runs the config controller against the cluster of the current
-//! kubeconfig (or the in-cluster service account).
+//! kubeconfig (or the in-cluster service account), and the admission webhooks when
+//! `--webhook-url` or `--webhook-service` says where the API server reaches them.
 //!
-//! Built so far: the config controller. Admission webhooks, sidecar injection, grant status
-//! and leader election are planned.
+//! Grant status and leader election are planned.
 
 use anyhow::Context;
+use clap::Parser;
+
+/// The Streamward operator.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Flags {
+    #[command(flatten)]
+    webhook: streamward_operator::webhook::WebhookFlags,
+}
 
 fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -24,6 +34,9 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
             tracing::info!("streamward-operator: config controller starting");
-            streamward_operator::controller::run(client).await
+            tokio::select! {
+                result = streamward_operator::controller::run(client.clone()) => result,
+                result = streamward_operator::webhook::run(client, flags.webhook) => result,
+            }
         })
 }
