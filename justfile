@@ -65,3 +65,7 @@ demo: provision
 bench-proxy records="1000000": provision
     cargo build -q --release -p streamward-sidecar
     cargo run -q --release -p streamward-e2e --bin bench_proxy -- --sidecar {{target_dir}}/release/streamward-sidecar --records {{records}}
+
+# Benchmark: pod admission latency with the injection webhook, through a real kube-apiserver and directly, same run.
+bench-admission requests="1000": provision
+    cargo bench -q -p streamward-operator --bench admission -- --requests {{requests}}
