@@ -84,3 +84,7 @@ bench-collector events="200000" senders="8":
 # Benchmark: compile 1,000 StreamPolicies and 10,000 AccessGrants, and the operator's plan of that namespace.
 bench-operator:
     cargo bench -q -p streamward-operator --bench compile
+
+# Benchmark: pod admission latency with the injection webhook, through a real kube-apiserver and directly, same run.
+bench-admission requests="1000": provision
+    cargo bench -q -p streamward-operator --bench admission -- --requests {{requests}}

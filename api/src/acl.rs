@@ -167,6 +167,23 @@ impl ResourcePattern {
         })
     }
 
+    /// Why this pattern can never match anything Kafka has, or `None` when it can. A topic
+    /// name is 1 to 249 of `[a-zA-Z0-9._-]`, so a literal or prefix with other characters (a
+    /// `*` written with `Literal`, the usual slip) covers no topic; the cluster is always
+    /// called [`CLUSTER_NAME`]. Group and transactional ids may be any string.
+    pub fn never_matches(&self) -> Option<String> {
+        match self.resource_type {
+            ResourceType::Topic => topic_pattern_problem(&self.name, self.pattern_type),
+            ResourceType::Cluster if !self.matches(ResourceType::Cluster, CLUSTER_NAME) => {
+                Some(format!(
+                    "the cluster resource is always named {CLUSTER_NAME}; write name: \
+                     {CLUSTER_NAME} (or *)"
+                ))
+            }
+            ResourceType::Cluster | ResourceType::Group | ResourceType::TransactionalId => None,
+        }
+    }
+
     /// Whether this pattern covers resource `name` of type `resource_type`.
     pub fn matches(&self, resource_type: ResourceType, name: &str) -> bool {
         if self.resource_type != resource_type {
@@ -189,6 +206,47 @@ impl fmt::Display for ResourcePattern {
         };
         write!(f, "{}:{}{kind}", self.resource_type, self.name)
     }
+}
+
+/// The longest topic name Kafka accepts.
+const MAX_TOPIC_NAME: usize = 249;
+
+fn is_topic_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+}
+
+fn topic_pattern_problem(name: &str, pattern_type: PatternType) -> Option<String> {
+    let wildcards: &[u8] = match pattern_type {
+        PatternType::Literal if name == "*" => return None,
+        PatternType::Literal | PatternType::Prefixed => b"",
+        PatternType::Glob => b"*?",
+    };
+    let literal_len = name.bytes().filter(|b| !wildcards.contains(b)).count();
+    if let Some(bad) = name
+        .chars()
+        .find(|&c| !(c.is_ascii() && (is_topic_char(c as u8) || wildcards.contains(&(c as u8)))))
+    {
+        let hint = match (pattern_type, bad) {
+            (PatternType::Literal, '*' | '?') => {
+                "; for a wildcard use patternType: Prefixed (a name prefix) or Glob (* and ?)"
+            }
+            (PatternType::Prefixed, '*' | '?') => "; a prefix needs no *, or use patternType: Glob",
+            _ => "",
+        };
+        return Some(format!(
+            "{bad:?} cannot appear in a topic name (letters, digits, '.', '_' and '-'), so this \
+             {pattern_type:?} pattern matches no topic{hint}"
+        ));
+    }
+    if literal_len > MAX_TOPIC_NAME {
+        return Some(format!(
+            "topic names are at most {MAX_TOPIC_NAME} characters, so this pattern matches no topic"
+        ));
+    }
+    if pattern_type == PatternType::Literal && (name == "." || name == "..") {
+        return Some(format!("{name:?} is not a valid topic name"));
+    }
+    None
 }
 
 /// Glob matching with `*` (any run, including empty) and `?` (one byte), iterative with one
@@ -282,6 +340,42 @@ mod tests {
         assert!(Delete.names(Delete));
         assert!(!Delete.names(Describe));
         assert!(!AlterConfigs.names(DescribeConfigs));
+    }
+
+    #[test]
+    fn patterns_that_can_never_match_say_why() {
+        let never = |t: ResourceType, name: &str, p: PatternType| {
+            ResourcePattern::new(t, name, p).unwrap().never_matches()
+        };
+        use PatternType::*;
+        use ResourceType::*;
+        for ok in [
+            never(Topic, "orders.created", Literal),
+            never(Topic, "*", Literal),
+            never(Topic, "orders.", Prefixed),
+            never(Topic, "team-*-events", Glob),
+            never(Topic, "log-?", Glob),
+            never(Topic, "*", Glob),
+            never(Cluster, "kafka-cluster", Literal),
+            never(Cluster, "*", Literal),
+            never(Cluster, "kafka-", Prefixed),
+            never(Group, "orders *?/", Literal),
+            never(TransactionalId, "tx-*", Literal),
+        ] {
+            assert_eq!(ok, None);
+        }
+        let star = never(Topic, "orders.*", Literal).unwrap();
+        assert!(star.contains("'*'") && star.contains("Prefixed"), "{star}");
+        let prefix = never(Topic, "orders.*", Prefixed).unwrap();
+        assert!(prefix.contains("Glob"), "{prefix}");
+        assert!(never(Topic, "orders/eu", Glob).unwrap().contains("'/'"));
+        assert!(never(Topic, "ordérs", Literal).is_some());
+        assert!(never(Topic, "..", Literal).is_some());
+        assert_eq!(never(Topic, "..", Prefixed), None);
+        assert!(never(Topic, &"a".repeat(250), Literal).is_some());
+        assert_eq!(never(Topic, &format!("{}*", "a".repeat(249)), Glob), None);
+        let cluster = never(Cluster, "prod", Literal).unwrap();
+        assert!(cluster.contains("kafka-cluster"), "{cluster}");
     }
 
     #[test]

@@ -319,6 +319,18 @@ pub enum CompileError {
         /// What the regex compiler said.
         reason: Box<str>,
     },
+    /// A resource pattern that can never match anything Kafka has.
+    #[error("{object}: {field} {pattern} can never match: {reason}")]
+    Pattern {
+        /// The StreamPolicy, AccessGrant or MaskingRule.
+        object: ObjectRef,
+        /// The field, e.g. `spec.rules[0].resources[1].name`.
+        field: String,
+        /// The pattern as written (type, name and pattern type).
+        pattern: Box<str>,
+        /// Why, and what to write instead.
+        reason: Box<str>,
+    },
     /// Any other mistake in a MaskingRule.
     #[error("{object}: {field} {reason}")]
     MaskingRule {
@@ -553,7 +565,7 @@ fn in_namespace<'i, T: Object>(
     Ok(found)
 }
 
-fn compile_target(
+pub(crate) fn compile_target(
     object: &ObjectRef,
     spec: &crd::StreamTargetSpec,
 ) -> Result<CompiledTarget, CompileError> {
@@ -602,7 +614,7 @@ fn is_host_port(server: &str) -> bool {
 
 /// Subjects as the proxy matches them: service accounts as `namespace/name`; every list sorted
 /// and deduplicated, since they are sets.
-fn compile_subjects(
+pub(crate) fn compile_subjects(
     object: &ObjectRef,
     spec: &SubjectsSpec,
     field: &str,
@@ -641,6 +653,25 @@ fn compile_subjects(
     })
 }
 
+/// Refuses a pattern of `patterns` (at `field[index]`) that can never match.
+fn check_patterns(
+    object: &ObjectRef,
+    field: &str,
+    patterns: &[ResourcePattern],
+) -> Result<(), CompileError> {
+    for (index, pattern) in patterns.iter().enumerate() {
+        if let Some(reason) = pattern.never_matches() {
+            return Err(CompileError::Pattern {
+                object: object.clone(),
+                field: format!("{field}[{index}].name"),
+                pattern: pattern.to_string().into(),
+                reason: reason.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A Kubernetes object name as service accounts and namespaces have them (DNS labels and
 /// subdomains): lowercase alphanumerics, `-` and `.`, not empty.
 fn is_name(s: &str) -> bool {
@@ -669,7 +700,7 @@ pub(crate) fn is_service_account(qualified: &str, identity: &WorkloadIdentity) -
         .is_some_and(|(ns, name)| ns == identity.namespace && name == identity.service_account)
 }
 
-fn compile_policy(
+pub(crate) fn compile_policy(
     object: ObjectRef,
     subjects: Subjects,
     policy: &StreamPolicy,
@@ -700,6 +731,11 @@ fn compile_policy(
                 missing,
             });
         }
+        check_patterns(
+            &object,
+            &format!("spec.rules[{index}].resources"),
+            resources,
+        )?;
         if !names.insert(name.clone()) {
             return Err(CompileError::DuplicateRule {
                 object,
@@ -725,7 +761,7 @@ fn compile_policy(
     })
 }
 
-fn compile_grant(
+pub(crate) fn compile_grant(
     object: ObjectRef,
     subjects: Subjects,
     grant: &AccessGrant,
@@ -739,6 +775,7 @@ fn compile_grant(
         };
         return Err(CompileError::EmptyGrant { object, missing });
     }
+    check_patterns(&object, "spec.resources", &spec.resources)?;
     let (not_before, not_after) = window(&object, grant)?;
     Ok(CompiledGrant {
         name: object.name,
@@ -753,7 +790,7 @@ fn compile_grant(
 /// Most characters `KeepFirst`/`KeepLast` may keep.
 const MAX_KEEP: i32 = 4096;
 
-fn compile_masking_rule(
+pub(crate) fn compile_masking_rule(
     object: ObjectRef,
     rule: &MaskingRule,
 ) -> Result<CompiledMaskingRule, CompileError> {
@@ -775,6 +812,7 @@ fn compile_masking_rule(
             .map_err(|_| invalid(format!("spec.topics[{index}].name"), "is empty"))?;
         topics.push(pattern);
     }
+    check_patterns(&object, "spec.topics", &topics)?;
     let exempt = match &spec.exempt_subjects {
         Some(subjects) => compile_subjects(&object, subjects, "spec.exemptSubjects")?,
         None => Subjects::default(),

@@ -11,7 +11,8 @@
 //! - [`compile`]: custom resources → config, and parsing of YAML manifests for local mode;
 //! - [`decide`]: the request-time decision the proxy makes on every request;
 //! - [`masking`]: field paths and detector regexes, parsed the same way by compiler and proxy;
-//! - [`audit`]: the audit event (CloudEvents 1.0) the proxy sends the collector for every request.
+//! - [`audit`]: the audit event (CloudEvents 1.0) the proxy sends the collector for every request;
+//! - [`validate`]: one resource checked alone, as compile would, for admission.
 
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod config;
 pub mod crd;
 pub mod decide;
 pub mod masking;
+pub mod validate;
 
 /// The API group of every Streamward custom resource.
 pub const GROUP: &str = "streamward.io";

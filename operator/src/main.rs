@@ -1,8 +1,7 @@
 //! `streamward-operator`: runs the config controller against the cluster of the current
-//! kubeconfig (or the in-cluster service account), with leader election and `/metrics`.
-//!
-//! Built so far: the config controller (ConfigMaps, proxy Roles, statuses, grant Events).
-//! Admission webhooks and sidecar injection are planned.
+//! kubeconfig (or the in-cluster service account), with leader election and `/metrics`, and the
+//! admission webhooks when `--webhook-url` or `--webhook-service` says where the API server
+//! reaches them. Every replica serves the webhooks; only the leader reconciles.
 
 use anyhow::Context;
 use clap::Parser;
@@ -13,6 +12,8 @@ use clap::Parser;
 struct Cli {
     #[command(flatten)]
     controller: streamward_operator::controller::ControllerOptions,
+    #[command(flatten)]
+    webhook: streamward_operator::webhook::WebhookFlags,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,6 +35,9 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
             tracing::info!("streamward-operator: config controller starting");
-            streamward_operator::controller::serve(client, cli.controller).await
+            tokio::select! {
+                result = streamward_operator::controller::serve(client.clone(), cli.controller) => result,
+                result = streamward_operator::webhook::run(client, cli.webhook) => result,
+            }
         })
 }

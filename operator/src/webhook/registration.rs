@@ -1,0 +1,310 @@
+//! The webhook configurations the operator applies (with the caBundle of its own CA), pure.
+//!
+//! Failure policies, and why:
+//! - CRD validation fails closed (`Fail`): a policy the webhook could not check must not reach
+//!   a proxy. Only CREATE and UPDATE are checked, so deleting always works.
+//! - Pod injection fails closed too (`Fail`), but only for pods that opted in (the selectors
+//!   send nothing else): a pod that asked for the proxy must not start without it and talk to
+//!   Kafka unobserved. The system namespaces and the operator's own are excluded, so an
+//!   operator that is down can always be restarted and never blocks the control plane.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
+
+use super::inject::{INJECT_LABEL, NAMESPACE_ENABLED};
+use super::validate::RESOURCES;
+
+/// The name of both webhook configurations.
+pub const CONFIGURATION_NAME: &str = "streamward";
+/// The path of the CRD validation webhook.
+pub const VALIDATE_PATH: &str = "/validate";
+/// The path of the pod injection webhook.
+pub const MUTATE_PODS_PATH: &str = "/mutate-pods";
+/// The label every namespace has with its own name (Kubernetes 1.21 and later).
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// How the API server reaches the webhook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A URL (`https://127.0.0.1:9443` in tests, where there is no cluster network); paths
+    /// are appended.
+    Url(String),
+    /// A Service in the operator's namespace.
+    Service {
+        /// The namespace.
+        namespace: String,
+        /// The Service.
+        name: String,
+        /// Its port.
+        port: i32,
+    },
+}
+
+impl Endpoint {
+    /// The names the serving certificate must carry for this endpoint.
+    pub fn certificate_names(&self) -> Vec<String> {
+        match self {
+            Endpoint::Url(url) => {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let authority = rest.split('/').next().unwrap_or_default();
+                let host = match authority.strip_prefix('[') {
+                    Some(v6) => v6.split(']').next().unwrap_or_default(),
+                    None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+                };
+                vec![host.to_owned()]
+            }
+            Endpoint::Service {
+                namespace, name, ..
+            } => vec![
+                format!("{name}.{namespace}.svc"),
+                format!("{name}.{namespace}.svc.cluster.local"),
+                format!("{name}.{namespace}"),
+                name.clone(),
+            ],
+        }
+    }
+
+    fn client_config(&self, path: &str, ca_bundle: &str) -> WebhookClientConfig {
+        let ca_bundle = Some(ByteString(ca_bundle.as_bytes().to_vec()));
+        match self {
+            Endpoint::Url(url) => WebhookClientConfig {
+                url: Some(format!("{}{path}", url.trim_end_matches('/'))),
+                ca_bundle,
+                service: None,
+            },
+            Endpoint::Service {
+                namespace,
+                name,
+                port,
+            } => WebhookClientConfig {
+                service: Some(ServiceReference {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    path: Some(path.to_owned()),
+                    port: Some(*port),
+                }),
+                ca_bundle,
+                url: None,
+            },
+        }
+    }
+}
+
+fn not_in(key: &str, values: impl IntoIterator<Item = String>) -> LabelSelectorRequirement {
+    LabelSelectorRequirement {
+        key: key.to_owned(),
+        operator: "NotIn".to_owned(),
+        values: Some(values.into_iter().collect()),
+    }
+}
+
+fn labels(meta_labels: &[(&str, &str)]) -> Option<std::collections::BTreeMap<String, String>> {
+    Some(
+        meta_labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    )
+}
+
+fn meta() -> ObjectMeta {
+    ObjectMeta {
+        name: Some(CONFIGURATION_NAME.to_owned()),
+        labels: labels(&[
+            ("app.kubernetes.io/name", "streamward"),
+            ("app.kubernetes.io/component", "webhook"),
+            ("app.kubernetes.io/managed-by", "streamward-operator"),
+        ]),
+        ..Default::default()
+    }
+}
+
+/// The validating webhook for the Streamward custom resources.
+pub fn validating(endpoint: &Endpoint, ca_bundle: &str) -> ValidatingWebhookConfiguration {
+    ValidatingWebhookConfiguration {
+        metadata: meta(),
+        webhooks: Some(vec![ValidatingWebhook {
+            name: "resources.validate.streamward.io".to_owned(),
+            client_config: endpoint.client_config(VALIDATE_PATH, ca_bundle),
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec![streamward_api::GROUP.to_owned()]),
+                api_versions: Some(vec![streamward_api::crd::VERSION.to_owned()]),
+                operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
+                resources: Some(RESOURCES.iter().map(|r| (*r).to_owned()).collect()),
+                scope: Some("Namespaced".to_owned()),
+            }]),
+            failure_policy: Some("Fail".to_owned()),
+            side_effects: "None".to_owned(),
+            admission_review_versions: vec!["v1".to_owned()],
+            timeout_seconds: Some(5),
+            match_policy: Some("Equivalent".to_owned()),
+            ..Default::default()
+        }]),
+    }
+}
+
+/// The mutating webhook that injects the proxy: one entry for pods labelled
+/// `streamward.io/inject: "true"` (outside opted-in namespaces, so no pod is sent twice) and one
+/// for the pods of namespaces labelled `streamward.io/inject=enabled` (unless the pod says
+/// `"false"`). `excluded` namespaces are never sent.
+pub fn mutating(
+    endpoint: &Endpoint,
+    ca_bundle: &str,
+    excluded: &BTreeSet<String>,
+) -> MutatingWebhookConfiguration {
+    let pods = || {
+        Some(vec![RuleWithOperations {
+            api_groups: Some(vec![String::new()]),
+            api_versions: Some(vec!["v1".to_owned()]),
+            operations: Some(vec!["CREATE".to_owned()]),
+            resources: Some(vec!["pods".to_owned()]),
+            scope: Some("Namespaced".to_owned()),
+        }])
+    };
+    let not_excluded = || not_in(NAMESPACE_NAME_LABEL, excluded.iter().cloned());
+    let webhook = |name: &str, namespace_selector, object_selector| MutatingWebhook {
+        name: name.to_owned(),
+        client_config: endpoint.client_config(MUTATE_PODS_PATH, ca_bundle),
+        rules: pods(),
+        namespace_selector: Some(namespace_selector),
+        object_selector: Some(object_selector),
+        failure_policy: Some("Fail".to_owned()),
+        side_effects: "None".to_owned(),
+        admission_review_versions: vec!["v1".to_owned()],
+        timeout_seconds: Some(5),
+        match_policy: Some("Equivalent".to_owned()),
+        // Containers another webhook adds after this one still get the bootstrap address.
+        reinvocation_policy: Some("IfNeeded".to_owned()),
+        match_conditions: None,
+    };
+    MutatingWebhookConfiguration {
+        metadata: meta(),
+        webhooks: Some(vec![
+            webhook(
+                "pods.inject.streamward.io",
+                LabelSelector {
+                    match_expressions: Some(vec![
+                        not_excluded(),
+                        not_in(INJECT_LABEL, [NAMESPACE_ENABLED.to_owned()]),
+                    ]),
+                    match_labels: None,
+                },
+                LabelSelector {
+                    match_labels: labels(&[(INJECT_LABEL, "true")]),
+                    match_expressions: None,
+                },
+            ),
+            webhook(
+                "namespaces.inject.streamward.io",
+                LabelSelector {
+                    match_expressions: Some(vec![not_excluded()]),
+                    match_labels: labels(&[(INJECT_LABEL, NAMESPACE_ENABLED)]),
+                },
+                LabelSelector {
+                    match_expressions: Some(vec![not_in(INJECT_LABEL, ["false".to_owned()])]),
+                    match_labels: None,
+                },
+            ),
+        ]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_endpoint_names_its_host_and_appends_paths() {
+        let url = Endpoint::Url("https://127.0.0.1:9443/".into());
+        assert_eq!(url.certificate_names(), ["127.0.0.1"]);
+        let config = validating(&url, "PEM");
+        let hook = &config.webhooks.unwrap()[0];
+        assert_eq!(
+            hook.client_config.url.as_deref(),
+            Some("https://127.0.0.1:9443/validate")
+        );
+        assert_eq!(hook.client_config.ca_bundle.as_ref().unwrap().0, b"PEM");
+        assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+        let rules = &hook.rules.as_ref().unwrap()[0];
+        assert_eq!(rules.resources.as_ref().unwrap().len(), 4);
+        assert!(
+            !rules
+                .operations
+                .as_ref()
+                .unwrap()
+                .contains(&"DELETE".to_owned())
+        );
+        assert_eq!(
+            Endpoint::Url("https://[::1]:8443".into()).certificate_names(),
+            ["::1"]
+        );
+        assert_eq!(
+            Endpoint::Url("https://webhook.example".into()).certificate_names(),
+            ["webhook.example"]
+        );
+    }
+
+    #[test]
+    fn a_service_endpoint_names_the_service_dns_names() {
+        let service = Endpoint::Service {
+            namespace: "streamward-system".into(),
+            name: "streamward-webhook".into(),
+            port: 443,
+        };
+        assert!(
+            service
+                .certificate_names()
+                .contains(&"streamward-webhook.streamward-system.svc".to_owned())
+        );
+        let config = mutating(&service, "PEM", &BTreeSet::new());
+        for hook in config.webhooks.unwrap() {
+            let reference = hook.client_config.service.unwrap();
+            assert_eq!(reference.path.as_deref(), Some(MUTATE_PODS_PATH));
+            assert_eq!(reference.port, Some(443));
+            assert!(hook.client_config.url.is_none());
+        }
+    }
+
+    #[test]
+    fn pod_webhooks_skip_excluded_namespaces_and_never_overlap() {
+        let excluded: BTreeSet<String> =
+            ["kube-system".to_owned(), "streamward-system".to_owned()].into();
+        let config = mutating(&Endpoint::Url("https://127.0.0.1:1".into()), "x", &excluded);
+        let hooks = config.webhooks.unwrap();
+        assert_eq!(hooks.len(), 2);
+        for hook in &hooks {
+            let ns = hook.namespace_selector.as_ref().unwrap();
+            let exclusion = &ns.match_expressions.as_ref().unwrap()[0];
+            assert_eq!(exclusion.key, NAMESPACE_NAME_LABEL);
+            assert_eq!(exclusion.operator, "NotIn");
+            assert_eq!(
+                exclusion.values.as_ref().unwrap(),
+                &["kube-system", "streamward-system"]
+            );
+            assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+            assert_eq!(hook.reinvocation_policy.as_deref(), Some("IfNeeded"));
+        }
+        // The pod-label webhook leaves opted-in namespaces to the namespace webhook.
+        let by_pod = &hooks[0].namespace_selector.as_ref().unwrap();
+        assert!(by_pod.match_expressions.as_ref().unwrap().iter().any(|r| {
+            r.key == INJECT_LABEL && r.values.as_deref() == Some(&[NAMESPACE_ENABLED.to_owned()])
+        }));
+        let by_namespace = &hooks[1];
+        assert_eq!(
+            by_namespace
+                .namespace_selector
+                .as_ref()
+                .unwrap()
+                .match_labels,
+            labels(&[(INJECT_LABEL, NAMESPACE_ENABLED)])
+        );
+    }
+}

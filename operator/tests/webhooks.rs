@@ -1,0 +1,613 @@
+//! The admission webhooks against a real kube-apiserver: invalid resources refused at
+//! `kubectl apply`, the proxy injected into opted-in pods exactly once, everything else left
+//! alone, and the webhook's own certificate rotated with the caBundle following it.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use streamward_e2e::kube::KubeApiServer;
+use streamward_e2e::process::{Process, run};
+use streamward_e2e::{cache, net, wait_for};
+
+const PROXY: &str = "streamward-proxy";
+
+struct Cluster {
+    server: KubeApiServer,
+    operator: Process,
+    webhook: SocketAddr,
+}
+
+fn kubectl(server: &KubeApiServer, args: &[&str]) -> String {
+    let output = run(&format!("kubectl {args:?}"), server.kubectl().args(args)).unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `kubectl <args> -f -` with `yaml` on stdin, not checked.
+fn kubectl_stdin(server: &KubeApiServer, args: &[&str], yaml: &str) -> Output {
+    let mut child = server
+        .kubectl()
+        .args(args)
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `kubectl apply` that must be refused; returns what kubectl printed.
+fn refused(server: &KubeApiServer, yaml: &str) -> String {
+    let output = kubectl_stdin(server, &["apply"], yaml);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "kubectl apply accepted:\n{yaml}\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(
+        stderr.contains("denied the request"),
+        "refused, but not by the webhook: {stderr}"
+    );
+    stderr
+}
+
+fn applied(server: &KubeApiServer, yaml: &str) -> String {
+    let output = kubectl_stdin(server, &["apply"], yaml);
+    assert!(
+        output.status.success(),
+        "kubectl apply refused:\n{yaml}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn get_json(server: &KubeApiServer, args: &[&str]) -> Value {
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&kubectl(server, &all)).unwrap()
+}
+
+const BAD_REGEX: &str = "apiVersion: streamward.io/v1alpha1
+kind: MaskingRule
+metadata: {name: bad-regex, namespace: demo}
+spec:
+  topics: [{name: orders}]
+  format: Text
+  detectors:
+    - type: Email
+    - type: Regex
+      pattern: 'card=(?P<mask>[0-9'
+";
+
+fn start_operator(server: &KubeApiServer, port: u16, extra: &[&str], log: &Path) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_streamward-operator"));
+    command
+        .env("KUBECONFIG", server.kubeconfig())
+        .env("RUST_LOG", "info")
+        .args([
+            "--webhook-url",
+            &format!("https://127.0.0.1:{port}"),
+            "--webhook-listen",
+            &format!("127.0.0.1:{port}"),
+            "--operator-namespace",
+            "streamward-system",
+            "--proxy-image",
+            "streamward-sidecar:test",
+        ])
+        .args(extra);
+    Process::spawn("streamward-operator", command, log).unwrap()
+}
+
+/// A kube-apiserver with the CRDs, namespaces `demo` and `streamward-system`, and the operator
+/// with its webhooks registered and answering.
+fn cluster(extra: &[&str]) -> Cluster {
+    let server = KubeApiServer::start().unwrap();
+    let crds = cache::source_root().join("crds");
+    kubectl(&server, &["apply", "-f", &crds.display().to_string()]);
+    kubectl(
+        &server,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "--all",
+        ],
+    );
+    kubectl(&server, &["create", "namespace", "demo"]);
+    kubectl(&server, &["create", "namespace", "streamward-system"]);
+    let port = net::free_port().unwrap();
+    let log = server.dir().join("operator.log");
+    let mut operator = start_operator(&server, port, extra, &log);
+    // Ready once the API server gets the webhook's own answer (not "failed calling webhook").
+    wait_for(
+        "the validating webhook to answer",
+        Duration::from_secs(90),
+        || {
+            operator.check_running()?;
+            let output = kubectl_stdin(&server, &["apply", "--dry-run=server"], BAD_REGEX);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            Ok(stderr.contains("denied the request").then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", operator.log_tail(30)));
+    Cluster {
+        server,
+        operator,
+        webhook: SocketAddr::from(([127, 0, 0, 1], port)),
+    }
+}
+
+#[test]
+fn invalid_resources_are_refused_at_kubectl_apply_naming_the_field() {
+    let Cluster {
+        server, operator, ..
+    } = cluster(&[]);
+
+    let stderr = refused(&server, BAD_REGEX);
+    assert!(stderr.contains("MaskingRule demo/bad-regex"), "{stderr}");
+    assert!(stderr.contains("spec.detectors[1].pattern"), "{stderr}");
+
+    let wildcard = "apiVersion: streamward.io/v1alpha1
+kind: StreamPolicy
+metadata: {name: wildcard, namespace: demo}
+spec:
+  subjects: {serviceAccounts: [orders-app]}
+  rules:
+    - name: read-orders
+      resources: [{resourceType: Topic, name: 'orders.*'}]
+      operations: [Read]
+      effect: Allow
+";
+    let stderr = refused(&server, wildcard);
+    assert!(stderr.contains("StreamPolicy demo/wildcard"), "{stderr}");
+    assert!(
+        stderr.contains("spec.rules[0].resources[0].name"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Prefixed"), "{stderr}");
+
+    let dangling = "apiVersion: streamward.io/v1alpha1
+kind: StreamPolicy
+metadata: {name: dangling, namespace: demo}
+spec:
+  targetRef: no-such-kafka
+  subjects: {serviceAccounts: [orders-app]}
+  rules:
+    - resources: [{resourceType: Topic, name: orders., patternType: Prefixed}]
+      operations: [Read]
+      effect: Allow
+";
+    let stderr = refused(&server, dangling);
+    assert!(stderr.contains("spec.targetRef"), "{stderr}");
+    assert!(stderr.contains("no-such-kafka"), "{stderr}");
+
+    let grant = "apiVersion: streamward.io/v1alpha1
+kind: AccessGrant
+metadata: {name: cluster-typo, namespace: demo}
+spec:
+  subjects: {users: [alice]}
+  resources: [{resourceType: Cluster, name: prod}]
+  operations: [Describe]
+  durationSeconds: 600
+  reason: incident
+";
+    let stderr = refused(&server, grant);
+    assert!(stderr.contains("spec.resources[0].name"), "{stderr}");
+
+    // None of them was stored.
+    let listed = kubectl(&server, &["get", "streamward", "-n", "demo", "-o", "name"]);
+    assert_eq!(listed.trim(), "", "stored despite the refusal");
+
+    // The samples pass, once the target they name exists; the dangling policy then passes too.
+    let root = cache::source_root();
+    let samples = root.join("config/samples");
+    kubectl(
+        &server,
+        &[
+            "apply",
+            "-f",
+            &samples.join("streamtarget.yaml").display().to_string(),
+        ],
+    );
+    kubectl(&server, &["apply", "-f", &samples.display().to_string()]);
+    let created = dangling.replace("no-such-kafka", "local-kafka");
+    applied(&server, &created);
+
+    // An edit that breaks a stored policy is refused; one that only relabels it is not.
+    let broken = created
+        .replace("patternType: Prefixed", "patternType: Literal")
+        .replace("orders.", "'orders.*'");
+    let stderr = refused(&server, &broken);
+    assert!(
+        stderr.contains("spec.rules[0].resources[0].name"),
+        "{stderr}"
+    );
+    kubectl(
+        &server,
+        &[
+            "label",
+            "streampolicy",
+            "-n",
+            "demo",
+            "dangling",
+            "team=orders",
+        ],
+    );
+    drop(operator);
+}
+
+fn pod_yaml(
+    name: &str,
+    namespace: &str,
+    labels: &str,
+    annotations: &str,
+    extra_spec: &str,
+) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {namespace}
+  labels: {{{labels}}}
+  annotations: {{{annotations}}}
+spec:
+  serviceAccountName: orders-app
+{extra_spec}  containers:
+    - name: app
+      image: orders:1
+      env: [{{name: LOG_LEVEL, value: info}}]
+"
+    )
+}
+
+fn proxies(pod: &Value) -> Vec<&Value> {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|list| pod["spec"][list].as_array())
+        .flatten()
+        .filter(|c| c["name"] == PROXY)
+        .collect()
+}
+
+fn bootstrap(container: &Value) -> Option<&str> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == "KAFKA_BOOTSTRAP_SERVERS")
+        .and_then(|e| e["value"].as_str())
+}
+
+#[test]
+fn opted_in_pods_get_the_proxy_once_and_others_are_untouched() {
+    let Cluster {
+        server, operator, ..
+    } = cluster(&[]);
+    applied(
+        &server,
+        "apiVersion: streamward.io/v1alpha1
+kind: StreamTarget
+metadata: {name: prod-kafka, namespace: demo}
+spec:
+  bootstrapServers: ['kafka-0.kafka:9093']
+  sasl: {mechanism: SCRAM-SHA-512, credentialsSecret: kafka-orders-credentials}
+",
+    );
+
+    // Opted in by its label.
+    let manifest = pod_yaml(
+        "orders",
+        "demo",
+        "streamward.io/inject: 'true'",
+        "streamward.io/target: prod-kafka",
+        "",
+    );
+    applied(&server, &manifest);
+    let pod = get_json(&server, &["pod", "-n", "demo", "orders"]);
+    let found = proxies(&pod);
+    assert_eq!(found.len(), 1, "{pod:#}");
+    let proxy = found[0];
+    assert_eq!(
+        pod["spec"]["initContainers"][0]["name"], PROXY,
+        "native sidecar first"
+    );
+    assert_eq!(proxy["restartPolicy"], "Always");
+    assert_eq!(proxy["image"], "streamward-sidecar:test");
+    assert_eq!(proxy["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(proxy["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(proxy["securityContext"]["capabilities"]["drop"][0], "ALL");
+    let args: Vec<&str> = proxy["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--config-map", "streamward-config-orders-app"]),
+        "{args:?}"
+    );
+    assert!(args.windows(2).any(|w| w == ["--listen", "127.0.0.1:9092"]));
+    let mounts: Vec<&str> = proxy["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert!(mounts.contains(&"/var/run/streamward/secrets/kafka-orders-credentials"));
+    assert!(mounts.contains(&"/etc/streamward/config"));
+    let app = &pod["spec"]["containers"][0];
+    assert_eq!(bootstrap(app), Some("127.0.0.1:9092"));
+    assert!(
+        app.get("volumeMounts").is_none(),
+        "the app sees no credentials: {app:#}"
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["streamward.io/injected"],
+        "true"
+    );
+
+    // Re-applying the same manifest changes nothing.
+    applied(&server, &manifest);
+    let again = get_json(&server, &["pod", "-n", "demo", "orders"]);
+    assert_eq!(again["spec"], pod["spec"]);
+
+    // Admitting the injected pod once more (as a new pod) injects nothing more.
+    let mut copy = pod.clone();
+    copy["metadata"] = serde_json::json!({
+        "name": "orders-copy",
+        "namespace": "demo",
+        "labels": pod["metadata"]["labels"],
+        "annotations": pod["metadata"]["annotations"],
+    });
+    copy.as_object_mut().unwrap().remove("status");
+    let output = kubectl_stdin(
+        &server,
+        &["create", "--dry-run=server", "-o", "json"],
+        &copy.to_string(),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let readmitted: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(proxies(&readmitted).len(), 1);
+    assert_eq!(
+        readmitted["spec"]["initContainers"],
+        pod["spec"]["initContainers"]
+    );
+    assert_eq!(readmitted["spec"]["containers"], pod["spec"]["containers"]);
+    assert_eq!(readmitted["spec"]["volumes"], pod["spec"]["volumes"]);
+
+    // Not opted in: untouched.
+    applied(&server, &pod_yaml("plain", "demo", "app: plain", "", ""));
+    let plain = get_json(&server, &["pod", "-n", "demo", "plain"]);
+    assert!(proxies(&plain).is_empty());
+    assert_eq!(bootstrap(&plain["spec"]["containers"][0]), None);
+    assert!(
+        plain["metadata"]["annotations"]
+            .get("streamward.io/injected")
+            .is_none()
+    );
+
+    // A system namespace and the operator's own: untouched even when labelled.
+    for namespace in ["kube-system", "streamward-system"] {
+        applied(
+            &server,
+            &pod_yaml(
+                "labelled",
+                namespace,
+                "streamward.io/inject: 'true'",
+                "",
+                "",
+            ),
+        );
+        let pod = get_json(&server, &["pod", "-n", namespace, "labelled"]);
+        assert!(proxies(&pod).is_empty(), "{namespace}: {pod:#}");
+    }
+
+    // A namespace that opts in: every pod, except one that opts out.
+    kubectl(&server, &["create", "namespace", "team"]);
+    kubectl(
+        &server,
+        &["label", "namespace", "team", "streamward.io/inject=enabled"],
+    );
+    applied(&server, &pod_yaml("member", "team", "app: member", "", ""));
+    applied(
+        &server,
+        &pod_yaml("opted-out", "team", "streamward.io/inject: 'false'", "", ""),
+    );
+    applied(
+        &server,
+        &pod_yaml("both", "team", "streamward.io/inject: 'true'", "", ""),
+    );
+    for (name, expected) in [("member", 1), ("opted-out", 0), ("both", 1)] {
+        let pod = get_json(&server, &["pod", "-n", "team", name]);
+        assert_eq!(proxies(&pod).len(), expected, "{name}: {pod:#}");
+    }
+
+    // Opted in but impossible to proxy: refused, rather than run unproxied.
+    let stderr = refused(
+        &server,
+        &pod_yaml(
+            "host",
+            "demo",
+            "streamward.io/inject: 'true'",
+            "",
+            "  hostNetwork: true\n",
+        ),
+    );
+    assert!(stderr.contains("hostNetwork"), "{stderr}");
+    let stderr = refused(
+        &server,
+        &pod_yaml(
+            "lost",
+            "demo",
+            "streamward.io/inject: 'true'",
+            "streamward.io/target: no-such-kafka",
+            "",
+        ),
+    );
+    assert!(stderr.contains("streamward.io/target"), "{stderr}");
+    drop(operator);
+}
+
+/// The certificate the webhook serves, after a handshake that verifies it against `ca_bundle`
+/// for 127.0.0.1 (the handshake fails otherwise).
+fn served_certificate(address: SocketAddr, ca_bundle: &[u8]) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_bundle) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = ServerName::IpAddress(address.ip().into());
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (_, connection) = tls.get_ref();
+        connection
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|cert| cert.to_vec())
+            .ok_or_else(|| "no certificate".to_owned())
+    })
+}
+
+/// The caBundle of both webhook configurations (asserting they agree).
+fn ca_bundle(server: &KubeApiServer) -> Vec<u8> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
+    let validating: ValidatingWebhookConfiguration = serde_json::from_value(get_json(
+        server,
+        &["validatingwebhookconfiguration", "streamward"],
+    ))
+    .unwrap();
+    let mutating: MutatingWebhookConfiguration = serde_json::from_value(get_json(
+        server,
+        &["mutatingwebhookconfiguration", "streamward"],
+    ))
+    .unwrap();
+    let mut bundles: Vec<Vec<u8>> = validating
+        .webhooks
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| w.client_config)
+        .chain(
+            mutating
+                .webhooks
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| w.client_config),
+        )
+        .map(|c| c.ca_bundle.map(|b| b.0).unwrap_or_default())
+        .collect();
+    assert_eq!(bundles.len(), 3);
+    assert!(
+        bundles.windows(2).all(|w| w[0] == w[1]),
+        "the caBundles differ"
+    );
+    bundles.remove(0)
+}
+
+fn first_pem(bundle: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(bundle);
+    let end = "-----END CERTIFICATE-----";
+    text.find(end)
+        .map(|at| text[..at + end.len()].as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_webhook_certificate_rotates_and_the_ca_bundle_follows() {
+    // A 30 s certificate: renewed after 20 s; the CA (90 s) after 45 s.
+    let Cluster {
+        server,
+        mut operator,
+        webhook,
+    } = cluster(&["--webhook-cert-lifetime-seconds", "30"]);
+    let first_bundle = ca_bundle(&server);
+    let first_ca = first_pem(&first_bundle);
+    let first = served_certificate(webhook, &first_bundle).unwrap();
+    let secret = get_json(
+        &server,
+        &[
+            "secret",
+            "-n",
+            "streamward-system",
+            "streamward-webhook-tls",
+        ],
+    );
+    assert!(secret["data"]["tls.crt"].is_string());
+
+    // A new serving certificate, which the API server (through the caBundle) trusts.
+    let second = wait_for("a renewed certificate", Duration::from_secs(60), || {
+        operator.check_running()?;
+        let bundle = ca_bundle(&server);
+        let served = served_certificate(webhook, &bundle).map_err(anyhow::Error::msg)?;
+        Ok((served != first).then_some(served))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", operator.log_tail(30)));
+    assert_ne!(second, first);
+    let stderr = refused(&server, BAD_REGEX);
+    assert!(stderr.contains("spec.detectors[1].pattern"), "{stderr}");
+
+    // Later a new CA: the bundle names it first and keeps the old one until it expires.
+    let rotated = wait_for("a new CA in the caBundle", Duration::from_secs(90), || {
+        operator.check_running()?;
+        let bundle = ca_bundle(&server);
+        Ok((first_pem(&bundle) != first_ca).then_some(bundle))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", operator.log_tail(30)));
+    let new_ca = first_pem(&rotated);
+    assert!(
+        String::from_utf8_lossy(&rotated).contains(String::from_utf8_lossy(&first_ca).as_ref()),
+        "the previous CA left the bundle before it expired"
+    );
+    // The certificate served now is the new CA's (it does not verify against the old CA).
+    let served = wait_for(
+        "a certificate of the new CA",
+        Duration::from_secs(30),
+        || Ok(served_certificate(webhook, &new_ca).ok()),
+    )
+    .unwrap();
+    assert!(served_certificate(webhook, &first_ca).is_err());
+    assert_ne!(served, second);
+    let stderr = refused(&server, BAD_REGEX);
+    assert!(stderr.contains("spec.detectors[1].pattern"), "{stderr}");
+    drop(operator);
+}
