@@ -250,3 +250,38 @@ fn every_acknowledged_batch_survives_a_kill_and_the_chain_stays_whole() {
         (1, 0)
     );
 }
+
+#[test]
+fn a_token_bound_to_a_workload_may_only_send_that_workloads_events() {
+    let run = streamward_e2e::cache::run_dir("collector-bound").unwrap();
+    let tokens = run.path().join("tokens");
+    let bound = "bound-token-for-billing-0123456789";
+    std::fs::write(&tokens, format!("{bound} shop/billing\n")).unwrap();
+    let collector = Collector::start_with(
+        run.path(),
+        &["--token-file".to_string(), tokens.display().to_string()],
+        &[],
+    );
+    let billing = About {
+        service_account: "billing",
+        ..About::default()
+    };
+    let orders = About::default();
+    let body =
+        |events: &[streamward_api::audit::AuditEvent]| serde_json::to_string(events).unwrap();
+    let (status, answer) = collector.post(
+        Some(bound),
+        &body(&[event("b", 1, &billing), event("o", 1, &orders)]),
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer.contains("o:1") && answer.contains("shop/billing"),
+        "{answer}"
+    );
+    let (status, answer) = collector.post(Some(bound), &body(&[event("b", 1, &billing)]));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        ids(&query(&collector.data, &["--format", "ndjson"])),
+        ["b:1"]
+    );
+}
