@@ -296,9 +296,14 @@ async fn serve_async(args: ServeArgs) -> Result<()> {
     server::serve(listen, server::router(app), wait_for_signal()).await?;
     // The router (and with it every sender to the writer) is gone: the writer drains, signs a
     // last checkpoint and stops.
-    tokio::task::spawn_blocking(move || writer_thread.join())
-        .await
-        .ok();
+    let joined = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || writer_thread.join()),
+    )
+    .await;
+    if joined.is_err() {
+        tracing::error!("the store writer did not stop within 30 s; exiting without it");
+    }
     tracing::info!("stopped");
     Ok(())
 }

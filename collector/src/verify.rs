@@ -94,14 +94,6 @@ pub struct Report {
     pub dropped_reported: u64,
 }
 
-struct Entry {
-    segment: String,
-    line: usize,
-    decoded: Result<chain::Record, chain::Broken>,
-    /// For a line that does not even parse: the event id, if it can still be read.
-    id_hint: Option<String>,
-}
-
 /// The event id in a damaged line, read without parsing it as JSON.
 fn scrape_id(line: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(line);
@@ -112,6 +104,13 @@ fn scrape_id(line: &[u8]) -> Option<String> {
     Some(rest[start..start + end].to_string())
 }
 
+/// The index of a record line, read from its start (`{"i":<digits>,`) without parsing the rest.
+fn index_of(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"i\":")?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
 fn event_id(record: &chain::Record) -> Option<String> {
     record
         .event
@@ -120,33 +119,21 @@ fn event_id(record: &chain::Record) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A record that skipped ahead: whether it was *removed* or *reordered* depends on whether
+/// the missing index turns up later in the store.
+struct Skipped {
+    missing: u64,
+    found: bool,
+    removed: Problem,
+    reordered: Problem,
+}
+
 /// Verifies the store in `dir` with the checkpoint key `key`.
+///
+/// Segments are read one at a time and records are not kept, so memory stays small however
+/// large the store is: what is kept per record is its session's sequence number.
 pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
     let files = store::segment_files(dir)?;
-    let mut entries = Vec::new();
-    for path in &files {
-        let segment = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let bytes = std::fs::read(path)?;
-        for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
-            if line.is_empty() {
-                continue;
-            }
-            let decoded = chain::decode(line);
-            let id_hint = match &decoded {
-                Err(broken) if broken.record.is_none() => scrape_id(line),
-                _ => None,
-            };
-            entries.push(Entry {
-                segment: segment.clone(),
-                line: n + 1,
-                decoded,
-                id_hint,
-            });
-        }
-    }
 
     let mut checkpoints: Vec<Checkpoint> = Vec::new();
     let mut problems = Vec::new();
@@ -179,138 +166,171 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
     }
     let checkpointed: HashSet<u64> = checkpoints.iter().map(|c| c.last_index).collect();
 
-    let present: HashSet<u64> = entries
-        .iter()
-        .filter_map(|e| e.decoded.as_ref().ok().map(|r| r.index))
-        .collect();
+    let mut records = 0u64;
     let mut at_checkpoints: HashMap<u64, (String, usize, String, Option<String>)> = HashMap::new();
     let mut sessions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let mut dropped_reported = 0;
     let mut chain_problem = None;
+    let mut skipped: Option<Skipped> = None;
     let mut previous: Option<(u64, String)> = None;
     let mut first_index = None;
     let mut last_index = None;
-    for entry in &entries {
-        let at = |kind, record: Option<&chain::Record>, message: String| Problem {
-            kind,
-            segment: Some(entry.segment.clone()),
-            line: Some(entry.line),
-            index: record.map(|r| r.index),
-            event_id: record.and_then(event_id),
-            message,
-        };
-        let record = match &entry.decoded {
-            Ok(record) => record,
-            Err(broken) => {
-                let mut problem = at(
-                    ProblemKind::Altered,
-                    broken.record.as_deref(),
-                    format!("the record was altered: {}", broken.damage),
-                );
-                if broken.record.is_none() {
-                    // Where it stands says which record it was.
-                    problem.index = Some(previous.as_ref().map_or(0, |(index, _)| index + 1));
-                    problem.event_id = entry.id_hint.clone();
-                }
-                chain_problem = Some(problem);
-                break;
+    for path in &files {
+        let segment = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bytes = std::fs::read(path)?;
+        for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
             }
-        };
-        let problem = match &previous {
-            None if record.index == 0 && record.prev != GENESIS => Some(at(
-                ProblemKind::Altered,
-                Some(record),
-                "the first record does not start from the genesis hash".into(),
-            )),
-            None if record.index == 0 => None,
-            None => {
-                // Only retention may remove the beginning, and it leaves a signed note saying
-                // up to where.
-                let anchored = checkpoints.iter().any(|c| {
-                    c.removed && c.last_index + 1 == record.index && c.last_hash == record.prev
-                });
-                (!anchored).then(|| Problem {
-                    index: Some(0),
-                    ..at(
-                        ProblemKind::Removed,
-                        Some(record),
-                        format!(
-                            "records 0 to {} are missing and no signed retention checkpoint \
-                             says they were removed by retention up to record {}",
-                            record.index - 1,
-                            record.index
-                        ),
-                    )
-                })
+            records += 1;
+            if let Some(skip) = &mut skipped {
+                skip.found |= index_of(line) == Some(skip.missing);
+                continue;
             }
-            Some((index, hash)) => {
-                let expected = index + 1;
-                if record.index == expected && record.prev == *hash {
-                    None
-                } else if record.index == expected {
-                    Some(at(
+            if chain_problem.is_some() {
+                continue;
+            }
+            let at = |kind, record: Option<&chain::Record>, message: String| Problem {
+                kind,
+                segment: Some(segment.clone()),
+                line: Some(n + 1),
+                index: record.map(|r| r.index),
+                event_id: record.and_then(event_id),
+                message,
+            };
+            let record = match chain::decode(line) {
+                Ok(record) => record,
+                Err(broken) => {
+                    let mut problem = at(
                         ProblemKind::Altered,
-                        Some(record),
-                        format!(
-                            "the record does not follow record {index}: its prev is not that \
-                             record's hash (the chain was re-linked here)"
-                        ),
-                    ))
-                } else if record.index > expected && !present.contains(&expected) {
-                    Some(Problem {
-                        index: Some(expected),
+                        broken.record.as_deref(),
+                        format!("the record was altered: {}", broken.damage),
+                    );
+                    if broken.record.is_none() {
+                        // Where it stands says which record it was.
+                        problem.index = Some(previous.as_ref().map_or(0, |(index, _)| index + 1));
+                        problem.event_id = scrape_id(line);
+                    }
+                    chain_problem = Some(problem);
+                    continue;
+                }
+            };
+            let problem = match &previous {
+                None if record.index == 0 && record.prev != GENESIS => Some(at(
+                    ProblemKind::Altered,
+                    Some(&record),
+                    "the first record does not start from the genesis hash".into(),
+                )),
+                None if record.index == 0 => None,
+                None => {
+                    // Only retention may remove the beginning, and it leaves a signed note
+                    // saying up to where.
+                    let anchored = checkpoints.iter().any(|c| {
+                        c.removed && c.last_index + 1 == record.index && c.last_hash == record.prev
+                    });
+                    (!anchored).then(|| Problem {
+                        index: Some(0),
                         ..at(
                             ProblemKind::Removed,
-                            Some(record),
+                            Some(&record),
                             format!(
-                                "records {expected} to {} are missing before this one",
-                                record.index - 1
+                                "records 0 to {} are missing and no signed retention checkpoint \
+                                 says they were removed by retention up to record {}",
+                                record.index - 1,
+                                record.index
                             ),
                         )
                     })
-                } else {
-                    Some(at(
-                        ProblemKind::Reordered,
-                        Some(record),
-                        format!(
-                            "record {} stands where record {expected} belongs (after record \
-                             {index})",
-                            record.index
-                        ),
-                    ))
                 }
+                Some((index, hash)) => {
+                    let expected = index + 1;
+                    if record.index == expected && record.prev == *hash {
+                        None
+                    } else if record.index == expected {
+                        Some(at(
+                            ProblemKind::Altered,
+                            Some(&record),
+                            format!(
+                                "the record does not follow record {index}: its prev is not \
+                                 that record's hash (the chain was re-linked here)"
+                            ),
+                        ))
+                    } else {
+                        let reordered = at(
+                            ProblemKind::Reordered,
+                            Some(&record),
+                            format!(
+                                "record {} stands where record {expected} belongs (after \
+                                 record {index})",
+                                record.index
+                            ),
+                        );
+                        if record.index < expected {
+                            Some(reordered)
+                        } else {
+                            let removed = Problem {
+                                index: Some(expected),
+                                ..at(
+                                    ProblemKind::Removed,
+                                    Some(&record),
+                                    format!(
+                                        "records {expected} to {} are missing before this one",
+                                        record.index - 1
+                                    ),
+                                )
+                            };
+                            skipped = Some(Skipped {
+                                missing: expected,
+                                found: false,
+                                removed,
+                                reordered,
+                            });
+                            continue;
+                        }
+                    }
+                }
+            };
+            if let Some(problem) = problem {
+                chain_problem = Some(problem);
+                continue;
             }
-        };
-        if let Some(problem) = problem {
-            chain_problem = Some(problem);
-            break;
+            first_index.get_or_insert(record.index);
+            last_index = Some(record.index);
+            if checkpointed.contains(&record.index) {
+                at_checkpoints.insert(
+                    record.index,
+                    (
+                        segment.clone(),
+                        n + 1,
+                        record.hash.clone(),
+                        event_id(&record),
+                    ),
+                );
+            }
+            let data = &record.event["data"];
+            if let (Some(session), Some(sequence)) =
+                (data["sessionId"].as_str(), data["sequence"].as_u64())
+            {
+                sessions
+                    .entry(session.to_string())
+                    .or_default()
+                    .push(sequence);
+            }
+            if let Some(dropped) = data["dropped"].as_u64() {
+                dropped_reported += dropped;
+            }
+            previous = Some((record.index, record.hash));
         }
-        first_index.get_or_insert(record.index);
-        last_index = Some(record.index);
-        if checkpointed.contains(&record.index) {
-            at_checkpoints.insert(
-                record.index,
-                (
-                    entry.segment.clone(),
-                    entry.line,
-                    record.hash.clone(),
-                    event_id(record),
-                ),
-            );
-        }
-        let data = &record.event["data"];
-        if let (Some(session), Some(sequence)) =
-            (data["sessionId"].as_str(), data["sequence"].as_u64())
-        {
-            sessions
-                .entry(session.to_string())
-                .or_default()
-                .push(sequence);
-        }
-        if let Some(dropped) = data["dropped"].as_u64() {
-            dropped_reported += dropped;
-        }
-        previous = Some((record.index, record.hash.clone()));
+    }
+    if let Some(skip) = skipped {
+        chain_problem = Some(if skip.found {
+            skip.reordered
+        } else {
+            skip.removed
+        });
     }
 
     if let Some(problem) = chain_problem {
@@ -395,7 +415,7 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
     Ok(Report {
         ok: problems.is_empty(),
         segments: files.len(),
-        records: entries.len() as u64,
+        records,
         first_index,
         last_index,
         checkpoints: checkpoints.len(),

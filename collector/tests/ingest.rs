@@ -171,3 +171,117 @@ fn ingest_works_over_https() {
         ["tls:1"]
     );
 }
+
+#[test]
+fn every_acknowledged_batch_survives_a_kill_and_the_chain_stays_whole() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut collector = Collector::start(&[]);
+    let addr = collector.addr.clone();
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..4)
+        .map(|sender| {
+            let addr = addr.clone();
+            let acknowledged = acknowledged.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let session = format!("kill-{sender}");
+                let mut sequence = 1;
+                while !stop.load(Ordering::Relaxed) {
+                    let batch: Vec<_> = (sequence..sequence + 50)
+                        .map(|n| event(&session, n, &About::default()))
+                        .collect();
+                    let body = serde_json::to_string(&batch).unwrap();
+                    let answer =
+                        std::panic::catch_unwind(|| common::post(&addr, Some(TOKEN), &body));
+                    match answer {
+                        Ok((200, _)) => {
+                            acknowledged
+                                .lock()
+                                .unwrap()
+                                .extend(batch.iter().map(|e| e.id.clone()));
+                            sequence += 50;
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    streamward_e2e::wait_for(
+        "some batches stored",
+        std::time::Duration::from_secs(30),
+        || Ok((acknowledged.lock().unwrap().len() >= 2000).then_some(())),
+    )
+    .unwrap();
+    collector.kill();
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        let _ = sender.join();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    let collector = Collector::start_in(&collector.dir.clone(), &[]);
+    let stored: std::collections::HashSet<String> =
+        ids(&query(&collector.data, &["--format", "ndjson"]))
+            .into_iter()
+            .collect();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let output = common::cli(&["verify", "--data", collector.data.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    // The restarted collector carries on the same chain.
+    assert_eq!(
+        collector.send(&[event("after", 1, &About::default())]),
+        (1, 0)
+    );
+}
+
+#[test]
+fn a_token_bound_to_a_workload_may_only_send_that_workloads_events() {
+    let run = streamward_e2e::cache::run_dir("collector-bound").unwrap();
+    let tokens = run.path().join("tokens");
+    let bound = "bound-token-for-billing-0123456789";
+    std::fs::write(&tokens, format!("{bound} shop/billing\n")).unwrap();
+    let collector = Collector::start_with(
+        run.path(),
+        &["--token-file".to_string(), tokens.display().to_string()],
+        &[],
+    );
+    let billing = About {
+        service_account: "billing",
+        ..About::default()
+    };
+    let orders = About::default();
+    let body =
+        |events: &[streamward_api::audit::AuditEvent]| serde_json::to_string(events).unwrap();
+    let (status, answer) = collector.post(
+        Some(bound),
+        &body(&[event("b", 1, &billing), event("o", 1, &orders)]),
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer.contains("o:1") && answer.contains("shop/billing"),
+        "{answer}"
+    );
+    let (status, answer) = collector.post(Some(bound), &body(&[event("b", 1, &billing)]));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        ids(&query(&collector.data, &["--format", "ndjson"])),
+        ["b:1"]
+    );
+}

@@ -220,3 +220,42 @@ fn retention_removes_whole_old_segments_and_the_rest_still_verifies() {
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["problems"][0]["kind"], "removed", "{report:#}");
 }
+
+#[test]
+fn a_checkpoint_changed_by_hand_is_not_trusted_and_another_key_proves_nothing() {
+    let (collector, _) = store();
+    let path = collector.data.join("checkpoints.ndjson");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    first["lastIndex"] = 3.into();
+    let forged: Vec<String> = std::iter::once(first.to_string())
+        .chain(text.lines().skip(1).map(str::to_string))
+        .collect();
+    std::fs::write(&path, forged.join("\n") + "\n").unwrap();
+    let (code, report, _) = verify(&collector.data);
+    assert_eq!(code, 1, "{report:#}");
+    assert!(
+        report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "checkpointForged"),
+        "{report:#}"
+    );
+
+    // Verified against a key that did not sign them, no checkpoint counts.
+    std::fs::write(&path, text).unwrap();
+    let other = collector.dir.join("other.pub");
+    std::fs::write(&other, format!("{}\n", "11".repeat(32))).unwrap();
+    let output = cli(&[
+        "verify",
+        "--data",
+        collector.data.to_str().unwrap(),
+        "--public-key",
+        other.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["checkpoints"], 0, "{report:#}");
+}

@@ -121,6 +121,11 @@ impl Collector {
         .unwrap();
     }
 
+    /// Kills the collector with SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("collector.log")).unwrap_or_default()
     }
