@@ -52,8 +52,12 @@ pub fn order(n: u64) -> Vec<u8> {
 }
 
 /// One record batch (magic 2) of `values`, keyed `ord-<i>`, offsets from 0, as a producer
-/// sends it: the broker assigns the real offsets.
+/// sends it, stamped with the current time: the broker assigns the real offsets.
 pub fn record_batch(values: &[Vec<u8>], compression: Compression) -> anyhow::Result<Bytes> {
+    // Now: brokers refuse timestamps too far from their clock.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
     let records: Vec<Record> = values
         .iter()
         .enumerate()
@@ -67,7 +71,7 @@ pub fn record_batch(values: &[Vec<u8>], compression: Compression) -> anyhow::Res
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             sequence: -1,
-            timestamp: 1_750_000_000_000 + i as i64,
+            timestamp: now + i as i64,
             key: Some(Bytes::from(format!("ord-{i:08}"))),
             value: Some(Bytes::copy_from_slice(value)),
             headers: Default::default(),

@@ -3,24 +3,23 @@
 //!
 //! Usage: `bench_mask --sidecar PATH/TO/release/streamward-sidecar [--records N]`
 //!
-//! The records are ~1.1 KiB customer orders ([`streamward_e2e::data::order`]), stored twice per
-//! compression (none, lz4): in a topic a MaskingRule covers (field paths, an HMAC pseudonym and
-//! detectors over every string) and in one it does not. Kafka's own ConsumerPerformance reads
+//! The records are ~1.1 KiB customer orders ([`streamward_e2e::data::order`]), produced by
+//! Kafka's ProducerPerformance twice per compression (none, lz4): into a topic a MaskingRule
+//! covers (field paths, an HMAC pseudonym and detectors over every string) and into one it does
+//! not. Kafka's own ConsumerPerformance reads
 //! them directly, through the proxy unmasked, and through the proxy masked. Besides MB/s, the
 //! proxy's CPU time (from `/proc/<pid>/stat`) during each consume gives MB per proxy
 //! CPU-second: on a 2-core machine that the broker and the consumer share, this is the number
 //! to compare with the engine's per-core target.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{CreateTopicsRequest, ProduceRequest, TopicName};
+use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::Compression;
-use streamward_e2e::data::{order, record_batch};
+use streamward_e2e::data::order;
 use streamward_e2e::kafka::wire::Connection;
 use streamward_e2e::kafka::{KafkaCluster, KafkaDist};
 use streamward_e2e::process;
@@ -67,8 +66,6 @@ stringData:
   key: 0123456789abcdef0123456789abcdef
 ";
 
-/// Records per produced batch.
-const BATCH: usize = 250;
 /// Distinct orders, cycled through.
 const DISTINCT: u64 = 1_000;
 /// Measured rounds per path.
@@ -118,15 +115,18 @@ fn main() -> Result<()> {
 
     let values: Vec<Vec<u8>> = (0..DISTINCT).map(order).collect();
     let average = values.iter().map(Vec::len).sum::<usize>() / values.len();
-    let codecs = [("none", Compression::None), ("lz4", Compression::Lz4)];
+    let payloads = tempfile::NamedTempFile::new()?;
+    std::fs::write(payloads.path(), values.join(&b'\n'))?;
+    let codecs = ["none", "lz4"];
+    let dist = kafka.dist();
     let mut topics = Vec::new();
-    for (name, compression) in codecs {
+    for name in codecs {
         let masked = format!("bench.masked.{name}-{run_id}");
         let plain = format!("bench.plain.{name}-{run_id}");
         for topic in [&masked, &plain] {
             create_topic(&direct, topic)?;
             let started = Instant::now();
-            produce(&direct, topic, &values, args.records, compression)?;
+            produce(dist, &direct, topic, payloads.path(), args.records, name)?;
             eprintln!(
                 "produced {} records to {topic} in {:.1} s",
                 args.records,
@@ -155,7 +155,6 @@ fn main() -> Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
-    let dist = kafka.dist();
     let mut rows = Vec::new();
     for (codec, masked, plain) in &topics {
         let paths = [
@@ -244,45 +243,37 @@ fn create_topic(bootstrap: &str, topic: &str) -> Result<()> {
     Ok(())
 }
 
-/// Produces `records` orders (cycling through `values`) to partition 0 of `topic`, acks=1.
+/// Produces `records` orders (drawn from the lines of `payloads`) to `topic` with Kafka's own
+/// ProducerPerformance, compressed with `codec`, acks=1.
 fn produce(
+    dist: &KafkaDist,
     bootstrap: &str,
     topic: &str,
-    values: &[Vec<u8>],
+    payloads: &Path,
     records: u64,
-    compression: Compression,
+    codec: &str,
 ) -> Result<()> {
-    let batches: Vec<_> = values
-        .chunks(BATCH)
-        .map(|chunk| record_batch(chunk, compression))
-        .collect::<Result<_>>()?;
-    let mut connection = Connection::connect(bootstrap)?;
-    let mut sent = 0u64;
-    let mut next = 0usize;
-    while sent < records {
-        let batch = batches[next % batches.len()].clone();
-        next += 1;
-        let request = ProduceRequest::default()
-            .with_acks(1)
-            .with_timeout_ms(30_000)
-            .with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(0)
-                            .with_records(Some(batch)),
-                    ]),
-            ]);
-        let response = connection.send(&request, 9)?;
-        let code = response
-            .responses
-            .first()
-            .and_then(|t| t.partition_responses.first())
-            .map_or(-1, |p| p.error_code);
-        ensure!(code == 0, "producing to {topic}: error code {code}");
-        sent += BATCH as u64;
-    }
+    let output = process::run(
+        "ProducerPerformance",
+        dist.java("org.apache.kafka.tools.ProducerPerformance")
+            .args(["--topic", topic, "--num-records", &records.to_string()])
+            .args(["--throughput", "-1", "--payload-delimiter", "\n"])
+            .arg("--payload-file")
+            .arg(payloads)
+            .args([
+                "--producer-props",
+                &format!("bootstrap.servers={bootstrap}"),
+                "acks=1",
+                &format!("compression.type={codec}"),
+                "linger.ms=5",
+                "batch.size=262144",
+            ]),
+    )?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        text.contains(&format!("{records} records sent")),
+        "ProducerPerformance did not send {records} records to {topic}:\n{text}"
+    );
     Ok(())
 }
 
