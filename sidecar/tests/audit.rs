@@ -41,7 +41,7 @@ metadata: {{name: orders-team, namespace: {NS}}}
 spec:
   subjects:
     serviceAccounts: [{SA}]
-  auditLevel: PayloadDigest
+  auditLevel: MaskedPayload
   rules:
   - name: no-destructive-admin
     resources: [{{resourceType: Topic, name: '*'}}]
@@ -332,6 +332,19 @@ fn every_request_yields_exactly_one_event_with_identity_topic_and_decision() {
             .and_then(|p| p.sha256.as_ref())
             .is_some()
     );
+    // MaskedPayload: the values themselves (kcat's lines are not JSON, so strings).
+    let values: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r.request.api_key == "Produce")
+        .filter_map(|r| r.payload.as_ref()?.records.as_ref())
+        .flatten()
+        .collect();
+    for line in ["a", "b", "c", "ck-0"] {
+        assert!(
+            values.contains(&&serde_json::json!(line)),
+            "{line} not in {values:?}"
+        );
+    }
     // librdkafka names itself in ApiVersions (KIP-511).
     assert!(records.iter().any(|r| r.client.software_name.is_some()));
 

@@ -26,6 +26,12 @@ use crate::policy::ClientIdentity;
 
 /// The first Produce and Fetch versions that name topics by id.
 const BY_ID: i16 = 13;
+/// Most record values one event carries at `MaskedPayload` (the digest covers them all).
+const PAYLOAD_RECORDS: usize = 100;
+/// Most bytes of record values one event carries.
+const PAYLOAD_BYTES: usize = 64 * 1024;
+/// Most bytes a batch is decompressed to for the event (a larger batch is left out).
+const PAYLOAD_BATCH_LIMIT: usize = 4 << 20;
 
 /// A random (v4) UUID.
 pub fn new_uuid() -> String {
@@ -155,6 +161,7 @@ impl SessionAudit {
             completed: false,
             level: AuditLevel::Metadata,
             digest: None,
+            values: None,
         }
     }
 }
@@ -174,6 +181,16 @@ pub struct Draft {
     /// How much of the payload the event carries.
     level: AuditLevel,
     digest: Option<Sha256>,
+    /// At `MaskedPayload`: the record values, as the broker (Produce) or the client (Fetch)
+    /// got them — after masking.
+    values: Option<Values>,
+}
+
+/// Record values collected for an event, within [`PAYLOAD_RECORDS`] and [`PAYLOAD_BYTES`].
+#[derive(Default)]
+struct Values {
+    values: Vec<serde_json::Value>,
+    bytes: usize,
 }
 
 impl Draft {
@@ -264,6 +281,9 @@ impl Draft {
         if level >= AuditLevel::PayloadDigest {
             self.digest = Some(Sha256::new());
         }
+        if level >= AuditLevel::MaskedPayload {
+            self.values = Some(Values::default());
+        }
     }
 
     /// Whether the event wants the record batches' digest.
@@ -274,6 +294,7 @@ impl Draft {
     /// Adds the records and bytes of a forwarded Produce request to the resources it wrote.
     pub fn produced(&mut self, request: &ProduceRequest, version: i16, names: &dyn TopicNames) {
         let mut digest = self.digest.take();
+        let mut values = self.values.take();
         if let Some(record) = self.record() {
             for topic in &request.topic_data {
                 let name = topic_name(&topic.name, &topic.topic_id, version, names);
@@ -281,18 +302,20 @@ impl Draft {
                 for partition in &topic.partition_data {
                     stats.partitions.push(partition.index);
                     if let Some(records) = &partition.records {
-                        stats.add(records, &mut digest);
+                        stats.add(records, &mut digest, &mut values);
                     }
                 }
                 stats.apply(record, &name, "Write");
             }
         }
         self.digest = digest;
+        self.values = values;
     }
 
     /// Adds what a Fetch response carried (after masking) to the resources it read.
     pub fn fetched(&mut self, response: &FetchResponse, version: i16, names: &dyn TopicNames) {
         let mut digest = self.digest.take();
+        let mut values = self.values.take();
         if let Some(record) = self.record() {
             for topic in &response.responses {
                 let name = topic_name(&topic.topic, &topic.topic_id, version, names);
@@ -303,13 +326,14 @@ impl Draft {
                     }
                     stats.partitions.push(partition.partition_index);
                     if let Some(records) = &partition.records {
-                        stats.add(records, &mut digest);
+                        stats.add(records, &mut digest, &mut values);
                     }
                 }
                 stats.apply(record, &name, "Read");
             }
         }
         self.digest = digest;
+        self.values = values;
     }
 
     /// Adds fields masked under `rules` (the comma-separated rules of one masking plan).
@@ -342,7 +366,7 @@ impl Draft {
         {
             record.payload = Some(Payload {
                 sha256: Some(hex::encode(digest.finalize())),
-                records: None,
+                records: self.values.take().map(|v| v.values),
             });
         }
         if !self.completed {
@@ -390,10 +414,13 @@ struct Stats {
 }
 
 impl Stats {
-    fn add(&mut self, records: &Bytes, digest: &mut Option<Sha256>) {
+    fn add(&mut self, records: &Bytes, digest: &mut Option<Sha256>, values: &mut Option<Values>) {
         self.bytes += records.len() as u64;
         if let Some(digest) = digest {
             digest.update(records);
+        }
+        if let Some(values) = values {
+            values.add(records);
         }
         let (count, range) = batch_stats(records);
         self.records += count;
@@ -424,6 +451,116 @@ impl Stats {
         if operation == "Read" {
             resource.offsets = self.offsets;
         }
+    }
+}
+
+impl Values {
+    fn full(&self) -> bool {
+        self.values.len() >= PAYLOAD_RECORDS || self.bytes >= PAYLOAD_BYTES
+    }
+
+    /// Adds the values of the records in the v2 batches of `records` (control batches and
+    /// batches that do not decompress within the limit are left out: the digest has them).
+    fn add(&mut self, mut records: &[u8]) {
+        const HEADER: usize = 61;
+        let mut plain = Vec::new();
+        while records.len() >= HEADER && !self.full() {
+            let Ok(length) = usize::try_from(i32::from_be_bytes(
+                records[8..12].try_into().unwrap_or_default(),
+            )) else {
+                return;
+            };
+            let Some(total) = length.checked_add(12).filter(|&t| t <= records.len()) else {
+                return;
+            };
+            let batch = &records[..total];
+            records = &records[total..];
+            if batch[16] != 2 {
+                return;
+            }
+            let attributes = i16::from_be_bytes([batch[21], batch[22]]);
+            if attributes & 0x20 != 0 {
+                continue; // a control batch: transaction markers, no values
+            }
+            let Some(codec) = crate::mask::compression::codec(attributes) else {
+                continue;
+            };
+            if crate::mask::compression::decompress(
+                codec,
+                &batch[HEADER..],
+                PAYLOAD_BATCH_LIMIT,
+                &mut plain,
+            )
+            .is_err()
+            {
+                continue;
+            }
+            let count = i32::from_be_bytes(batch[57..61].try_into().unwrap_or_default());
+            let mut body: &[u8] = &plain;
+            for _ in 0..count.max(0) {
+                if self.full() {
+                    return;
+                }
+                let Some(value) = next_value(&mut body) else {
+                    break;
+                };
+                self.bytes += value.map_or(0, <[u8]>::len);
+                self.values.push(value_json(value));
+            }
+        }
+    }
+}
+
+/// Reads one record (v2 format) from `body`, returning its value (`None` for a null value),
+/// or `None` when the record is cut short.
+fn next_value<'a>(body: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    let length = usize::try_from(varint(body)?).ok()?;
+    let record = body.get(..length)?;
+    *body = &body[length..];
+    let mut r = record;
+    r = r.get(1..)?; // attributes
+    varint(&mut r)?; // timestamp delta
+    varint(&mut r)?; // offset delta
+    let key = varint(&mut r)?;
+    if key > 0 {
+        r = r.get(usize::try_from(key).ok()?..)?;
+    }
+    let value = varint(&mut r)?;
+    if value < 0 {
+        return Some(None);
+    }
+    Some(Some(r.get(..usize::try_from(value).ok()?)?))
+}
+
+/// A zig-zag varint (Kafka's record fields).
+fn varint(bytes: &mut &[u8]) -> Option<i64> {
+    let mut raw: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        raw |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((raw >> 1) as i64 ^ -((raw & 1) as i64));
+        }
+    }
+    None
+}
+
+/// A record value as JSON: itself when it is JSON, else a string when it is text, else
+/// `{"base64": …}`; `null` for a null value.
+fn value_json(value: Option<&[u8]>) -> serde_json::Value {
+    use base64::Engine as _;
+    let Some(value) = value else {
+        return serde_json::Value::Null;
+    };
+    if let Ok(json) = serde_json::from_slice(value) {
+        return json;
+    }
+    match std::str::from_utf8(value) {
+        Ok(text) => serde_json::Value::String(text.to_string()),
+        Err(_) => serde_json::json!({
+            "base64": base64::engine::general_purpose::STANDARD.encode(value)
+        }),
     }
 }
 
@@ -527,6 +664,67 @@ mod tests {
         assert_eq!(batch_stats(cut), (3, Some((100, 102))));
         assert_eq!(batch_stats(&[]), (0, None));
         assert_eq!(batch_stats(&[0xff; 70]), (0, None));
+    }
+
+    #[test]
+    fn masked_payload_values_come_from_every_codec_as_json_text_or_base64() {
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut values = Values::default();
+            let batch = {
+                let records: Vec<Record> = [&b"{\"card\":\"****\"}"[..], b"plain", b"\xff\x00"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| Record {
+                        transactional: false,
+                        control: false,
+                        partition_leader_epoch: 0,
+                        producer_id: -1,
+                        producer_epoch: -1,
+                        timestamp_type: TimestampType::Creation,
+                        offset: i as i64,
+                        sequence: -1,
+                        timestamp: 0,
+                        key: Some(Bytes::from_static(b"k")),
+                        value: Some(Bytes::copy_from_slice(v)),
+                        headers: Default::default(),
+                        delete_horizon: false,
+                    })
+                    .collect();
+                let mut out = bytes::BytesMut::new();
+                RecordBatchEncoder::encode(
+                    &mut out,
+                    &records,
+                    &RecordEncodeOptions {
+                        version: 2,
+                        compression,
+                    },
+                )
+                .unwrap();
+                out.freeze()
+            };
+            values.add(&batch);
+            assert_eq!(
+                values.values,
+                vec![
+                    serde_json::json!({"card": "****"}),
+                    serde_json::json!("plain"),
+                    serde_json::json!({"base64": "/wA="}),
+                ],
+                "{compression:?}"
+            );
+        }
+        // At most PAYLOAD_RECORDS values.
+        let mut values = Values::default();
+        for _ in 0..60 {
+            values.add(&batch(0, 3));
+        }
+        assert_eq!(values.values.len(), PAYLOAD_RECORDS);
     }
 
     #[test]

@@ -215,7 +215,11 @@ impl Spool {
 
     /// Appends `events` in order; returns how many were dropped because the spool is full
     /// (they are counted for the next report). A pending report of earlier drops goes first.
-    pub fn append(&mut self, events: &[AuditEvent], now: Timestamp) -> Result<u64, SpoolError> {
+    pub fn append<E: std::borrow::Borrow<AuditEvent>>(
+        &mut self,
+        events: &[E],
+        now: Timestamp,
+    ) -> Result<u64, SpoolError> {
         let mut chunk = Vec::with_capacity(events.len() * 512);
         let mut pending = 0u64; // bytes of `chunk` not yet counted in total_bytes
         let mut lost = 0u64;
@@ -224,7 +228,7 @@ impl Spool {
         }
         for event in events {
             let start = chunk.len();
-            if serde_json::to_writer(&mut chunk, event).is_err() {
+            if serde_json::to_writer(&mut chunk, event.borrow()).is_err() {
                 // Plain data always serializes; if it ever did not, the event is lost, and says so.
                 chunk.truncate(start);
                 lost += 1;

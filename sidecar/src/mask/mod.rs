@@ -12,7 +12,7 @@
 //! without building a tree, `compression` bounds decompression.
 
 mod batch;
-mod compression;
+pub(crate) mod compression;
 mod detect;
 mod json;
 mod plan;
