@@ -212,17 +212,10 @@ spec:
     let listed = kubectl(&server, &["get", "streamward", "-n", "demo", "-o", "name"]);
     assert_eq!(listed.trim(), "", "stored despite the refusal");
 
-    // The samples pass, once the target they name exists; the dangling policy then passes too.
+    // The samples pass in one apply (their file names put the target first); the dangling
+    // policy then passes too, now that its target exists.
     let root = cache::source_root();
     let samples = root.join("config/samples");
-    kubectl(
-        &server,
-        &[
-            "apply",
-            "-f",
-            &samples.join("streamtarget.yaml").display().to_string(),
-        ],
-    );
     kubectl(&server, &["apply", "-f", &samples.display().to_string()]);
     let created = dangling.replace("no-such-kafka", "local-kafka");
     applied(&server, &created);
