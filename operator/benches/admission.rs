@@ -258,6 +258,8 @@ async fn bench(requests: usize) -> Result<()> {
             &format!("127.0.0.1:{port}"),
             "--operator-namespace",
             "streamward-system",
+            "--metrics-addr",
+            &format!("127.0.0.1:{}", net::free_port()?),
         ]);
     let mut operator = Process::spawn("streamward-operator", command, &log)?;
     let client = server.client().await?;

@@ -106,6 +106,8 @@ fn start_operator(server: &KubeApiServer, port: u16, extra: &[&str], log: &Path)
             "streamward-system",
             "--proxy-image",
             "streamward-sidecar:test",
+            "--metrics-addr",
+            &format!("127.0.0.1:{}", net::free_port().unwrap()),
         ])
         .args(extra);
     Process::spawn("streamward-operator", command, log).unwrap()
