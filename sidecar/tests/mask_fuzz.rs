@@ -539,7 +539,9 @@ fn mutated_record_sets_are_refused_or_come_out_valid_and_masked() {
         plans.len(),
         started.elapsed()
     );
-    // The mutations must leave a fair share readable, or the fuzzer only tests the CRC check.
-    assert!(refused < checks * 9 / 10, "{refused} of {checks} refused");
-    assert!(cases >= 50, "only {cases} cases in {budget:?}");
+    if replay.is_none() {
+        // The mutations must leave a fair share readable, or the fuzzer only tests the CRC check.
+        assert!(refused < checks * 9 / 10, "{refused} of {checks} refused");
+        assert!(cases >= 50, "only {cases} cases in {budget:?}");
+    }
 }

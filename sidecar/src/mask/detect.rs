@@ -320,7 +320,12 @@ fn find_email(bytes: &[u8], from: usize) -> Option<Range<usize>> {
             while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'-') {
                 i += 1;
             }
-            if i == label_start || bytes[label_start] == b'-' || bytes[i - 1] == b'-' {
+            // A label never ends with a hyphen: one after it is punctuation
+            // (`write to a@example.com- or call`), not part of the address.
+            while i > label_start && bytes[i - 1] == b'-' {
+                i -= 1;
+            }
+            if i == label_start || bytes[label_start] == b'-' {
                 break;
             }
             labels += 1;
@@ -879,6 +884,12 @@ mod tests {
             &["bob@example.com"],
         );
         finds(&email, "a@b.co;c@d.org", &["a@b.co", "c@d.org"]);
+        // Found by the fuzzer: a dash right after the address hid it.
+        finds(
+            &email,
+            "shipped to leak.me@example.com- card",
+            &["leak.me@example.com"],
+        );
         for not_an_email in [
             "@example.com",
             "alice@",
