@@ -19,6 +19,8 @@ pub struct Produced {
 pub struct Consumed {
     pub records_per_sec: f64,
     pub mb_per_sec: f64,
+    /// MB read, as ConsumerPerformance counts them (keys and values).
+    pub mb: f64,
 }
 
 /// Runs ProducerPerformance (acks=1) against `bootstrap`; `throughput` -1 is unthrottled.
@@ -72,7 +74,8 @@ pub fn produce(
     })
 }
 
-/// Runs ConsumerPerformance against `bootstrap`.
+/// Runs ConsumerPerformance against `bootstrap` in a new consumer group, so each run reads
+/// `topic` from the start; fails unless it read all `records`.
 pub fn consume(dist: &KafkaDist, bootstrap: &str, topic: &str, records: u64) -> Result<Consumed> {
     let output = process::run(
         "ConsumerPerformance",
@@ -82,7 +85,7 @@ pub fn consume(dist: &KafkaDist, bootstrap: &str, topic: &str, records: u64) -> 
                 "--messages",
                 &records.to_string(),
                 "--group",
-                &format!("{topic}-g"),
+                &crate::unique_name(&format!("{topic}-g")),
             ])
             .args(["--timeout", "60000"]),
     )?;
@@ -94,7 +97,13 @@ pub fn consume(dist: &KafkaDist, bootstrap: &str, topic: &str, records: u64) -> 
         .find(|l| l.split(',').count() >= 6 && !l.contains("start.time"))
         .with_context(|| format!("no summary from ConsumerPerformance:\n{text}"))?;
     let fields: Vec<&str> = row.split(',').map(str::trim).collect();
+    let read: u64 = fields[4].parse()?;
+    anyhow::ensure!(
+        read >= records,
+        "ConsumerPerformance read {read} of {records} records of {topic} via {bootstrap}"
+    );
     Ok(Consumed {
+        mb: fields[2].parse()?,
         mb_per_sec: fields[3].parse()?,
         records_per_sec: fields[5].parse()?,
     })

@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail, ensure};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use streamward_e2e::bench;
 use streamward_e2e::data::order;
 use streamward_e2e::kafka::wire::Connection;
 use streamward_e2e::kafka::{KafkaCluster, KafkaDist};
@@ -168,7 +169,13 @@ fn main() -> Result<()> {
                 let index = (step + round) % paths.len();
                 let (path, bootstrap, topic) = paths[index];
                 let cpu_before = cpu_seconds(proxy.pid())?;
-                let mut m = consume(dist, bootstrap, topic, args.records)?;
+                let c = bench::consume(dist, bootstrap, topic, args.records)?;
+                let mut m = Measured {
+                    mb_per_sec: c.mb_per_sec,
+                    records_per_sec: c.records_per_sec,
+                    proxy_cpu: 0.0,
+                    mb: c.mb,
+                };
                 if bootstrap != direct {
                     m.proxy_cpu = cpu_seconds(proxy.pid())? - cpu_before;
                 }
@@ -275,40 +282,6 @@ fn produce(
         "ProducerPerformance did not send {records} records to {topic}:\n{text}"
     );
     Ok(())
-}
-
-fn consume(dist: &KafkaDist, bootstrap: &str, topic: &str, records: u64) -> Result<Measured> {
-    let output = process::run(
-        "ConsumerPerformance",
-        dist.java("org.apache.kafka.tools.ConsumerPerformance")
-            .args(["--bootstrap-server", bootstrap, "--topic", topic])
-            .args([
-                "--messages",
-                &records.to_string(),
-                "--group",
-                &streamward_e2e::unique_name("bench-mask"),
-            ])
-            .args(["--timeout", "60000"]),
-    )?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    // A CSV header then one row: start, end, MB, MB.sec, nMsg, nMsg.sec, ...
-    let row = text
-        .lines()
-        .rev()
-        .find(|l| l.split(',').count() >= 6 && !l.contains("start.time"))
-        .with_context(|| format!("no summary from ConsumerPerformance:\n{text}"))?;
-    let fields: Vec<&str> = row.split(',').map(str::trim).collect();
-    let read: u64 = fields[4].parse()?;
-    ensure!(
-        read >= records,
-        "ConsumerPerformance read {read} of {records} records from {topic} via {bootstrap}"
-    );
-    Ok(Measured {
-        mb: fields[2].parse()?,
-        mb_per_sec: fields[3].parse()?,
-        records_per_sec: fields[5].parse()?,
-        proxy_cpu: 0.0,
-    })
 }
 
 /// User plus system CPU time of `pid` so far, in seconds.
