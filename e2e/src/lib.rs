@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod cache;
 pub mod clients;
+pub mod collector;
 pub mod data;
 pub mod kafka;
 pub mod kube;

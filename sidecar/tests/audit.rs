@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use common::{Sidecar, consume, kafka_tool, produce, target_yaml};
 use streamward_api::audit::{AuditEvent, EventData};
 use streamward_e2e::kafka::KafkaCluster;
-use streamward_e2e::process::Process;
-use streamward_e2e::{cache, net, unique_name, wait_for, workspace_binary};
+use streamward_e2e::{cache, net, unique_name, workspace_binary};
 
 const NS: &str = "team-a";
 const SA: &str = "orders-app";
@@ -63,58 +62,24 @@ spec:
     )
 }
 
-/// A collector in local mode on a fixed port and data folder, so it can be killed and started
-/// again where it was.
-struct Collector {
-    addr: String,
-    dir: PathBuf,
-    process: Option<Process>,
-}
+/// The real collector, with the query the tests read its events back with.
+struct Collector(streamward_e2e::collector::Collector);
 
 impl Collector {
     fn start(dir: &Path) -> Collector {
-        std::fs::write(dir.join("tokens"), format!("{TOKEN} {NS}/{SA}\n")).unwrap();
-        let addr = format!("127.0.0.1:{}", net::free_port().unwrap());
-        let mut collector = Collector {
-            addr,
-            dir: dir.to_path_buf(),
-            process: None,
-        };
-        collector.restart();
-        collector
+        let workload = format!("{NS}/{SA}");
+        Collector(
+            streamward_e2e::collector::Collector::start(collector_binary(), dir, TOKEN, &workload)
+                .unwrap(),
+        )
     }
 
     fn restart(&mut self) {
-        let mut command = Command::new(collector_binary());
-        command
-            .arg("serve")
-            .arg("--data")
-            .arg(self.dir.join("data"))
-            .args(["--listen", &self.addr])
-            .arg("--token-file")
-            .arg(self.dir.join("tokens"))
-            .env("RUST_LOG", "info");
-        let mut process = Process::spawn(
-            "streamward-collector",
-            command,
-            &self.dir.join("collector.log"),
-        )
-        .unwrap();
-        let addr = self.addr.clone();
-        wait_for("the collector to listen", Duration::from_secs(30), || {
-            process.check_running()?;
-            Ok(net::http_get(&addr, "/healthz")
-                .ok()
-                .filter(|(s, _)| *s == 200))
-        })
-        .unwrap();
-        self.process = Some(process);
+        self.0.restart().unwrap();
     }
 
     fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.kill();
-        }
+        self.0.kill();
     }
 
     /// Every stored event of the test's workload, via `streamward-collector query`.
@@ -122,7 +87,7 @@ impl Collector {
         let out = Command::new(collector_binary())
             .arg("query")
             .arg("--data")
-            .arg(self.dir.join("data"))
+            .arg(self.0.data())
             .args(["--namespace", NS, "--format", "ndjson"])
             .output()
             .unwrap();
@@ -141,7 +106,7 @@ impl Collector {
 
 fn sidecar(collector: &Collector, dir: &Path) -> Sidecar {
     std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
-    let url = format!("http://{}", collector.addr);
+    let url = format!("http://{}", collector.0.addr());
     let token = dir.join("token").display().to_string();
     let spool = dir.join("spool").display().to_string();
     common::sidecar_with_args(

@@ -7,16 +7,15 @@
 //! Usage: `bench_audit --sidecar PATH --collector PATH [--records N] [--size BYTES]`
 //! (release builds of `streamward-sidecar` and `streamward-collector`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use streamward_e2e::bench::{peak_rss_kib, percentile, probe, produce};
+use streamward_e2e::collector::Collector;
 use streamward_e2e::kafka::KafkaCluster;
-use streamward_e2e::process::Process;
 use streamward_e2e::sidecar::Sidecar;
-use streamward_e2e::{cache, net, wait_for};
+use streamward_e2e::{cache, wait_for};
 
 const POLICY: &str = "apiVersion: streamward.io/v1alpha1
 kind: StreamPolicy
@@ -71,41 +70,19 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-fn start_collector(binary: &Path, dir: &Path) -> Result<(Process, String)> {
-    std::fs::write(dir.join("tokens"), format!("{TOKEN} bench/bench\n"))?;
-    let addr = format!("127.0.0.1:{}", net::free_port()?);
-    let mut command = Command::new(binary);
-    command
-        .arg("serve")
-        .arg("--data")
-        .arg(dir.join("data"))
-        .args(["--listen", &addr])
-        .arg("--token-file")
-        .arg(dir.join("tokens"))
-        .env("RUST_LOG", "warn");
-    let mut process = Process::spawn("streamward-collector", command, &dir.join("collector.log"))?;
-    wait_for("the collector to listen", Duration::from_secs(30), || {
-        process.check_running()?;
-        Ok(net::http_get(&addr, "/healthz")
-            .ok()
-            .filter(|(s, _)| *s == 200))
-    })?;
-    Ok((process, addr))
-}
-
 fn main() -> Result<()> {
     let args = parse_args()?;
     let run = cache::run_dir("bench-audit")?;
     let kafka = KafkaCluster::start(1)?;
     let direct = kafka.bootstrap();
-    let (_collector, collector_addr) = start_collector(&args.collector, run.path())?;
+    let collector = Collector::start(&args.collector, run.path(), TOKEN, "bench/bench")?;
     let target = format!(
         "apiVersion: streamward.io/v1alpha1\nkind: StreamTarget\nmetadata: {{name: kafka, namespace: bench}}\nspec:\n  bootstrapServers: [\"{direct}\"]\n"
     );
     let files = [("target.yaml", target), ("policy.yaml", POLICY.to_string())];
     let off = Sidecar::start(&args.sidecar, &files, "bench", "bench")?;
     std::fs::write(run.path().join("token"), TOKEN)?;
-    let url = format!("http://{collector_addr}");
+    let url = format!("http://{}", collector.addr());
     let token = run.path().join("token").display().to_string();
     let spool = run.path().join("spool").display().to_string();
     let on = Sidecar::start_with_args(

@@ -5,15 +5,15 @@
 //! Usage: `demo --sidecar PATH/TO/streamward-sidecar --collector PATH/TO/streamward-collector`
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use streamward_e2e::collector::Collector;
 use streamward_e2e::kafka::KafkaCluster;
-use streamward_e2e::process::Process;
 use streamward_e2e::sidecar::Sidecar;
-use streamward_e2e::{cache, clients, net, process, wait_for};
+use streamward_e2e::{cache, clients, process, wait_for};
 
 /// The proxy's token for the collector (local mode: a token file on each side).
 const TOKEN: &str = "demo-orders-app-audit-token";
@@ -71,10 +71,10 @@ fn main() -> Result<()> {
     }
     let files: Vec<(&str, String)> = files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     say("Starting streamward-collector (local mode: a token file)...");
-    let (_collector, collector_addr, data) = start_collector(&collector_binary, run.path())?;
+    let collector = Collector::start(&collector_binary, run.path(), TOKEN, "demo/orders-app")?;
     say("Starting streamward-sidecar with config/samples/ for demo/orders-app, auditing to it...");
     std::fs::write(run.path().join("token"), format!("{TOKEN}\n"))?;
-    let url = format!("http://{collector_addr}");
+    let url = format!("http://{}", collector.addr());
     let token = run.path().join("token").display().to_string();
     let spool = run.path().join("spool").display().to_string();
     let proxy = Sidecar::start_with_args(
@@ -170,7 +170,7 @@ fn main() -> Result<()> {
     query
         .arg("query")
         .arg("--data")
-        .arg(&data)
+        .arg(collector.data())
         .args(["--namespace", "demo", "--format", "table"]);
     println!("$ streamward-collector query --data <data> --namespace demo --format table");
     let output = query.output()?;
@@ -179,31 +179,6 @@ fn main() -> Result<()> {
         println!("  {line}");
     }
     Ok(())
-}
-
-/// Starts `streamward-collector serve` with the demo proxy's token; returns the process, its
-/// address and its data folder.
-fn start_collector(binary: &Path, dir: &Path) -> Result<(Process, String, PathBuf)> {
-    std::fs::write(dir.join("tokens"), format!("{TOKEN} demo/orders-app\n"))?;
-    let addr = format!("127.0.0.1:{}", net::free_port()?);
-    let data = dir.join("data");
-    let mut command = Command::new(binary);
-    command
-        .arg("serve")
-        .arg("--data")
-        .arg(&data)
-        .args(["--listen", &addr])
-        .arg("--token-file")
-        .arg(dir.join("tokens"))
-        .env("RUST_LOG", "warn");
-    let mut process = Process::spawn("streamward-collector", command, &dir.join("collector.log"))?;
-    wait_for("the collector to listen", Duration::from_secs(30), || {
-        process.check_running()?;
-        Ok(net::http_get(&addr, "/healthz")
-            .ok()
-            .filter(|(s, _)| *s == 200))
-    })?;
-    Ok((process, addr, data))
 }
 
 fn say(text: &str) {
