@@ -299,10 +299,9 @@ mod tests {
 
     use axum::extract::State;
     use axum::http::{HeaderMap, StatusCode};
-    use streamward_api::audit::{
-        BATCH_CONTENT_TYPE, Client, Decision, EventData, INGEST_PATH, Request, RequestRecord,
-    };
+    use streamward_api::audit::{BATCH_CONTENT_TYPE, EventData, INGEST_PATH};
 
+    use super::spool::tests::{event, identity};
     use super::*;
 
     /// A collector stand-in: answers the first `fail.len()` posts with those statuses, then
@@ -357,14 +356,6 @@ mod tests {
         format!("http://{addr}")
     }
 
-    fn identity() -> Identity {
-        Identity {
-            namespace: "shop".into(),
-            service_account: "orders".into(),
-            ..Identity::default()
-        }
-    }
-
     fn settings(url: String, dir: &std::path::Path) -> AuditSettings {
         let token = dir.join("token");
         std::fs::write(&token, "t0k3n\n").unwrap();
@@ -377,30 +368,6 @@ mod tests {
             queue: 100_000,
             identity: identity(),
         }
-    }
-
-    fn event(sequence: u64) -> AuditEvent {
-        AuditEvent::request(
-            Timestamp::now(),
-            RequestRecord {
-                session_id: "s1".into(),
-                sequence,
-                identity: identity(),
-                client: Client {
-                    address: "127.0.0.1:1".into(),
-                    ..Client::default()
-                },
-                request: Request {
-                    api_key: "Produce".into(),
-                    ..Request::default()
-                },
-                resources: Vec::new(),
-                decision: Decision::default(),
-                masking: Vec::new(),
-                approval: None,
-                payload: None,
-            },
-        )
     }
 
     async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {

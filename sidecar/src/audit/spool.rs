@@ -516,12 +516,13 @@ fn cut_torn_line(path: &Path, len: u64) -> Result<u64, SpoolError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use streamward_api::audit::{Client, Decision, EventData, Identity, Request, RequestRecord};
 
     use super::*;
 
-    fn identity() -> Identity {
+    /// The workload of the test events (the pipeline tests in `audit` share it).
+    pub(in crate::audit) fn identity() -> Identity {
         Identity {
             namespace: "shop".into(),
             service_account: "orders".into(),
@@ -529,7 +530,8 @@ mod tests {
         }
     }
 
-    fn event(sequence: u64) -> AuditEvent {
+    /// A small Produce event of session `s`, at a fixed time so its size is the same each run.
+    pub(in crate::audit) fn event(sequence: u64) -> AuditEvent {
         AuditEvent::request(
             Timestamp::UNIX_EPOCH,
             RequestRecord {
