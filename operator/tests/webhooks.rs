@@ -502,8 +502,10 @@ fn served_certificate(address: SocketAddr, ca_bundle: &[u8]) -> Result<Vec<u8>, 
     })
 }
 
-/// The caBundle of both webhook configurations (asserting they agree).
-fn ca_bundle(server: &KubeApiServer) -> Vec<u8> {
+/// The caBundle of both webhook configurations, or an error while they disagree. The operator
+/// patches the two configurations one after the other, so a read between the patches sees two
+/// bundles; callers poll until they agree.
+fn ca_bundle(server: &KubeApiServer) -> anyhow::Result<Vec<u8>> {
     use k8s_openapi::api::admissionregistration::v1::{
         MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
     };
@@ -532,11 +534,21 @@ fn ca_bundle(server: &KubeApiServer) -> Vec<u8> {
         .map(|c| c.ca_bundle.map(|b| b.0).unwrap_or_default())
         .collect();
     assert_eq!(bundles.len(), 3);
-    assert!(
+    anyhow::ensure!(
         bundles.windows(2).all(|w| w[0] == w[1]),
-        "the caBundles differ"
+        "the webhooks' caBundles differ"
     );
-    bundles.remove(0)
+    Ok(bundles.remove(0))
+}
+
+/// The caBundle, once every webhook carries the same one.
+fn agreed_ca_bundle(server: &KubeApiServer) -> Vec<u8> {
+    wait_for(
+        "the webhooks' caBundles to agree",
+        Duration::from_secs(30),
+        || ca_bundle(server).map(Some),
+    )
+    .unwrap()
 }
 
 fn first_pem(bundle: &[u8]) -> Vec<u8> {
@@ -555,7 +567,7 @@ fn the_webhook_certificate_rotates_and_the_ca_bundle_follows() {
         mut operator,
         webhook,
     } = cluster(&["--webhook-cert-lifetime-seconds", "30"]);
-    let first_bundle = ca_bundle(&server);
+    let first_bundle = agreed_ca_bundle(&server);
     let first_ca = first_pem(&first_bundle);
     let first = served_certificate(webhook, &first_bundle).unwrap();
     let secret = get_json(
@@ -572,7 +584,7 @@ fn the_webhook_certificate_rotates_and_the_ca_bundle_follows() {
     // A new serving certificate, which the API server (through the caBundle) trusts.
     let second = wait_for("a renewed certificate", Duration::from_secs(60), || {
         operator.check_running()?;
-        let bundle = ca_bundle(&server);
+        let bundle = ca_bundle(&server)?;
         let served = served_certificate(webhook, &bundle).map_err(anyhow::Error::msg)?;
         Ok((served != first).then_some(served))
     })
@@ -584,7 +596,7 @@ fn the_webhook_certificate_rotates_and_the_ca_bundle_follows() {
     // Later a new CA: the bundle names it first and keeps the old one until it expires.
     let rotated = wait_for("a new CA in the caBundle", Duration::from_secs(90), || {
         operator.check_running()?;
-        let bundle = ca_bundle(&server);
+        let bundle = ca_bundle(&server)?;
         Ok((first_pem(&bundle) != first_ca).then_some(bundle))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", operator.log_tail(30)));
