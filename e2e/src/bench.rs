@@ -23,6 +23,14 @@ pub struct Consumed {
     pub mb: f64,
 }
 
+/// The StreamTarget every benchmark's proxy points at: the broker at `bootstrap`, in the
+/// benchmarks' namespace `bench`.
+pub fn target(bootstrap: &str) -> String {
+    format!(
+        "apiVersion: streamward.io/v1alpha1\nkind: StreamTarget\nmetadata: {{name: kafka, namespace: bench}}\nspec:\n  bootstrapServers: [\"{bootstrap}\"]\n"
+    )
+}
+
 /// Runs ProducerPerformance (acks=1) against `bootstrap`; `throughput` -1 is unthrottled.
 pub fn produce(
     dist: &KafkaDist,

@@ -11,7 +11,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::{ConsumeReport, ProduceReport, Sidecar, consume, kafka_tool, produce, target_yaml};
+use common::{
+    ConsumeReport, ProduceReport, Sidecar, consume, create_topic, kafka, produce, target_yaml,
+};
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kafka_protocol::messages::{
@@ -19,7 +21,6 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-use streamward_e2e::kafka::KafkaCluster;
 use streamward_e2e::unique_name;
 use streamward_sidecar::client_auth::{self, ScramCredential, ScramHash};
 
@@ -30,11 +31,6 @@ const ISSUER: &str = "https://idp.streamward.test/realms/kafka";
 const AUDIENCE: &str = "streamward-proxy";
 const ALICE_PASSWORD: &str = "alice-Secret-42";
 const CAROL_PASSWORD: &str = "carol-Secret-7";
-
-fn kafka() -> &'static KafkaCluster {
-    static KAFKA: OnceLock<KafkaCluster> = OnceLock::new();
-    KAFKA.get_or_init(|| KafkaCluster::start(1).expect("starting Kafka"))
-}
 
 /// alice may use `alice.*` (and groups `alice-*`); the auditors group may read `audit.*`; the
 /// workload itself (service account) may use `shared.*`.
@@ -172,25 +168,6 @@ fn sidecar(extra: &[&str]) -> (Sidecar, tempfile::TempDir) {
     (proxy, dir)
 }
 
-fn create_topic(topic: &str) {
-    let (ok, out) = kafka_tool(
-        kafka(),
-        "org.apache.kafka.tools.TopicCommand",
-        &[
-            "--bootstrap-server",
-            &kafka().bootstrap(),
-            "--create",
-            "--topic",
-            topic,
-            "--partitions",
-            "1",
-            "--replication-factor",
-            "1",
-        ],
-    );
-    assert!(ok, "{out}");
-}
-
 /// librdkafka settings for SASL with a user name and password.
 fn sasl(mechanism: &str, user: &str, password: &str) -> Vec<String> {
     [
@@ -224,7 +201,7 @@ fn authentication_failed(client_errors: &[String]) -> bool {
 fn alice_with_scram_produces_and_consumes_her_topics() {
     let (proxy, _files) = sidecar(&[]);
     let topic = unique_name("alice.orders");
-    create_topic(&topic);
+    create_topic(kafka(), &topic, 1, 1);
 
     let scram256 = sasl("SCRAM-SHA-256", "alice", ALICE_PASSWORD);
     let report = produce(&proxy.bootstrap, &topic, "alice", 20, &args(&scram256));
@@ -265,7 +242,7 @@ fn alice_with_scram_produces_and_consumes_her_topics() {
 fn bob_whom_no_policy_names_gets_topic_authorization_failed() {
     let (proxy, _files) = sidecar(&[]);
     let topic = unique_name("alice.private");
-    create_topic(&topic);
+    create_topic(kafka(), &topic, 1, 1);
 
     let bob = sasl("SCRAM-SHA-256", "bob", "bob-Secret-1");
     let report = produce(&proxy.bootstrap, &topic, "bob", 3, &args(&bob));
@@ -279,7 +256,7 @@ fn bob_whom_no_policy_names_gets_topic_authorization_failed() {
 fn a_wrong_password_fails_authentication_in_the_client() {
     let (proxy, _files) = sidecar(&[]);
     let topic = unique_name("alice.wrong");
-    create_topic(&topic);
+    create_topic(kafka(), &topic, 1, 1);
 
     let wrong = sasl("SCRAM-SHA-256", "alice", "not-her-password");
     let mut extra = args(&wrong);
@@ -315,7 +292,7 @@ fn a_wrong_password_fails_authentication_in_the_client() {
 fn plain_works_too() {
     let (proxy, _files) = sidecar(&[]);
     let topic = unique_name("alice.plain");
-    create_topic(&topic);
+    create_topic(kafka(), &topic, 1, 1);
 
     let plain = sasl("PLAIN", "alice", ALICE_PASSWORD);
     let report = produce(&proxy.bootstrap, &topic, "p", 5, &args(&plain));
@@ -334,7 +311,7 @@ fn plain_works_too() {
 fn an_oidc_token_in_the_auditors_group_reads_audit_topics_only() {
     let (proxy, _files) = sidecar(&[]);
     let topic = unique_name("audit.payments");
-    create_topic(&topic);
+    create_topic(kafka(), &topic, 1, 1);
     assert_eq!(
         produce(&kafka().bootstrap(), &topic, "evt", 5, &[]).delivered,
         5
@@ -381,7 +358,7 @@ fn an_oidc_token_in_the_auditors_group_reads_audit_topics_only() {
 fn a_token_signed_by_another_key_fails_authentication() {
     let (proxy, _files) = sidecar(&[]);
     let topic = unique_name("audit.forged");
-    create_topic(&topic);
+    create_topic(kafka(), &topic, 1, 1);
     let (stranger, _) = es256_key("streamward-e2e-1");
     let forged = token(&stranger, "dave", &["auditors"]);
     let consumed = consume(
@@ -437,8 +414,8 @@ fn with_authentication_optional_an_anonymous_client_is_only_the_workload() {
     let (proxy, _files) = sidecar(&["--client-auth-required=false"]);
     let shared = unique_name("shared.jobs");
     let private = unique_name("alice.jobs");
-    create_topic(&shared);
-    create_topic(&private);
+    create_topic(kafka(), &shared, 1, 1);
+    create_topic(kafka(), &private, 1, 1);
 
     // Anonymous: the service account's policy, nothing more.
     let report = produce(&proxy.bootstrap, &shared, "anon", 3, &[]);

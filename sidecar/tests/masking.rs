@@ -9,17 +9,15 @@ mod common;
 
 use std::io::Write;
 use std::process::Stdio;
-use std::sync::OnceLock;
 
 use bytes::Bytes;
-use common::{Sidecar, consume, kafka_tool, target_yaml};
+use common::{Sidecar, consume, create_topic, kafka, target_yaml};
 use hmac::{Hmac, KeyInit, Mac};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{FetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
 use serde_json::{Value, json};
-use streamward_e2e::kafka::KafkaCluster;
 use streamward_e2e::kafka::wire::Connection;
 use streamward_e2e::{clients, unique_name};
 
@@ -33,11 +31,6 @@ const HMAC_KEY: &str = "a-test-masking-key-of-32-bytes!!";
 /// Every compression librdkafka produces with, as its `compression.type` names them.
 const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
 const PER_CODEC: usize = 20;
-
-fn kafka() -> &'static KafkaCluster {
-    static KAFKA: OnceLock<KafkaCluster> = OnceLock::new();
-    KAFKA.get_or_init(|| KafkaCluster::start(1).expect("starting Kafka"))
-}
 
 /// Both workloads may use the orders topics; the rules below decide what they see.
 fn policy_yaml() -> String {
@@ -127,25 +120,6 @@ fn sidecar(service_account: &str) -> Sidecar {
         NS,
         service_account,
     )
-}
-
-fn create_topic(topic: &str) {
-    let (ok, out) = kafka_tool(
-        kafka(),
-        "org.apache.kafka.tools.TopicCommand",
-        &[
-            "--bootstrap-server",
-            &kafka().bootstrap(),
-            "--create",
-            "--topic",
-            topic,
-            "--partitions",
-            "1",
-            "--replication-factor",
-            "1",
-        ],
-    );
-    assert!(ok, "{out}");
 }
 
 /// An order as a shop writes it: about 400 bytes of JSON with personal data in it.
@@ -258,7 +232,7 @@ fn masked_order(raw: &Value) -> Value {
 #[test]
 fn records_of_every_codec_are_consumed_masked_and_an_exempt_identity_reads_them_raw() {
     let topic = unique_name("orders.c.codecs");
-    create_topic(&topic);
+    create_topic(kafka(), &topic, 1, 1);
     let mut raw = Vec::new();
     for codec in CODECS {
         let values: Vec<String> = (0..PER_CODEC)
@@ -366,7 +340,7 @@ fn records_of_every_codec_are_consumed_masked_and_an_exempt_identity_reads_them_
 #[test]
 fn a_produce_direction_rule_masks_what_the_broker_stores() {
     let topic = unique_name("orders.p.tokens");
-    create_topic(&topic);
+    create_topic(kafka(), &topic, 1, 1);
     let app = sidecar(APP);
     let mut raw = Vec::new();
     for codec in CODECS {
@@ -411,7 +385,7 @@ fn a_produce_direction_rule_masks_what_the_broker_stores() {
 #[test]
 fn records_that_cannot_be_masked_are_never_delivered() {
     let topic = unique_name("orders.k.keyless");
-    create_topic(&topic);
+    create_topic(kafka(), &topic, 1, 1);
     let values: Vec<String> = (0..5).map(|i| order("none", i).to_string()).collect();
     produce(&kafka().bootstrap(), &topic, "none", &values);
 

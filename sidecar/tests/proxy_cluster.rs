@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{consume, kafka_tool, produce, target_yaml};
+use common::{consume, create_topic, produce, target_yaml};
 use streamward_e2e::kafka::KafkaCluster;
 use streamward_e2e::unique_name;
 
@@ -35,25 +35,6 @@ spec:
     effect: Allow
 "
     )
-}
-
-fn create_topic(kafka: &KafkaCluster, topic: &str, partitions: u32, replicas: u32) {
-    let (ok, out) = kafka_tool(
-        kafka,
-        "org.apache.kafka.tools.TopicCommand",
-        &[
-            "--bootstrap-server",
-            &kafka.bootstrap(),
-            "--create",
-            "--topic",
-            topic,
-            "--partitions",
-            &partitions.to_string(),
-            "--replication-factor",
-            &replicas.to_string(),
-        ],
-    );
-    assert!(ok, "{out}");
 }
 
 #[test]

@@ -5,51 +5,19 @@ mod common;
 
 use std::io::Write;
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{Sidecar, consume, kafka_tool, produce, target_yaml};
-use streamward_e2e::kafka::KafkaCluster;
+use common::{
+    Sidecar, consume, create_topic, kafka, kafka_tool, orders_policy, produce, target_yaml,
+};
 use streamward_e2e::{clients, unique_name};
 
 const NS: &str = "team-a";
 const SA: &str = "orders-app";
 
-fn kafka() -> &'static KafkaCluster {
-    static KAFKA: OnceLock<KafkaCluster> = OnceLock::new();
-    KAFKA.get_or_init(|| KafkaCluster::start(1).expect("starting Kafka"))
-}
-
 /// orders.* is read/write for the app, payments.* is off limits, deleting anything is denied.
 fn policy_yaml() -> String {
-    format!(
-        "apiVersion: streamward.io/v1alpha1
-kind: StreamPolicy
-metadata: {{name: orders-team, namespace: {NS}}}
-spec:
-  subjects:
-    serviceAccounts: [{SA}]
-  guardrails:
-    maxPartitions: 12
-  rules:
-  - name: no-destructive-admin
-    resources: [{{resourceType: Topic, name: '*'}}]
-    operations: [Delete, Alter, AlterConfigs]
-    effect: Deny
-  - name: orders-topics
-    resources: [{{resourceType: Topic, name: orders., patternType: Prefixed}}]
-    operations: [Read, Write, Create, Describe, DescribeConfigs]
-    effect: Allow
-  - name: orders-groups
-    resources: [{{resourceType: Group, name: orders-, patternType: Prefixed}}]
-    operations: [Read, Describe]
-    effect: Allow
-  - name: idempotence
-    resources: [{{resourceType: Cluster, name: kafka-cluster}}]
-    operations: [IdempotentWrite, Describe]
-    effect: Allow
-"
-    )
+    orders_policy(NS, SA, "  guardrails:\n    maxPartitions: 12\n")
 }
 
 fn sidecar() -> Sidecar {
@@ -61,25 +29,6 @@ fn sidecar() -> Sidecar {
         NS,
         SA,
     )
-}
-
-fn create_topic(topic: &str, partitions: u32) {
-    let (ok, out) = kafka_tool(
-        kafka(),
-        "org.apache.kafka.tools.TopicCommand",
-        &[
-            "--bootstrap-server",
-            &kafka().bootstrap(),
-            "--create",
-            "--topic",
-            topic,
-            "--partitions",
-            &partitions.to_string(),
-            "--replication-factor",
-            "1",
-        ],
-    );
-    assert!(ok, "{out}");
 }
 
 #[test]
@@ -171,7 +120,7 @@ fn kcat_and_confluent_kafka_produce_and_consume_through_the_proxy() {
 fn a_denied_topic_gives_topic_authorization_failed_in_the_client() {
     let proxy = sidecar();
     let topic = unique_name("payments.e2e");
-    create_topic(&topic, 1);
+    create_topic(kafka(), &topic, 1, 1);
 
     let report = produce(&proxy.bootstrap, &topic, "x", 5, &[]);
     assert_eq!(report.delivered, 0, "{report:?}");
@@ -219,7 +168,7 @@ fn a_denied_topic_gives_topic_authorization_failed_in_the_client() {
 fn kafka_topic_tool_is_refused_a_delete_and_the_topic_survives() {
     let proxy = sidecar();
     let topic = unique_name("orders.keep");
-    create_topic(&topic, 1);
+    create_topic(kafka(), &topic, 1, 1);
 
     let (ok, out) = kafka_tool(
         kafka(),
@@ -251,7 +200,7 @@ fn kafka_topic_tool_is_refused_a_delete_and_the_topic_survives() {
 #[test]
 fn a_grant_that_expires_stops_the_next_fetch_of_a_connected_consumer() {
     let topic = unique_name("audit.jit");
-    create_topic(&topic, 1);
+    create_topic(kafka(), &topic, 1, 1);
     let direct = kafka().bootstrap();
     assert_eq!(produce(&direct, &topic, "before", 5, &[]).delivered, 5);
 
@@ -525,7 +474,7 @@ spec:
         SA,
     );
     let source = format!("{app}-input");
-    create_topic(&source, 2);
+    create_topic(kafka(), &source, 2, 1);
 
     // Advertised through the proxy, at the version it reads.
     let versions = Connection::connect(&proxy.bootstrap)

@@ -10,8 +10,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use streamward_e2e::bench::{peak_rss_kib, percentile, probe, produce};
+use anyhow::Result;
+use clap::Parser;
+use streamward_e2e::bench::{peak_rss_kib, percentile, probe, produce, target};
 use streamward_e2e::collector::Collector;
 use streamward_e2e::kafka::KafkaCluster;
 use streamward_e2e::sidecar::Sidecar;
@@ -39,46 +40,30 @@ const ROUNDS: usize = 2;
 const PROBE_BLOCKS: usize = 6;
 const PROBE_REQUESTS: usize = 2_000;
 
+/// Proxy throughput and latency with audit off and on, and the collector's delivery.
+#[derive(Parser)]
 struct Args {
+    /// The proxy binary (a release build).
+    #[arg(long)]
     sidecar: PathBuf,
+    /// The collector binary (a release build).
+    #[arg(long)]
     collector: PathBuf,
+    /// Records per measured run.
+    #[arg(long, default_value_t = 1_000_000)]
     records: u64,
+    /// Bytes per record.
+    #[arg(long, default_value_t = 1024)]
     size: u64,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        sidecar: PathBuf::new(),
-        collector: PathBuf::new(),
-        records: 1_000_000,
-        size: 1024,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--sidecar" => args.sidecar = PathBuf::from(value),
-            "--collector" => args.collector = PathBuf::from(value),
-            "--records" => args.records = value.parse()?,
-            "--size" => args.size = value.parse()?,
-            _ => bail!("unknown flag {flag}"),
-        }
-    }
-    if args.sidecar.as_os_str().is_empty() || args.collector.as_os_str().is_empty() {
-        bail!("usage: bench_audit --sidecar PATH --collector PATH [--records N] [--size BYTES]");
-    }
-    Ok(args)
-}
-
 fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = Args::parse();
     let run = cache::run_dir("bench-audit")?;
     let kafka = KafkaCluster::start(1)?;
     let direct = kafka.bootstrap();
     let collector = Collector::start(&args.collector, run.path(), TOKEN, "bench/bench")?;
-    let target = format!(
-        "apiVersion: streamward.io/v1alpha1\nkind: StreamTarget\nmetadata: {{name: kafka, namespace: bench}}\nspec:\n  bootstrapServers: [\"{direct}\"]\n"
-    );
+    let target = target(&direct);
     let files = [("target.yaml", target), ("policy.yaml", POLICY.to_string())];
     let off = Sidecar::start(&args.sidecar, &files, "bench", "bench")?;
     std::fs::write(run.path().join("token"), TOKEN)?;

@@ -15,7 +15,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
+use clap::Parser;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -72,29 +73,15 @@ const DISTINCT: u64 = 1_000;
 /// Measured rounds per path.
 const ROUNDS: usize = 2;
 
+/// Consume throughput through the proxy with and without masking, and direct.
+#[derive(Parser)]
 struct Args {
+    /// The proxy binary (a release build).
+    #[arg(long)]
     sidecar: PathBuf,
+    /// Records per topic.
+    #[arg(long, default_value_t = 200_000)]
     records: u64,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        sidecar: PathBuf::new(),
-        records: 200_000,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--sidecar" => args.sidecar = PathBuf::from(value),
-            "--records" => args.records = value.parse()?,
-            _ => bail!("unknown flag {flag}"),
-        }
-    }
-    if args.sidecar.as_os_str().is_empty() {
-        bail!("usage: bench_mask --sidecar PATH [--records N]");
-    }
-    Ok(args)
 }
 
 /// One consume through one path.
@@ -109,7 +96,7 @@ struct Measured {
 }
 
 fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = Args::parse();
     let kafka = KafkaCluster::start(1)?;
     let direct = kafka.bootstrap();
     let run_id = std::process::id();
@@ -137,9 +124,7 @@ fn main() -> Result<()> {
         topics.push((name, masked, plain));
     }
 
-    let target = format!(
-        "apiVersion: streamward.io/v1alpha1\nkind: StreamTarget\nmetadata: {{name: kafka, namespace: bench}}\nspec:\n  bootstrapServers: [\"{direct}\"]\n"
-    );
+    let target = bench::target(&direct);
     let proxy = Sidecar::start(
         &args.sidecar,
         &[

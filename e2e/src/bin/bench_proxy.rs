@@ -13,8 +13,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use streamward_e2e::bench::{consume, peak_rss_kib, percentile, probe, produce};
+use anyhow::Result;
+use clap::Parser;
+use streamward_e2e::bench::{consume, peak_rss_kib, percentile, probe, produce, target};
 use streamward_e2e::kafka::KafkaCluster;
 use streamward_e2e::sidecar::Sidecar;
 
@@ -46,41 +47,25 @@ const ROUNDS: usize = 2;
 const PROBE_BLOCKS: usize = 6;
 const PROBE_REQUESTS: usize = 2_000;
 
+/// Kafka's producer and consumer performance tools, direct and through the proxy.
+#[derive(Parser)]
 struct Args {
+    /// The proxy binary (a release build).
+    #[arg(long)]
     sidecar: PathBuf,
+    /// Records per measured run.
+    #[arg(long, default_value_t = 1_000_000)]
     records: u64,
+    /// Bytes per record.
+    #[arg(long, default_value_t = 1024)]
     size: u64,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        sidecar: PathBuf::new(),
-        records: 1_000_000,
-        size: 1024,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--sidecar" => args.sidecar = PathBuf::from(value),
-            "--records" => args.records = value.parse()?,
-            "--size" => args.size = value.parse()?,
-            _ => bail!("unknown flag {flag}"),
-        }
-    }
-    if args.sidecar.as_os_str().is_empty() {
-        bail!("usage: bench_proxy --sidecar PATH [--records N] [--size BYTES]");
-    }
-    Ok(args)
-}
-
 fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = Args::parse();
     let kafka = KafkaCluster::start(1)?;
     let direct = kafka.bootstrap();
-    let target = format!(
-        "apiVersion: streamward.io/v1alpha1\nkind: StreamTarget\nmetadata: {{name: kafka, namespace: bench}}\nspec:\n  bootstrapServers: [\"{direct}\"]\n"
-    );
+    let target = target(&direct);
     let proxy = Sidecar::start(
         &args.sidecar,
         &[("target.yaml", target), ("policy.yaml", POLICY.to_string())],

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use clap::Parser;
 use streamward_e2e::collector::Collector;
 use streamward_e2e::kafka::KafkaCluster;
 use streamward_e2e::sidecar::Sidecar;
@@ -18,22 +19,22 @@ use streamward_e2e::{cache, clients, process, wait_for};
 /// The proxy's token for the collector (local mode: a token file on each side).
 const TOKEN: &str = "demo-orders-app-audit-token";
 
+/// The demo: Kafka, the proxy with `config/samples/`, real clients, then the audit trail.
+#[derive(Parser)]
+struct Args {
+    /// The proxy binary.
+    #[arg(long)]
+    sidecar: PathBuf,
+    /// The collector binary.
+    #[arg(long)]
+    collector: PathBuf,
+}
+
 fn main() -> Result<()> {
-    let usage =
-        "usage: demo --sidecar PATH/TO/streamward-sidecar --collector PATH/TO/streamward-collector";
-    let (mut sidecar_binary, mut collector_binary) = (None, None);
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().context(usage)?;
-        match flag.as_str() {
-            "--sidecar" => sidecar_binary = Some(PathBuf::from(value)),
-            "--collector" => collector_binary = Some(PathBuf::from(value)),
-            _ => bail!("{usage}"),
-        }
-    }
-    let (Some(sidecar_binary), Some(collector_binary)) = (sidecar_binary, collector_binary) else {
-        bail!("{usage}");
-    };
+    let Args {
+        sidecar: sidecar_binary,
+        collector: collector_binary,
+    } = Args::parse();
     let run = cache::run_dir("demo")?;
 
     say("Starting Apache Kafka (KRaft, one node) from its Maven Central jars...");

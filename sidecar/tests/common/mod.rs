@@ -2,9 +2,71 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+use std::sync::OnceLock;
+
 use serde::Deserialize;
 use streamward_e2e::clients;
+use streamward_e2e::kafka::KafkaCluster;
 pub use streamward_e2e::sidecar::Sidecar;
+
+/// The one-node Kafka this test binary shares between its tests, started on first use.
+pub fn kafka() -> &'static KafkaCluster {
+    static KAFKA: OnceLock<KafkaCluster> = OnceLock::new();
+    KAFKA.get_or_init(|| KafkaCluster::start(1).expect("starting Kafka"))
+}
+
+/// Creates `topic` directly on the broker with Kafka's own topic tool.
+pub fn create_topic(kafka: &KafkaCluster, topic: &str, partitions: u32, replicas: u32) {
+    let (ok, out) = kafka_tool(
+        kafka,
+        "org.apache.kafka.tools.TopicCommand",
+        &[
+            "--bootstrap-server",
+            &kafka.bootstrap(),
+            "--create",
+            "--topic",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+            "--replication-factor",
+            &replicas.to_string(),
+        ],
+    );
+    assert!(ok, "{out}");
+}
+
+/// The orders team's StreamPolicy for `namespace`/`service_account`: orders.* is read/write,
+/// groups orders-* readable, idempotent writes allowed, and deleting or altering any topic is
+/// denied; everything else (payments.*) falls to the default deny. `extra_spec` is more of the
+/// spec (indented by two spaces), such as guardrails or an audit level.
+pub fn orders_policy(namespace: &str, service_account: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: streamward.io/v1alpha1
+kind: StreamPolicy
+metadata: {{name: orders-team, namespace: {namespace}}}
+spec:
+  subjects:
+    serviceAccounts: [{service_account}]
+{extra_spec}  rules:
+  - name: no-destructive-admin
+    resources: [{{resourceType: Topic, name: '*'}}]
+    operations: [Delete, Alter, AlterConfigs]
+    effect: Deny
+  - name: orders-topics
+    resources: [{{resourceType: Topic, name: orders., patternType: Prefixed}}]
+    operations: [Read, Write, Create, Describe, DescribeConfigs]
+    effect: Allow
+  - name: orders-groups
+    resources: [{{resourceType: Group, name: orders-, patternType: Prefixed}}]
+    operations: [Read, Describe]
+    effect: Allow
+  - name: idempotence
+    resources: [{{resourceType: Cluster, name: kafka-cluster}}]
+    operations: [IdempotentWrite, Describe]
+    effect: Allow
+"
+    )
+}
 
 /// Starts the `streamward-sidecar` built for these tests in local mode.
 pub fn sidecar(files: &[(&str, String)], namespace: &str, service_account: &str) -> Sidecar {
