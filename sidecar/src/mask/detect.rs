@@ -294,7 +294,8 @@ fn is_local_char(b: u8) -> bool {
 }
 
 /// Emails: `local@domain.tld` with a practical local part (`[A-Za-z0-9._%+-]`), domain labels
-/// of letters, digits and inner dashes, and a top-level domain of two or more letters.
+/// of letters, digits and inner dashes, and a top-level domain starting with two or more
+/// letters; word characters right after the address belong to the match.
 fn find_email(bytes: &[u8], from: usize) -> Option<Range<usize>> {
     let mut search = from;
     while let Some(offset) = memchr::memchr(b'@', bytes.get(search..)?) {
@@ -337,12 +338,17 @@ fn find_email(bytes: &[u8], from: usize) -> Option<Range<usize>> {
                 break;
             }
         }
-        let tld = &bytes[last_label];
-        if labels >= 2
-            && tld.len() >= 2
-            && tld.iter().all(u8::is_ascii_alphabetic)
-            && ends_word(bytes, end)
-        {
+        // The top-level domain: the last label's leading letters. An address glued to more
+        // word characters (`…@example.com2`, `…@example.com_x`, found by the fuzzer) is still
+        // an address, so the match takes the whole token: missing it would leak it.
+        let tld_letters = bytes[last_label]
+            .iter()
+            .take_while(|b| b.is_ascii_alphabetic())
+            .count();
+        if labels >= 2 && tld_letters >= 2 {
+            while end < bytes.len() && is_word(bytes[end]) {
+                end += 1;
+            }
             return Some(start..end);
         }
     }
@@ -889,6 +895,13 @@ mod tests {
             &email,
             "shipped to leak.me@example.com- card",
             &["leak.me@example.com"],
+        );
+        // Found by the fuzzer: word characters glued to the address hid it; the whole token
+        // is masked.
+        finds(
+            &email,
+            "to leak.me@example.com2 and x@example.org_b.",
+            &["leak.me@example.com2", "x@example.org_b"],
         );
         for not_an_email in [
             "@example.com",
