@@ -42,6 +42,31 @@ impl Sidecar {
         service_account: &str,
         args: &[&str],
     ) -> Result<Sidecar> {
+        Sidecar::start_local(binary, files, namespace, service_account, args, &[])
+    }
+
+    /// Like [`Sidecar::start_with_args`], logging as a deployed proxy does (`info`), for
+    /// benchmarks. The tests' proxies log at `debug`, which creates and formats a span per
+    /// request: a cost a benchmark must not measure.
+    pub fn start_for_benchmark(
+        binary: &Path,
+        files: &[(&str, String)],
+        namespace: &str,
+        service_account: &str,
+        args: &[&str],
+    ) -> Result<Sidecar> {
+        let envs = [("RUST_LOG", "info")];
+        Sidecar::start_local(binary, files, namespace, service_account, args, &envs)
+    }
+
+    fn start_local(
+        binary: &Path,
+        files: &[(&str, String)],
+        namespace: &str,
+        service_account: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Sidecar> {
         let dir = cache::run_dir("sidecar")?;
         let policies = dir.path().join("policies");
         std::fs::create_dir_all(&policies)?;
@@ -50,11 +75,12 @@ impl Sidecar {
         }
         let mut all = vec!["--policies", policies.to_str().context("a UTF-8 path")?];
         all.extend_from_slice(args);
-        Sidecar::spawn(binary, dir, namespace, service_account, &all, &[])
+        Sidecar::spawn(binary, dir, namespace, service_account, &all, envs)
     }
 
     /// Starts the proxy on whatever config source `args` name (`--config-map`, `--config`),
-    /// with `envs` added to its environment (`KUBECONFIG`, say), and waits until it is ready.
+    /// with `envs` added to its environment (`KUBECONFIG`, say; a `RUST_LOG` there replaces
+    /// the tests' `debug`), and waits until it is ready.
     pub fn start_with_source(
         binary: &Path,
         namespace: &str,

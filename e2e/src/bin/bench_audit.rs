@@ -65,12 +65,12 @@ fn main() -> Result<()> {
     let collector = Collector::start(&args.collector, run.path(), TOKEN, "bench/bench")?;
     let target = target(&direct);
     let files = [("target.yaml", target), ("policy.yaml", POLICY.to_string())];
-    let off = Sidecar::start(&args.sidecar, &files, "bench", "bench")?;
+    let off = Sidecar::start_for_benchmark(&args.sidecar, &files, "bench", "bench", &[])?;
     std::fs::write(run.path().join("token"), TOKEN)?;
     let url = format!("http://{}", collector.addr());
     let token = run.path().join("token").display().to_string();
     let spool = run.path().join("spool").display().to_string();
-    let on = Sidecar::start_with_args(
+    let on = Sidecar::start_for_benchmark(
         &args.sidecar,
         &files,
         "bench",

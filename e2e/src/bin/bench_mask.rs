@@ -125,7 +125,7 @@ fn main() -> Result<()> {
     }
 
     let target = bench::target(&direct);
-    let proxy = Sidecar::start(
+    let proxy = Sidecar::start_for_benchmark(
         &args.sidecar,
         &[
             ("target.yaml", target),
@@ -134,6 +134,7 @@ fn main() -> Result<()> {
         ],
         "bench",
         "bench",
+        &[],
     )?;
     println!(
         "records: {} per topic, JSON orders of {average} B on average, one broker, one partition, all on {} cores",

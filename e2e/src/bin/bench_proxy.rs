@@ -66,11 +66,12 @@ fn main() -> Result<()> {
     let kafka = KafkaCluster::start(1)?;
     let direct = kafka.bootstrap();
     let target = target(&direct);
-    let proxy = Sidecar::start(
+    let proxy = Sidecar::start_for_benchmark(
         &args.sidecar,
         &[("target.yaml", target), ("policy.yaml", POLICY.to_string())],
         "bench",
         "bench",
+        &[],
     )?;
     let dist = kafka.dist();
     let run_id = std::process::id();
