@@ -190,8 +190,9 @@ pub struct ApprovalSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub comment: Option<String>,
-    /// The Kubernetes user who created the Approval, stamped by the admission webhook from the
-    /// API server's record of the request; whatever a client writes here is replaced.
+    /// Who approved, as the client wrote it. Not verified yet: until an admission webhook
+    /// stamps the requesting user here, RBAC on `approvals` decides who may approve, and
+    /// distinct values count as distinct approvers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approver: Option<String>,
 }
