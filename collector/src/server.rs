@@ -160,6 +160,7 @@ pub async fn serve(
                         key.display()
                     )
                 })?;
+            tokio::spawn(reload_certificate(config.clone(), cert.clone(), key.clone()));
             let handle = axum_server::Handle::new();
             let stopper = handle.clone();
             tokio::spawn(async move {
@@ -172,6 +173,32 @@ pub async fn serve(
                 .serve(router.into_make_service())
                 .await
                 .context("serving HTTPS")
+        }
+    }
+}
+
+/// Serves the certificate in `cert` and `key` again whenever the files change: in a cluster
+/// they are a mounted Secret the operator renews and the kubelet rewrites in place.
+async fn reload_certificate(
+    config: axum_server::tls_rustls::RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+) {
+    let stamp = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut seen = (stamp(&cert), stamp(&key));
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        let now = (stamp(&cert), stamp(&key));
+        if now == seen {
+            continue;
+        }
+        match config.reload_from_pem_file(&cert, &key).await {
+            Ok(()) => {
+                tracing::info!(cert = %cert.display(), "serving a renewed TLS certificate");
+                seen = now;
+            }
+            // A half-written pair is read again on the next round.
+            Err(error) => tracing::warn!(%error, "reloading the TLS certificate"),
         }
     }
 }

@@ -260,6 +260,13 @@ async fn bench(requests: usize) -> Result<()> {
             "streamward-system",
             "--metrics-addr",
             &format!("127.0.0.1:{}", net::free_port()?),
+            // Injected as installed: proxies audit to the collector the operator certifies.
+            "--collector-url",
+            "https://streamward-collector.streamward-system.svc:8443",
+            "--collector-tls-secret",
+            "streamward-collector-tls",
+            "--collector-service-name",
+            "streamward-collector",
         ]);
     let mut operator = Process::spawn("streamward-operator", command, &log)?;
     let client = server.client().await?;

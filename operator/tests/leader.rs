@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{LEASE_NAMESPACE, Operator, get_json, kubectl, kubectl_apply, log_count};
+use common::{LEASE_NAMESPACE, Operator, get_json, kubectl, kubectl_apply, log_count, wait_log};
 use streamward_e2e::wait_for;
 
 const NS: &str = "ha";
@@ -58,8 +58,9 @@ fn only_the_leader_writes_and_a_standby_takes_over_when_it_dies() {
         },
     )
     .unwrap();
-    assert!(a.metric("streamward_operator_configmaps_written_total") >= 1.0);
-    assert!(a.metric("streamward_operator_reconciles_total") >= 1.0);
+    // Both counters move after the ConfigMap is written: wait for them, not for the ConfigMap.
+    a.wait_metric("streamward_operator_configmaps_written_total", 1.0);
+    a.wait_metric("streamward_operator_reconciles_total", 1.0);
     let (status, text) = streamward_e2e::net::http_get(&a.metrics, "/metrics").unwrap();
     assert_eq!(status, 200);
     assert!(
@@ -85,7 +86,8 @@ fn only_the_leader_writes_and_a_standby_takes_over_when_it_dies() {
         ))
     })
     .unwrap();
-    assert!(log_count(&log_b, "config applied") >= 1);
+    // The line is logged once the write returns, which may be after the ConfigMap is seen.
+    wait_log(&log_b, "config applied");
     let lease = get_json(
         &server,
         &["lease", "-n", LEASE_NAMESPACE, "streamward-operator"],

@@ -16,6 +16,17 @@ use streamward_e2e::{cache, net, wait_for};
 
 const PROXY: &str = "streamward-proxy";
 
+/// The operator's collector flags as the chart sets them: proxies audit to the collector
+/// Service, whose certificate the operator issues.
+const COLLECTOR: &[&str] = &[
+    "--collector-url",
+    "https://streamward-collector.streamward-system.svc:8443",
+    "--collector-tls-secret",
+    "streamward-collector-tls",
+    "--collector-service-name",
+    "streamward-collector",
+];
+
 struct Cluster {
     server: KubeApiServer,
     operator: Process,
@@ -154,7 +165,7 @@ fn cluster(extra: &[&str]) -> Cluster {
 }
 
 #[test]
-fn invalid_resources_are_refused_at_kubectl_apply_naming_the_field() {
+fn invalid_resources_and_unauditable_pods_are_refused_at_kubectl_apply() {
     let Cluster {
         server, operator, ..
     } = cluster(&[]);
@@ -242,6 +253,14 @@ spec:
             "team=orders",
         ],
     );
+
+    // This operator has no collector and was not told that audit is off: an opted-in pod is
+    // refused, saying why, rather than run with a proxy that audits nothing.
+    let stderr = refused(
+        &server,
+        &pod_yaml("unaudited", "demo", "streamward.io/inject: 'true'", "", ""),
+    );
+    assert!(stderr.contains("--collector-url"), "{stderr}");
     drop(operator);
 }
 
@@ -291,7 +310,7 @@ fn bootstrap(container: &Value) -> Option<&str> {
 fn opted_in_pods_get_the_proxy_once_and_others_are_untouched() {
     let Cluster {
         server, operator, ..
-    } = cluster(&[]);
+    } = cluster(COLLECTOR);
     applied(
         &server,
         "apiVersion: streamward.io/v1alpha1
@@ -345,6 +364,58 @@ spec:
         .collect();
     assert!(mounts.contains(&"/var/run/streamward/secrets/kafka-orders-credentials"));
     assert!(mounts.contains(&"/etc/streamward/config"));
+
+    // It audits to the collector Service with a token minted for the collector, spooling to
+    // a bounded emptyDir, and trusts the CA that signed the collector's certificate.
+    assert!(
+        args.windows(2).any(|w| w
+            == [
+                "--audit-url",
+                "https://streamward-collector.streamward-system.svc:8443"
+            ]),
+        "{args:?}"
+    );
+    assert!(mounts.contains(&"/var/run/streamward/collector"));
+    assert!(mounts.contains(&"/var/run/streamward/spool"));
+    let volume = |name: &str| {
+        pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no volume {name}: {pod:#}"))
+            .clone()
+    };
+    assert_eq!(
+        volume("streamward-collector-token")["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "streamward-collector"
+    );
+    assert!(volume("streamward-audit-spool")["emptyDir"]["sizeLimit"].is_string());
+    let decode = |key: &str| {
+        kubectl(
+            &server,
+            &[
+                "get",
+                "secret",
+                "-n",
+                "streamward-system",
+                "streamward-collector-tls",
+                "-o",
+                &format!("go-template={{{{index .data \"{key}\" | base64decode}}}}"),
+            ],
+        )
+    };
+    let ca_env = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "STREAMWARD_AUDIT_CA_PEM")
+        .unwrap();
+    assert_eq!(ca_env["value"].as_str().unwrap(), decode("ca.crt"));
+    let cert = decode("tls.crt");
+    let ca = decode("ca.crt");
+    verifies_for(&ca, &cert, "streamward-collector.streamward-system.svc").unwrap();
+    assert!(verifies_for(&ca, &cert, "example.com").is_err());
     let app = &pod["spec"]["containers"][0];
     assert_eq!(bootstrap(app), Some("127.0.0.1:9092"));
     assert!(
@@ -460,6 +531,31 @@ spec:
     );
     assert!(stderr.contains("streamward.io/target"), "{stderr}");
     drop(operator);
+}
+
+/// Whether `cert` (PEM) chains to `ca` (PEM) for the DNS name `name`, now.
+fn verifies_for(ca: &str, cert: &str, name: &str) -> Result<(), String> {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let mut roots = rustls::RootCertStore::empty();
+    for root in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots
+            .add(root.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| e.to_string())?;
+    let leaf = CertificateDer::from_pem_slice(cert.as_bytes()).map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+    verifier
+        .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// The certificate the webhook serves, after a handshake that verifies it against `ca_bundle`

@@ -9,7 +9,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::Parser;
 use streamward_api::config::WorkloadIdentity;
-use streamward_sidecar::audit::{self, Audit, AuditSettings};
+use streamward_sidecar::audit::{self, Audit, AuditSettings, CollectorCa};
 use streamward_sidecar::client_auth::{ClientAuth, ClientAuthSettings, OidcSettings};
 use streamward_sidecar::config_map::{self, ConfigMapSource};
 use streamward_sidecar::metrics::Metrics;
@@ -105,6 +105,14 @@ struct Flags {
     /// CA certificates (PEM) for the collector's TLS certificate (default: the system's roots).
     #[arg(long, env = "STREAMWARD_AUDIT_CA", requires = "audit_url")]
     audit_ca: Option<PathBuf>,
+    /// The same as --audit-ca, as PEM text (the injected proxy gets the collector's CA this way).
+    #[arg(
+        long,
+        env = "STREAMWARD_AUDIT_CA_PEM",
+        requires = "audit_url",
+        conflicts_with = "audit_ca"
+    )]
+    audit_ca_pem: Option<String>,
     /// The folder events wait in until the collector has them (kept across restarts).
     #[arg(long, env = "STREAMWARD_AUDIT_SPOOL", requires = "audit_url")]
     audit_spool: Option<PathBuf>,
@@ -253,7 +261,11 @@ fn start_audit(flags: &Flags, metrics: Arc<Metrics>) -> anyhow::Result<Option<Au
     let settings = AuditSettings {
         url: url.clone(),
         token_file: token_file.clone(),
-        ca_file: flags.audit_ca.clone(),
+        ca: match (&flags.audit_ca, &flags.audit_ca_pem) {
+            (Some(file), _) => CollectorCa::File(file.clone()),
+            (None, Some(pem)) => CollectorCa::Pem(pem.clone()),
+            (None, None) => CollectorCa::System,
+        },
         spool_dir: spool_dir.clone(),
         spool_max_bytes: flags.audit_spool_max_bytes,
         queue: flags.audit_queue,

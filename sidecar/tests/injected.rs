@@ -1,33 +1,44 @@
 //! The proxy container the operator's webhook injects, run as written: its args and its
 //! downward-API environment start this proxy, which finds its ConfigMap through a real
-//! kube-apiserver and answers the probes the container declares.
+//! kube-apiserver, answers the probes the container declares, proxies a real Kafka and sends
+//! its audit events to a real collector that checks its projected token with TokenReview.
 //!
 //! There is no kubelet, so this test does the kubelet's part: it resolves the `fieldRef`
 //! variables, puts the mounted folders under a temporary directory, moves the admin listener
-//! from every interface to loopback (tests listen on 127.0.0.1 only) and gives the API server's
-//! kubeconfig where a pod would have its service-account token.
+//! from every interface to loopback (tests listen on 127.0.0.1 only), gives the API server's
+//! kubeconfig where a pod would have its service-account token, mints the collector token the
+//! projected volume would hold, and points the collector URL at the test's collector.
+
+mod common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use streamward_api::audit::{AuditEvent, EventData};
 use streamward_api::compile::{self, Inputs};
 use streamward_api::config::{CONFIG_KEY, WorkloadIdentity, config_map_name};
+use streamward_e2e::collector::Collector;
 use streamward_e2e::kube::KubeApiServer;
+use streamward_e2e::pki::Ca;
 use streamward_e2e::process::{Process, run};
-use streamward_e2e::{cache, net, wait_for};
-use streamward_operator::webhook::inject::{self, InjectSettings, PodContext};
+use streamward_e2e::{cache, net, wait_for, workspace_binary};
+use streamward_operator::webhook::inject::{self, AuditTarget, InjectSettings, PodContext};
 
 const NS: &str = "shop";
 const SA: &str = "orders-app";
 
-fn kubectl(server: &KubeApiServer, args: &[&str]) {
-    run(&format!("kubectl {args:?}"), server.kubectl().args(args)).unwrap();
+const COLLECTOR_URL: &str = "https://streamward-collector.streamward-system.svc:8443";
+
+fn kubectl(server: &KubeApiServer, args: &[&str]) -> String {
+    let output = run(&format!("kubectl {args:?}"), server.kubectl().args(args)).unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// The injected proxy container of an opted-in pod, as the API server would store it.
-fn injected_proxy() -> Value {
+/// The injected proxy container of an opted-in pod, as the API server would store it, for an
+/// operator whose collector's certificate chains to `collector_ca`.
+fn injected_proxy(collector_ca: &str) -> Value {
     let mut pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -39,15 +50,26 @@ fn injected_proxy() -> Value {
         namespace: NS.into(),
         secrets: BTreeSet::new(),
     };
-    let patch = inject::plan(&typed, &ctx, &InjectSettings::default());
+    let settings = InjectSettings {
+        audit: Some(AuditTarget {
+            url: COLLECTOR_URL.into(),
+            audience: "streamward-collector".into(),
+            ca_pem: Some(collector_ca.to_owned()),
+            spool_bytes: 8 * 1024 * 1024,
+        }),
+        ..InjectSettings::default()
+    };
+    let patch = inject::plan(&typed, &ctx, &settings);
     json_patch::patch(&mut pod, &patch).unwrap();
     pod["spec"]["initContainers"][0].clone()
 }
 
 #[test]
-fn the_injected_proxy_container_starts_and_serves_its_config_map() {
+fn the_injected_proxy_container_serves_its_config_map_and_audits_to_the_collector() {
     let server = KubeApiServer::start().unwrap();
     kubectl(&server, &["create", "namespace", NS]);
+    kubectl(&server, &["create", "serviceaccount", "-n", NS, SA]);
+    let kafka = common::kafka();
 
     // The ConfigMap the operator compiles for shop/orders-app.
     let manifests = format!(
@@ -55,7 +77,7 @@ fn the_injected_proxy_container_starts_and_serves_its_config_map() {
 kind: StreamTarget
 metadata: {{name: kafka, namespace: {NS}}}
 spec:
-  bootstrapServers: ['kafka-0.kafka:9092']
+  bootstrapServers: ['{bootstrap}']
 ---
 apiVersion: streamward.io/v1alpha1
 kind: StreamPolicy
@@ -66,7 +88,8 @@ spec:
   - resources: [{{resourceType: Topic, name: orders., patternType: Prefixed}}]
     operations: [Read]
     effect: Allow
-"
+",
+        bootstrap = kafka.bootstrap()
     );
     let inputs: Inputs = compile::parse_manifests(&manifests).unwrap();
     let identity = WorkloadIdentity {
@@ -84,13 +107,47 @@ spec:
     std::fs::write(&file, map.to_string()).unwrap();
     kubectl(&server, &["apply", "-f", file.to_str().unwrap()]);
 
-    // The kubelet's part.
-    let proxy = injected_proxy();
+    // The collector, as the chart runs it: TokenReview and HTTPS.
     let dir = cache::run_dir("injected").unwrap();
     let root = dir.path();
-    std::fs::create_dir_all(root.join("etc/streamward/config")).unwrap();
-    std::fs::create_dir_all(root.join("etc/streamward/pod")).unwrap();
-    std::fs::create_dir_all(root.join("var/run/streamward/secrets")).unwrap();
+    let collector_dir = root.join("collector");
+    std::fs::create_dir_all(&collector_dir).unwrap();
+    let collector_ca = Ca::new("streamward-collector-ca").unwrap();
+    let collector_binary =
+        workspace_binary("streamward-collector", "streamward-collector").unwrap();
+    let collector = Collector::start_in_cluster_mode(
+        &collector_binary,
+        &collector_dir,
+        server.kubeconfig(),
+        &collector_ca,
+    )
+    .unwrap();
+
+    // The kubelet's part.
+    let proxy = injected_proxy(collector_ca.cert_pem());
+    for folder in [
+        "etc/streamward/config",
+        "etc/streamward/pod",
+        "var/run/streamward/secrets",
+        "var/run/streamward/collector",
+        "var/run/streamward/spool",
+    ] {
+        std::fs::create_dir_all(root.join(folder)).unwrap();
+    }
+    // The projected volume's token: minted for the collector's audience.
+    let token = kubectl(
+        &server,
+        &[
+            "create",
+            "token",
+            "-n",
+            NS,
+            SA,
+            "--audience",
+            "streamward-collector",
+        ],
+    );
+    std::fs::write(root.join("var/run/streamward/collector/token"), token).unwrap();
     std::fs::write(
         root.join("etc/streamward/pod/labels"),
         "app=\"orders\"\nstreamward.io/inject=\"true\"\n",
@@ -108,6 +165,8 @@ spec:
                 admin.clone()
             } else if arg == "127.0.0.1:9092" {
                 bootstrap.clone()
+            } else if arg == COLLECTOR_URL {
+                format!("https://{}", collector.addr())
             } else if let Some(path) = arg.strip_prefix('/') {
                 root.join(path).display().to_string()
             } else {
@@ -154,8 +213,43 @@ spec:
         log.contains(&config.hash),
         "the ConfigMap's config was not loaded:\n{log}"
     );
-    assert!(
-        std::net::TcpStream::connect(&bootstrap).is_ok(),
-        "no bootstrap listener"
-    );
+
+    // A client's Metadata request through the proxy reaches the collector as an event of this
+    // pod, over TLS to the CA the webhook handed over, with a token TokenReview accepts.
+    let metadata = streamward_e2e::kafka::wire::metadata(&bootstrap).unwrap();
+    assert!(!metadata.brokers.is_empty());
+    let events = wait_for("the audit event", Duration::from_secs(30), || {
+        let out = Command::new(&collector_binary)
+            .arg("query")
+            .arg("--data")
+            .arg(collector.data())
+            .args([
+                "--namespace",
+                NS,
+                "--api-key",
+                "Metadata",
+                "--format",
+                "ndjson",
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let events: Vec<AuditEvent> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        Ok((!events.is_empty()).then_some(events))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", process.log_tail(40)));
+    let EventData::Request(record) = &events[0].data else {
+        panic!("not a request event: {:?}", events[0]);
+    };
+    let identity = &record.identity;
+    assert_eq!(identity.namespace, NS);
+    assert_eq!(identity.service_account, SA);
+    assert_eq!(identity.pod.as_deref(), Some("orders-7d9f"));
 }

@@ -19,10 +19,10 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
-    DownwardAPIProjection, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    DownwardAPIProjection, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -48,6 +48,10 @@ const CONFIG_VOLUME: &str = "streamward-config";
 const POD_INFO_VOLUME: &str = "streamward-pod-info";
 const TOKEN_VOLUME: &str = "streamward-kube-api-access";
 const SECRET_VOLUME_PREFIX: &str = "streamward-secret-";
+const COLLECTOR_TOKEN_VOLUME: &str = "streamward-collector-token";
+const SPOOL_VOLUME: &str = "streamward-audit-spool";
+const COLLECTOR_TOKEN_DIR: &str = "/var/run/streamward/collector";
+const SPOOL_DIR: &str = "/var/run/streamward/spool";
 const CONFIG_DIR: &str = "/etc/streamward/config";
 const POD_INFO_DIR: &str = "/etc/streamward/pod";
 const SECRETS_DIR: &str = "/var/run/streamward/secrets";
@@ -79,6 +83,32 @@ pub struct InjectSettings {
     pub memory_request: String,
     /// Memory limit of the proxy.
     pub memory_limit: String,
+    /// Where the proxy sends audit events; `None` when audit is off (`--audit-disabled`).
+    pub audit: Option<AuditTarget>,
+}
+
+/// Where an injected proxy sends its audit events, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditTarget {
+    /// The collector's base URL.
+    pub url: String,
+    /// The audience of the token the proxy presents (a projected service-account token only
+    /// the proxy container mounts).
+    pub audience: String,
+    /// The collector's CA certificates (PEM); the system's roots when `None`.
+    pub ca_pem: Option<String>,
+    /// The bound of the proxy's spool, in bytes.
+    pub spool_bytes: u64,
+}
+
+impl AuditTarget {
+    /// The size limit of the spool's emptyDir: a quarter above the spool's own bound, so the
+    /// proxy's accounting, not an eviction, decides what is dropped.
+    fn spool_size_limit(&self) -> Quantity {
+        const MIB: u64 = 1024 * 1024;
+        let bytes = self.spool_bytes.saturating_add(self.spool_bytes / 4);
+        Quantity(format!("{}Mi", bytes.div_ceil(MIB).max(1)))
+    }
 }
 
 impl Default for InjectSettings {
@@ -93,6 +123,7 @@ impl Default for InjectSettings {
             cpu_request: "20m".into(),
             memory_request: "32Mi".into(),
             memory_limit: "128Mi".into(),
+            audit: None,
         }
     }
 }
@@ -301,7 +332,7 @@ pub fn plan(pod: &Pod, ctx: &PodContext, settings: &InjectSettings) -> Patch {
         .flat_map(|c| c.volume_mounts.iter().flatten())
         .find(|m| m.mount_path.trim_end_matches('/') == TOKEN_DIR)
         .map(|m| m.name.clone());
-    let volumes = proxy_volumes(ctx, sa, token_mount.is_none());
+    let volumes = proxy_volumes(ctx, sa, token_mount.is_none(), settings.audit.as_ref());
     let existing: BTreeSet<&str> = spec
         .volumes
         .iter()
@@ -382,7 +413,12 @@ fn is_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn proxy_volumes(ctx: &PodContext, sa: &str, own_token: bool) -> Vec<Volume> {
+fn proxy_volumes(
+    ctx: &PodContext,
+    sa: &str,
+    own_token: bool,
+    audit: Option<&AuditTarget>,
+) -> Vec<Volume> {
     let mut volumes = vec![
         Volume {
             name: CONFIG_VOLUME.into(),
@@ -423,6 +459,34 @@ fn proxy_volumes(ctx: &PodContext, sa: &str, own_token: bool) -> Vec<Volume> {
     }
     if own_token {
         volumes.push(token_volume());
+    }
+    if let Some(audit) = audit {
+        volumes.push(Volume {
+            name: COLLECTOR_TOKEN_VOLUME.into(),
+            // A token for the collector alone: its audience is useless to the API server, and
+            // only the proxy container mounts it, so the app cannot post events as the proxy.
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(audit.audience.clone()),
+                        path: "token".into(),
+                        expiration_seconds: Some(3600),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: SPOOL_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(audit.spool_size_limit()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
     }
     volumes
 }
@@ -518,7 +582,7 @@ fn proxy_container(
     token_volume: &str,
 ) -> Container {
     let sa = service_account(pod);
-    let args = vec![
+    let mut args = vec![
         "--config-map".to_owned(),
         config_map_name(sa),
         "--config".to_owned(),
@@ -533,6 +597,18 @@ fn proxy_container(
         format!("0.0.0.0:{}", settings.admin_port),
         "--log-json".to_owned(),
     ];
+    if let Some(audit) = &settings.audit {
+        args.extend([
+            "--audit-url".to_owned(),
+            audit.url.clone(),
+            "--audit-token-file".to_owned(),
+            format!("{COLLECTOR_TOKEN_DIR}/token"),
+            "--audit-spool".to_owned(),
+            SPOOL_DIR.to_owned(),
+            "--audit-spool-max-bytes".to_owned(),
+            audit.spool_bytes.to_string(),
+        ]);
+    }
     let mut env = vec![
         env_from_field("STREAMWARD_NAMESPACE", "metadata.namespace"),
         env_from_field("STREAMWARD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
@@ -542,6 +618,13 @@ fn proxy_container(
         env.push(EnvVar {
             name: "STREAMWARD_TARGET".into(),
             value: Some(target.to_owned()),
+            value_from: None,
+        });
+    }
+    if let Some(pem) = settings.audit.as_ref().and_then(|a| a.ca_pem.as_ref()) {
+        env.push(EnvVar {
+            name: "STREAMWARD_AUDIT_CA_PEM".into(),
+            value: Some(pem.clone()),
             value_from: None,
         });
     }
@@ -556,6 +639,13 @@ fn proxy_container(
         ));
     }
     mounts.push(mount(token_volume, TOKEN_DIR));
+    if settings.audit.is_some() {
+        mounts.push(mount(COLLECTOR_TOKEN_VOLUME, COLLECTOR_TOKEN_DIR));
+        mounts.push(VolumeMount {
+            read_only: Some(false),
+            ..mount(SPOOL_VOLUME, SPOOL_DIR)
+        });
+    }
     let quantity = |q: &str| Quantity(q.to_owned());
     Container {
         name: PROXY_CONTAINER.into(),
@@ -787,6 +877,87 @@ mod tests {
         for app in after["spec"]["containers"].as_array().unwrap() {
             assert!(app.get("volumeMounts").is_none(), "{app}");
         }
+    }
+
+    #[test]
+    fn the_proxy_audits_to_the_collector_with_a_token_and_spool_only_it_mounts() {
+        let settings = InjectSettings {
+            audit: Some(AuditTarget {
+                url: "https://collector.streamward-system.svc:8443".into(),
+                audience: "streamward-collector".into(),
+                ca_pem: Some("-----BEGIN CERTIFICATE-----\nCA\n".into()),
+                spool_bytes: 48 * 1024 * 1024,
+            }),
+            ..InjectSettings::default()
+        };
+        let after = inject(&app_pod(), &settings);
+        let proxy = &after["spec"]["initContainers"][0];
+        let args: Vec<&str> = proxy["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let flag = |name: &str| {
+            let at = args.iter().position(|a| *a == name).unwrap();
+            args[at + 1]
+        };
+        assert_eq!(
+            flag("--audit-url"),
+            "https://collector.streamward-system.svc:8443"
+        );
+        assert_eq!(
+            flag("--audit-token-file"),
+            "/var/run/streamward/collector/token"
+        );
+        assert_eq!(flag("--audit-spool"), "/var/run/streamward/spool");
+        assert_eq!(flag("--audit-spool-max-bytes"), "50331648");
+        assert_eq!(
+            env(proxy, "STREAMWARD_AUDIT_CA_PEM").unwrap(),
+            "-----BEGIN CERTIFICATE-----\nCA\n"
+        );
+
+        let volumes = after["spec"]["volumes"].as_array().unwrap();
+        let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap();
+        let token =
+            &volume(COLLECTOR_TOKEN_VOLUME)["projected"]["sources"][0]["serviceAccountToken"];
+        assert_eq!(token["audience"], "streamward-collector");
+        assert_eq!(token["path"], "token");
+        // 48 MiB and a quarter.
+        assert_eq!(volume(SPOOL_VOLUME)["emptyDir"]["sizeLimit"], "60Mi");
+        let mount = |name: &str| {
+            proxy["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == name)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(mount(COLLECTOR_TOKEN_VOLUME)["readOnly"], true);
+        assert_eq!(mount(SPOOL_VOLUME)["readOnly"], false);
+        for app in after["spec"]["containers"].as_array().unwrap() {
+            assert!(app.get("volumeMounts").is_none(), "{app}");
+            assert!(env(app, "STREAMWARD_AUDIT_CA_PEM").is_none(), "{app}");
+        }
+        // Injecting again changes nothing.
+        assert!(plan(&pod(after.clone()), &ctx(), &settings).0.is_empty());
+    }
+
+    #[test]
+    fn without_audit_the_proxy_gets_no_collector_flags_or_volumes() {
+        let after = inject(&app_pod(), &InjectSettings::default());
+        let proxy = &after["spec"]["initContainers"][0];
+        assert!(
+            !proxy["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a.as_str().unwrap().starts_with("--audit"))
+        );
+        let volumes = after["spec"]["volumes"].as_array().unwrap();
+        assert!(!volumes.iter().any(|v| v["name"] == SPOOL_VOLUME));
+        assert!(!volumes.iter().any(|v| v["name"] == COLLECTOR_TOKEN_VOLUME));
     }
 
     #[test]

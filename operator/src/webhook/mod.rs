@@ -10,10 +10,12 @@
 pub mod certs;
 pub mod inject;
 pub mod registration;
+pub mod secrets;
 pub mod validate;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,19 +31,20 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use streamward_api::crd::{MaskingRule, StreamTarget};
+use tokio::sync::watch;
 
-use self::certs::{Renewal, TlsBundle};
 use self::inject::{InjectSettings, PodContext, Skip};
 use self::registration::{Endpoint, MUTATE_PODS_PATH, VALIDATE_PATH};
+use self::secrets::{Serving, TlsSecret};
 use self::validate::Verdict;
 use crate::controller::FIELD_MANAGER;
 
@@ -109,6 +112,56 @@ pub struct WebhookFlags {
     /// Native sidecar or plain container.
     #[arg(long, value_enum, default_value_t = SidecarMode::Auto)]
     pub sidecar_mode: SidecarMode,
+    /// The proxy's CPU request.
+    #[arg(long, default_value = "20m")]
+    pub proxy_cpu_request: String,
+    /// The proxy's memory request.
+    #[arg(long, default_value = "32Mi")]
+    pub proxy_memory_request: String,
+    /// The proxy's memory limit.
+    #[arg(long, default_value = "128Mi")]
+    pub proxy_memory_limit: String,
+    /// The audit collector injected proxies send their events to (`https://host:port`).
+    /// Without it (or --audit-disabled) opted-in pods are refused: a proxy that audits nothing
+    /// must be an explicit choice.
+    #[arg(
+        long,
+        env = "STREAMWARD_COLLECTOR_URL",
+        conflicts_with = "audit_disabled"
+    )]
+    pub collector_url: Option<String>,
+    /// The audience of the token each proxy presents to the collector (the collector's
+    /// TokenReview checks it).
+    #[arg(long, default_value = "streamward-collector")]
+    pub collector_audience: String,
+    /// The Secret (in the operator's namespace) with the collector's serving certificate: the
+    /// operator issues it from a CA of its own (or reads it, with --external-certificates) and
+    /// gives the proxies that CA.
+    #[arg(long, requires = "collector_url", conflicts_with = "collector_ca_file")]
+    pub collector_tls_secret: Option<String>,
+    /// The collector's Service in the operator's namespace: its DNS names go on the
+    /// certificate of --collector-tls-secret (default: the host of --collector-url).
+    #[arg(long, requires = "collector_tls_secret")]
+    pub collector_service_name: Option<String>,
+    /// How long the collector's certificate lives, in seconds (renewed with a third left; its
+    /// CA lives three times as long and is handed to proxies when they are injected).
+    #[arg(long, default_value_t = 365 * 24 * 3600, value_parser = clap::value_parser!(u64).range(10..))]
+    pub collector_cert_lifetime_seconds: u64,
+    /// The collector's CA certificates (PEM), for a collector whose certificate the operator
+    /// does not issue (default without either: the system's roots).
+    #[arg(long, requires = "collector_url")]
+    pub collector_ca_file: Option<PathBuf>,
+    /// The bound of each proxy's audit spool in bytes; the spool's emptyDir gets a quarter more.
+    #[arg(long, default_value_t = 48 * 1024 * 1024)]
+    pub proxy_audit_spool_bytes: u64,
+    /// Inject proxies that send no audit events.
+    #[arg(long)]
+    pub audit_disabled: bool,
+    /// The TLS Secrets (`streamward-webhook-tls`, --collector-tls-secret) are written by
+    /// someone else, e.g. cert-manager with `tls.crt`, `tls.key` and `ca.crt`: read them, never
+    /// write them.
+    #[arg(long)]
+    pub external_certificates: bool,
 }
 
 impl WebhookFlags {
@@ -122,6 +175,19 @@ impl WebhookFlags {
             }),
             (None, None) => None,
         }
+    }
+
+    /// The DNS names (or address) of the collector's certificate.
+    fn collector_names(&self) -> Vec<String> {
+        let endpoint = match &self.collector_service_name {
+            Some(name) => Endpoint::Service {
+                namespace: self.operator_namespace.clone(),
+                name: name.clone(),
+                port: 0,
+            },
+            None => Endpoint::Url(self.collector_url.clone().unwrap_or_default()),
+        };
+        endpoint.certificate_names()
     }
 
     fn excluded(&self) -> BTreeSet<String> {
@@ -140,7 +206,102 @@ struct Webhooks {
     targets: Store<StreamTarget>,
     masking: Store<MaskingRule>,
     inject: InjectSettings,
+    audit: AuditWiring,
     excluded: BTreeSet<String>,
+}
+
+/// How injected proxies are told to audit, from the flags.
+enum AuditWiring {
+    /// Neither `--collector-url` nor `--audit-disabled`: opted-in pods are refused.
+    Unconfigured,
+    /// `--audit-disabled`.
+    Disabled,
+    /// To this collector, trusting the CA certificates `ca` holds (`None` inside: not known
+    /// yet, as when the collector's certificate is not issued yet; the pod is refused).
+    Collector {
+        url: String,
+        audience: String,
+        ca: CollectorCa,
+        spool_bytes: u64,
+    },
+}
+
+/// Where the collector's CA certificates come from.
+enum CollectorCa {
+    /// The system's roots: the proxy gets none.
+    System,
+    /// Read once from `--collector-ca-file`.
+    Fixed(String),
+    /// From the collector's TLS Secret, kept current by a task of [`run`].
+    Secret(watch::Receiver<Option<String>>),
+}
+
+impl AuditWiring {
+    fn from_flags(
+        flags: &WebhookFlags,
+    ) -> anyhow::Result<(AuditWiring, Option<watch::Sender<Option<String>>>)> {
+        if flags.audit_disabled {
+            return Ok((AuditWiring::Disabled, None));
+        }
+        let Some(url) = &flags.collector_url else {
+            return Ok((AuditWiring::Unconfigured, None));
+        };
+        let mut sender = None;
+        let ca = match (&flags.collector_ca_file, &flags.collector_tls_secret) {
+            (Some(file), _) => CollectorCa::Fixed(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("reading --collector-ca-file {}", file.display()))?,
+            ),
+            (None, Some(_)) => {
+                let (tx, rx) = watch::channel(None);
+                sender = Some(tx);
+                CollectorCa::Secret(rx)
+            }
+            (None, None) => CollectorCa::System,
+        };
+        let wiring = AuditWiring::Collector {
+            url: url.clone(),
+            audience: flags.collector_audience.clone(),
+            ca,
+            spool_bytes: flags.proxy_audit_spool_bytes,
+        };
+        Ok((wiring, sender))
+    }
+
+    /// What the proxy of a pod admitted now gets, or why the pod is refused.
+    fn target(&self) -> Result<Option<inject::AuditTarget>, String> {
+        match self {
+            AuditWiring::Unconfigured => Err(
+                "Streamward cannot audit this pod's Kafka traffic: the operator has no collector \
+                 (--collector-url); install the collector, or start the operator with \
+                 --audit-disabled to run proxies without audit"
+                    .to_owned(),
+            ),
+            AuditWiring::Disabled => Ok(None),
+            AuditWiring::Collector {
+                url,
+                audience,
+                ca,
+                spool_bytes,
+            } => {
+                let ca_pem = match ca {
+                    CollectorCa::System => None,
+                    CollectorCa::Fixed(pem) => Some(pem.clone()),
+                    CollectorCa::Secret(rx) => Some(rx.borrow().clone().ok_or_else(|| {
+                        "the audit collector's certificate is not issued yet; retry in a few \
+                         seconds"
+                            .to_owned()
+                    })?),
+                };
+                Ok(Some(inject::AuditTarget {
+                    url: url.clone(),
+                    audience: audience.clone(),
+                    ca_pem,
+                    spool_bytes: *spool_bytes,
+                }))
+            }
+        }
+    }
 }
 
 /// Runs the webhooks (server, caches, certificate rotation) until an error; never returns when
@@ -168,8 +329,12 @@ pub async fn run(client: Client, flags: WebhookFlags) -> anyhow::Result<()> {
         admin_port: flags.proxy_admin_port,
         bootstrap_env: flags.bootstrap_env.clone(),
         native_sidecar,
-        ..InjectSettings::default()
+        cpu_request: flags.proxy_cpu_request.clone(),
+        memory_request: flags.proxy_memory_request.clone(),
+        memory_limit: flags.proxy_memory_limit.clone(),
+        audit: None,
     };
+    let (audit, collector_ca) = AuditWiring::from_flags(&flags)?;
     let excluded = flags.excluded();
     tracing::info!(
         ?endpoint,
@@ -193,11 +358,33 @@ pub async fn run(client: Client, flags: WebhookFlags) -> anyhow::Result<()> {
             .for_each(|_| async {}),
     );
 
-    let lifetime = Duration::from_secs(flags.webhook_cert_lifetime_seconds);
-    let names = endpoint.certificate_names();
     let secrets = Api::<Secret>::namespaced(client.clone(), &flags.operator_namespace);
+    if let (Some(sender), Some(name)) = (collector_ca, &flags.collector_tls_secret) {
+        let lifetime = Duration::from_secs(flags.collector_cert_lifetime_seconds);
+        let secret = TlsSecret::new(
+            secrets.clone(),
+            name,
+            flags.collector_names(),
+            lifetime,
+            flags.external_certificates,
+        );
+        tokio::spawn(keep_collector_certificate(
+            secret,
+            sender,
+            check_interval(lifetime),
+        ));
+    }
+
+    let lifetime = Duration::from_secs(flags.webhook_cert_lifetime_seconds);
+    let webhook_secret = TlsSecret::new(
+        secrets,
+        TLS_SECRET,
+        endpoint.certificate_names(),
+        lifetime,
+        flags.external_certificates,
+    );
     let mut bundle = loop {
-        match current_bundle(&secrets, &names, lifetime).await {
+        match webhook_secret.current().await {
             Ok(bundle) => break bundle,
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "webhook certificate not ready; retrying");
@@ -211,6 +398,7 @@ pub async fn run(client: Client, flags: WebhookFlags) -> anyhow::Result<()> {
         targets,
         masking,
         inject,
+        audit,
         excluded: excluded.clone(),
     });
     let app = Router::new()
@@ -223,8 +411,8 @@ pub async fn run(client: Client, flags: WebhookFlags) -> anyhow::Result<()> {
     let mut server = tokio::spawn(server);
     tracing::info!(listen = %flags.webhook_listen, "webhook server listening");
 
-    register(&client, &endpoint, &bundle, &excluded).await?;
-    let check_every = (lifetime / 6).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    register(&client, &endpoint, &bundle.ca_bundle, &excluded).await?;
+    let check_every = check_interval(lifetime);
     let mut registered_at = Instant::now();
     loop {
         tokio::select! {
@@ -237,7 +425,7 @@ pub async fn run(client: Client, flags: WebhookFlags) -> anyhow::Result<()> {
             }
             () = tokio::time::sleep(check_every) => {}
         }
-        let next = match current_bundle(&secrets, &names, lifetime).await {
+        let next = match webhook_secret.current().await {
             Ok(next) => next,
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "checking the webhook certificate");
@@ -249,7 +437,7 @@ pub async fn run(client: Client, flags: WebhookFlags) -> anyhow::Result<()> {
         if changed || registered_at.elapsed() > Duration::from_secs(300) {
             // The new caBundle first, so that the API server already trusts the certificate
             // it is about to be served.
-            if let Err(error) = register(&client, &endpoint, &next, &excluded).await {
+            if let Err(error) = register(&client, &endpoint, &next.ca_bundle, &excluded).await {
                 tracing::warn!(error = %format!("{error:#}"), "applying the webhook configurations");
                 continue;
             }
@@ -257,13 +445,45 @@ pub async fn run(client: Client, flags: WebhookFlags) -> anyhow::Result<()> {
         }
         if changed {
             tls.reload_from_config(server_config(&next)?);
-            tracing::info!(
-                ca = %next.meta.ca_name,
-                not_after = %next.meta.cert_not_after,
-                "serving a renewed webhook certificate"
-            );
+            tracing::info!("serving a renewed webhook certificate");
             bundle = next;
         }
+    }
+}
+
+/// How often a certificate of `lifetime` is checked for renewal.
+fn check_interval(lifetime: Duration) -> Duration {
+    (lifetime / 6).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// Keeps the collector's certificate issued and current, and `ca` holding the CA certificates
+/// the proxies injected from now on must trust.
+async fn keep_collector_certificate(
+    secret: TlsSecret,
+    ca: watch::Sender<Option<String>>,
+    every: Duration,
+) {
+    loop {
+        match secret.current().await {
+            Ok(serving) => {
+                ca.send_if_modified(|current| {
+                    let changed = current.as_deref() != Some(serving.ca_bundle.as_str());
+                    if changed {
+                        *current = Some(serving.ca_bundle);
+                    }
+                    changed
+                });
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "the collector's certificate is not ready; retrying");
+            }
+        }
+        let wait = if ca.borrow().is_some() {
+            every
+        } else {
+            Duration::from_secs(2)
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -280,7 +500,7 @@ pub fn supports_native_sidecars(major: &str, minor: &str) -> bool {
     }
 }
 
-fn server_config(bundle: &TlsBundle) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+fn server_config(bundle: &Serving) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let chain = CertificateDer::pem_slice_iter(bundle.cert.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .context("reading the webhook certificate")?;
@@ -298,91 +518,15 @@ fn server_config(bundle: &TlsBundle) -> anyhow::Result<Arc<rustls::ServerConfig>
     Ok(Arc::new(config))
 }
 
-/// The bundle in the TLS Secret, made or renewed (and written back) when due. Replicas race
-/// through optimistic concurrency: a write that lost is read again.
-async fn current_bundle(
-    secrets: &Api<Secret>,
-    names: &[String],
-    lifetime: Duration,
-) -> anyhow::Result<TlsBundle> {
-    for _ in 0..5 {
-        let now = Timestamp::now();
-        let existing = secrets
-            .get_opt(TLS_SECRET)
-            .await
-            .with_context(|| format!("reading Secret {TLS_SECRET}"))?;
-        let stored = existing.as_ref().and_then(|secret| {
-            let data: BTreeMap<String, Vec<u8>> = secret
-                .data
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            TlsBundle::from_data(&data)
-        });
-        let (next, renewal) = match &stored {
-            Some(bundle) => bundle.renew(names, now, lifetime)?,
-            None => (
-                TlsBundle::generate(names, now, lifetime)?,
-                Renewal::Authority,
-            ),
-        };
-        if stored.as_ref() == Some(&next) {
-            return Ok(next);
-        }
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(TLS_SECRET.to_owned()),
-                resource_version: existing.as_ref().and_then(|s| s.resource_version()),
-                labels: Some(
-                    [(
-                        "app.kubernetes.io/managed-by".to_owned(),
-                        FIELD_MANAGER.to_owned(),
-                    )]
-                    .into(),
-                ),
-                ..Default::default()
-            },
-            string_data: Some(next.to_data()),
-            type_: Some("Opaque".to_owned()),
-            ..Default::default()
-        };
-        let written = match existing {
-            None => secrets.create(&PostParams::default(), &secret).await,
-            Some(_) => {
-                secrets
-                    .replace(TLS_SECRET, &PostParams::default(), &secret)
-                    .await
-            }
-        };
-        match written {
-            Ok(_) => {
-                tracing::info!(
-                    ?renewal,
-                    "webhook certificate written to Secret {TLS_SECRET}"
-                );
-                return Ok(next);
-            }
-            Err(kube::Error::Api(status)) if status.code == 409 => continue,
-            Err(error) => {
-                return Err(error).with_context(|| format!("writing Secret {TLS_SECRET}"));
-            }
-        }
-    }
-    anyhow::bail!("Secret {TLS_SECRET} kept changing under this replica; will retry")
-}
-
-/// Applies both webhook configurations with the bundle's caBundle.
+/// Applies both webhook configurations with `ca` as their caBundle.
 async fn register(
     client: &Client,
     endpoint: &Endpoint,
-    bundle: &TlsBundle,
+    ca: &str,
     excluded: &BTreeSet<String>,
 ) -> anyhow::Result<()> {
-    let ca = bundle.ca_bundle();
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let validating = registration::validating(endpoint, &ca);
+    let validating = registration::validating(endpoint, ca);
     Api::<ValidatingWebhookConfiguration>::all(client.clone())
         .patch(
             registration::CONFIGURATION_NAME,
@@ -391,7 +535,7 @@ async fn register(
         )
         .await
         .context("applying the ValidatingWebhookConfiguration")?;
-    let mutating = registration::mutating(endpoint, &ca, excluded);
+    let mutating = registration::mutating(endpoint, ca, excluded);
     Api::<MutatingWebhookConfiguration>::all(client.clone())
         .patch(
             registration::CONFIGURATION_NAME,
@@ -530,7 +674,17 @@ async fn mutate_pod(
             rules.iter().map(|r| &**r),
         ),
     };
-    let patch = inject::plan(pod, &ctx, &state.inject);
+    let settings = match state.audit.target() {
+        Ok(audit) => InjectSettings {
+            audit,
+            ..state.inject.clone()
+        },
+        Err(reason) => {
+            tracing::info!(%namespace, pod = %name, %reason, "pod refused");
+            return Json(response.deny(reason).into_review());
+        }
+    };
+    let patch = inject::plan(pod, &ctx, &settings);
     if patch.0.is_empty() {
         return Json(response.into_review());
     }
@@ -552,6 +706,75 @@ mod tests {
         assert!(!supports_native_sidecars("1", "28"));
         assert!(supports_native_sidecars("2", "0"));
         assert!(!supports_native_sidecars("", "x"));
+    }
+
+    fn flags(args: &[&str]) -> WebhookFlags {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            webhook: WebhookFlags,
+        }
+        Flags::try_parse_from([&["operator"], args].concat())
+            .unwrap()
+            .webhook
+    }
+
+    #[test]
+    fn without_a_collector_opted_in_pods_are_refused_unless_audit_is_explicitly_off() {
+        let (wiring, _) = AuditWiring::from_flags(&flags(&[])).unwrap();
+        let refusal = wiring.target().unwrap_err();
+        assert!(refusal.contains("--collector-url"), "{refusal}");
+        assert!(refusal.contains("--audit-disabled"), "{refusal}");
+
+        let (wiring, _) = AuditWiring::from_flags(&flags(&["--audit-disabled"])).unwrap();
+        assert_eq!(wiring.target(), Ok(None));
+    }
+
+    #[test]
+    fn proxies_get_the_collector_ca_once_it_is_issued() {
+        let flags = flags(&[
+            "--collector-url",
+            "https://streamward-collector.ops.svc:8443",
+            "--collector-tls-secret",
+            "streamward-collector-tls",
+            "--collector-service-name",
+            "streamward-collector",
+            "--operator-namespace",
+            "ops",
+        ]);
+        assert!(
+            flags
+                .collector_names()
+                .contains(&"streamward-collector.ops.svc".to_owned())
+        );
+        let (wiring, sender) = AuditWiring::from_flags(&flags).unwrap();
+        let refusal = wiring.target().unwrap_err();
+        assert!(refusal.contains("not issued yet"), "{refusal}");
+        sender.unwrap().send_replace(Some("PEM".into()));
+        let target = wiring.target().unwrap().unwrap();
+        assert_eq!(target.url, "https://streamward-collector.ops.svc:8443");
+        assert_eq!(target.audience, "streamward-collector");
+        assert_eq!(target.ca_pem.as_deref(), Some("PEM"));
+    }
+
+    #[test]
+    fn a_collector_and_audit_disabled_contradict_each_other() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            webhook: WebhookFlags,
+        }
+        assert!(
+            Flags::try_parse_from([
+                "operator",
+                "--collector-url",
+                "https://c:8443",
+                "--audit-disabled"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -114,6 +114,29 @@ impl Operator {
     }
 }
 
+impl Operator {
+    /// Waits until the metric lines starting with `prefix` sum to at least `at_least`: a
+    /// counter moves after the side effect it counts, so a test reads it only this way.
+    pub fn wait_metric(&self, prefix: &str, at_least: f64) {
+        wait_for(
+            &format!("{prefix} to reach {at_least}"),
+            Duration::from_secs(30),
+            || Ok((self.metric(prefix) >= at_least).then_some(())),
+        )
+        .unwrap()
+    }
+}
+
+/// Waits until `needle` occurs in the file at `log` (a line is written after what it reports).
+pub fn wait_log(log: &Path, needle: &str) {
+    wait_for(
+        &format!("{needle:?} in {}", log.display()),
+        Duration::from_secs(30),
+        || Ok((log_count(log, needle) >= 1).then_some(())),
+    )
+    .unwrap()
+}
+
 /// How many times `needle` occurs in the file at `log`.
 pub fn log_count(log: &Path, needle: &str) -> usize {
     std::fs::read_to_string(log)

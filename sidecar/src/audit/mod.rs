@@ -18,6 +18,8 @@ pub mod sender;
 pub mod session;
 pub mod spool;
 
+pub use sender::CollectorCa;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -49,9 +51,8 @@ pub struct AuditSettings {
     /// The file holding the bearer token (read before every delivery, so a rotated projected
     /// service-account token is picked up).
     pub token_file: PathBuf,
-    /// The CA certificates (PEM) the collector's certificate must chain to; the system's
-    /// roots when `None`.
-    pub ca_file: Option<PathBuf>,
+    /// The CA certificates the collector's certificate must chain to.
+    pub ca: CollectorCa,
     /// The spool folder.
     pub spool_dir: PathBuf,
     /// The spool's bound in bytes.
@@ -128,11 +129,7 @@ impl Audit {
     /// Opens the spool (delivering what a previous run left) and starts the writer and the
     /// sender. Must run inside a tokio runtime.
     pub fn start(settings: AuditSettings, metrics: Arc<Metrics>) -> Result<Audit, AuditError> {
-        let collector = Collector::new(
-            &settings.url,
-            settings.token_file.clone(),
-            settings.ca_file.as_deref(),
-        )?;
+        let collector = Collector::new(&settings.url, settings.token_file.clone(), &settings.ca)?;
         let instance = session::new_uuid();
         let spool = Spool::open(
             &settings.spool_dir,
@@ -362,7 +359,7 @@ mod tests {
         AuditSettings {
             url,
             token_file: token,
-            ca_file: None,
+            ca: CollectorCa::System,
             spool_dir: dir.join("spool"),
             spool_max_bytes: 64 << 20,
             queue: 100_000,

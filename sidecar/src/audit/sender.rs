@@ -10,7 +10,7 @@
 //!   the collector refuses is dropped and reported like a 400.
 //! - anything else, or no answer: retried with backoff (100 ms doubling up to 5 s).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,14 +49,65 @@ pub enum SenderError {
         /// What is wrong.
         reason: String,
     },
-    /// The CA file is unreadable or holds no certificate.
-    #[error("--audit-ca {path}: {reason}")]
+    /// The CA certificates are unreadable or hold no certificate.
+    #[error("{origin}: {reason}")]
     Ca {
-        /// The file.
-        path: PathBuf,
+        /// Where they came from (`--audit-ca FILE` or `--audit-ca-pem`).
+        origin: String,
         /// What is wrong.
         reason: String,
     },
+}
+
+/// Which CA certificates the collector's TLS certificate must chain to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum CollectorCa {
+    /// The system's roots.
+    #[default]
+    System,
+    /// The PEM certificates in a file.
+    File(PathBuf),
+    /// PEM certificates given inline. The injected proxy gets the collector's CA this way: a CA
+    /// certificate is public, and no object in the workload's namespace holds it.
+    Pem(String),
+}
+
+impl CollectorCa {
+    /// The trusted roots, or why there are none.
+    fn roots(&self) -> Result<rustls::RootCertStore, SenderError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let (origin, pem) = match self {
+            CollectorCa::System => {
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                return Ok(roots);
+            }
+            CollectorCa::File(path) => {
+                let origin = format!("--audit-ca {}", path.display());
+                match std::fs::read(path) {
+                    Ok(pem) => (origin, pem),
+                    Err(e) => {
+                        return Err(SenderError::Ca {
+                            origin,
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+            CollectorCa::Pem(pem) => ("--audit-ca-pem".to_owned(), pem.clone().into_bytes()),
+        };
+        let ca = |reason: String| SenderError::Ca {
+            origin: origin.clone(),
+            reason,
+        };
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| ca(e.to_string()))?;
+            roots.add(cert).map_err(|e| ca(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(ca("no CERTIFICATE block found".into()));
+        }
+        Ok(roots)
+    }
 }
 
 /// The collector: where to post, with which token, over which TLS.
@@ -68,12 +119,8 @@ pub struct Collector {
 
 impl Collector {
     /// The collector at base URL `url` (batches go to `url` + [`INGEST_PATH`]), trusting the
-    /// CA certificates in `ca_file` (or the system's roots) for `https`.
-    pub fn new(
-        url: &str,
-        token_file: PathBuf,
-        ca_file: Option<&Path>,
-    ) -> Result<Collector, SenderError> {
+    /// CA certificates `ca` for `https`.
+    pub fn new(url: &str, token_file: PathBuf, ca: &CollectorCa) -> Result<Collector, SenderError> {
         let bad = |reason: &str| SenderError::Url {
             url: url.to_string(),
             reason: reason.to_string(),
@@ -88,26 +135,7 @@ impl Collector {
         if uri.host().is_none() {
             return Err(bad("no host"));
         }
-        let mut roots = rustls::RootCertStore::empty();
-        match ca_file {
-            Some(path) => {
-                let ca = |reason: String| SenderError::Ca {
-                    path: path.to_path_buf(),
-                    reason,
-                };
-                let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
-                for cert in CertificateDer::pem_slice_iter(&pem) {
-                    let cert = cert.map_err(|e| ca(e.to_string()))?;
-                    roots.add(cert).map_err(|e| ca(e.to_string()))?;
-                }
-                if roots.is_empty() {
-                    return Err(ca("no CERTIFICATE block found".into()));
-                }
-            }
-            None => {
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-            }
-        }
+        let roots = ca.roots()?;
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
