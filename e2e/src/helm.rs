@@ -99,7 +99,10 @@ impl Helm {
 
     /// Runs `helm <args>` and returns its stdout; fails with stdout and stderr otherwise.
     pub fn run(&self, args: &[&str]) -> Result<String> {
-        let output = run(&format!("helm {}", args.join(" ")), self.command().args(args))?;
+        let output = run(
+            &format!("helm {}", args.join(" ")),
+            self.command().args(args),
+        )?;
         String::from_utf8(output.stdout).context("helm printed something that is not UTF-8")
     }
 
@@ -208,7 +211,12 @@ pub fn find_object(rendered: &str, kind: &str, name: &str) -> Result<serde_yaml:
 /// (`<release>-operator` for the default release name) in a rendering of the chart: what a
 /// test passes to `streamward-operator` to run it exactly as the chart does.
 pub fn operator_args(rendered: &str) -> Result<Vec<String>> {
-    container_args(rendered, "Deployment", &format!("{RELEASE}-operator"), "operator")
+    container_args(
+        rendered,
+        "Deployment",
+        &format!("{RELEASE}-operator"),
+        "operator",
+    )
 }
 
 /// The `args` of container `container` of the workload `kind`/`name` in a rendering.
