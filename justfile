@@ -16,8 +16,8 @@ build:
 fmt:
     cargo fmt --all
 
-# Check formatting, clippy (warnings are errors) and that crds/ matches api/.
-lint: crds-check
+# Check formatting, clippy (warnings are errors), that crds/ matches api/ and config/install.yaml the chart.
+lint: crds-check manifests-check
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
@@ -41,6 +41,14 @@ crds-check:
         fi
     done
     exit $stale
+
+# Render config/install.yaml (plain manifests) from charts/streamward with its default values.
+manifests:
+    cargo run -q -p streamward-e2e --bin manifests
+
+# Fail if config/install.yaml is stale (run `just manifests` and commit to fix).
+manifests-check:
+    cargo run -q -p streamward-e2e --bin manifests -- --check
 
 # Install and cache what the e2e tests run: Kafka jars, kube-apiserver/etcd/kubectl, helm, kcat, confluent-kafka.
 provision:
