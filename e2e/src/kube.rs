@@ -32,14 +32,25 @@ impl KubeBinaries {
 /// Builds (once) kube-apiserver, kubectl and etcd with the machine's Go toolchain.
 pub fn install() -> Result<KubeBinaries> {
     let module = cache::source_root().join("e2e/k8s");
+    // The `-v` suffix names the build recipe: change it whenever the flags below change, so
+    // caches made by an older recipe are not reused.
     let dir = cache::ensure(
-        &format!("kubernetes-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}"),
+        &format!("kubernetes-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}-v2"),
         |dir| {
             let bin = dir.join("bin");
-            for (name, package) in [
-                ("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver"),
-                ("kubectl", "k8s.io/kubernetes/cmd/kubectl"),
-                ("etcd", "go.etcd.io/etcd/server/v3"),
+            let kubernetes_ldflags = format!("-s -w {}", version_stamp());
+            for (name, package, ldflags) in [
+                (
+                    "kube-apiserver",
+                    "k8s.io/kubernetes/cmd/kube-apiserver",
+                    kubernetes_ldflags.as_str(),
+                ),
+                (
+                    "kubectl",
+                    "k8s.io/kubernetes/cmd/kubectl",
+                    kubernetes_ldflags.as_str(),
+                ),
+                ("etcd", "go.etcd.io/etcd/server/v3", "-s -w"),
             ] {
                 run(
                     &format!("go build {package}"),
@@ -48,7 +59,9 @@ pub fn install() -> Result<KubeBinaries> {
                         // Never fetch another toolchain: the machine's Go must do.
                         .env("GOTOOLCHAIN", "local")
                         .env("CGO_ENABLED", "0")
-                        .args(["build", "-trimpath", "-ldflags=-s -w", "-o"])
+                        .args(["build", "-trimpath"])
+                        .arg(format!("-ldflags={ldflags}"))
+                        .arg("-o")
                         .arg(bin.join(name))
                         .arg(package),
                 )?;
@@ -59,6 +72,28 @@ pub fn install() -> Result<KubeBinaries> {
     Ok(KubeBinaries {
         bin: dir.join("bin"),
     })
+}
+
+/// The `-X` linker flags Kubernetes' own build (hack/lib/version.sh) sets, so `/version` and
+/// `kubectl version` say `v1.36.3` rather than `v0.0.0-master`: Helm refuses a chart whose
+/// `kubeVersion` the server's version does not meet, and the operator reads it too.
+fn version_stamp() -> String {
+    let mut parts = KUBERNETES_VERSION.trim_start_matches('v').split('.');
+    let major = parts.next().unwrap_or_default();
+    let minor = parts.next().unwrap_or_default();
+    [
+        "k8s.io/component-base/version",
+        "k8s.io/client-go/pkg/version",
+    ]
+    .iter()
+    .map(|package| {
+        format!(
+            "-X {package}.gitVersion={KUBERNETES_VERSION} -X {package}.gitMajor={major} \
+                 -X {package}.gitMinor={minor} -X {package}.gitTreeState=clean"
+        )
+    })
+    .collect::<Vec<_>>()
+    .join(" ")
 }
 
 /// A running kube-apiserver (RBAC, admission webhooks on) backed by its own etcd, with an

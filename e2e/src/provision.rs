@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::{clients, kafka, kube};
+use crate::{clients, helm, kafka, kube};
 
-/// Installs Kafka, the Kubernetes binaries and the clients, printing one line per step.
+/// Installs Kafka, the Kubernetes binaries, Helm and the clients, printing one line per step.
 pub fn all() -> Result<()> {
     step(
         &format!("Apache Kafka {} jars", kafka::KAFKA_VERSION),
@@ -21,6 +21,9 @@ pub fn all() -> Result<()> {
         ),
         || kube::install().map(drop),
     )?;
+    step(&format!("helm {}", helm::HELM_VERSION), || {
+        helm::helm_binary().map(drop)
+    })?;
     step("kcat", || clients::kcat().map(drop))?;
     step(
         &format!("confluent-kafka {}", clients::CONFLUENT_KAFKA_VERSION),

@@ -94,8 +94,8 @@ fn a_twenty_second_grant_becomes_active_then_expired_with_events_and_leaves_the_
     let server = common::cluster();
     kubectl(&server, &["create", "namespace", NS]);
     kubectl_apply(&server, RESOURCES);
-    // The operator runs as its own service account with only the rights config/rbac gives it.
-    let credentials = common::operator_kubeconfig(&server);
+    // The operator runs as its own service account with only the rights the chart gives it.
+    let credentials = common::operator_kubeconfig(&server, &[NS]);
     let log = server.dir().join("operator.log");
     let mut operator = Operator::start_as(&log, "first", &credentials);
     operator.wait_leader(Duration::from_secs(30));

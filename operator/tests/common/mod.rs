@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use streamward_e2e::kube::KubeApiServer;
 use streamward_e2e::process::{Process, run};
-use streamward_e2e::{cache, net, wait_for};
+use streamward_e2e::{cache, helm, net, wait_for};
 
 /// The namespace of the operator's leader-election Lease in the tests.
 pub const LEASE_NAMESPACE: &str = "streamward-system";
@@ -233,10 +233,28 @@ current-context: {service_account}
     file
 }
 
-/// The operator's own RBAC from `config/rbac`, applied, and a kubeconfig with its service
-/// account's token.
-pub fn operator_kubeconfig(server: &KubeApiServer) -> PathBuf {
-    let rbac = cache::source_root().join("config/rbac/operator.yaml");
-    kubectl(server, &["apply", "-f", rbac.to_str().unwrap()]);
+/// The operator's RBAC exactly as the chart renders it (its ServiceAccount, ClusterRoles,
+/// bindings and namespace Role in [`LEASE_NAMESPACE`], with `watchNamespaces` set to
+/// `namespaces`), applied, and a kubeconfig with that ServiceAccount's token.
+pub fn operator_kubeconfig(server: &KubeApiServer, namespaces: &[&str]) -> PathBuf {
+    assert_eq!(
+        helm::NAMESPACE,
+        LEASE_NAMESPACE,
+        "the chart is rendered into the Lease namespace"
+    );
+    let watch = format!("{{{}}}", namespaces.join(","));
+    let rbac = helm::Helm::offline()
+        .unwrap()
+        .template_with(
+            &[("watchNamespaces", &watch)],
+            &[
+                "--show-only",
+                "templates/serviceaccounts.yaml",
+                "--show-only",
+                "templates/operator-rbac.yaml",
+            ],
+        )
+        .unwrap();
+    kubectl_apply(server, &rbac);
     service_account_kubeconfig(server, LEASE_NAMESPACE, "streamward-operator")
 }
