@@ -176,7 +176,7 @@ impl KubeApiServer {
 
         let kubeconfig = write(
             "kubeconfig",
-            &admin_kubeconfig(&url, &ca_file, &admin_cert, &admin_key),
+            &client_kubeconfig(&url, &ca_file, &admin_cert, &admin_key),
         )?;
         let mut server = KubeApiServer {
             binaries,
@@ -224,6 +224,27 @@ impl KubeApiServer {
         &self.kubeconfig
     }
 
+    /// A kubeconfig for a person: `user` in `groups`, with a client certificate of this
+    /// cluster's CA, as an OIDC or certificate login would authenticate them.
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        let issued = self.ca.issue_client(user, groups)?;
+        let file_name: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let cert = self.dir.path().join(format!("user-{file_name}.crt"));
+        let key = self.dir.path().join(format!("user-{file_name}.key"));
+        let kubeconfig = self.dir.path().join(format!("user-{file_name}.kubeconfig"));
+        std::fs::write(&cert, &issued.cert_pem)?;
+        std::fs::write(&key, &issued.key_pem)?;
+        std::fs::write(
+            &kubeconfig,
+            client_kubeconfig(&self.url, &self.dir.path().join("ca.crt"), &cert, &key),
+        )
+        .with_context(|| format!("writing {}", kubeconfig.display()))?;
+        Ok(kubeconfig)
+    }
+
     /// The CA that signed the API server's certificate and accepts client certificates.
     pub fn ca(&self) -> &Ca {
         &self.ca
@@ -258,7 +279,7 @@ impl KubeApiServer {
     }
 }
 
-fn admin_kubeconfig(url: &str, ca: &Path, cert: &Path, key: &Path) -> String {
+fn client_kubeconfig(url: &str, ca: &Path, cert: &Path, key: &Path) -> String {
     format!(
         "apiVersion: v1
 kind: Config

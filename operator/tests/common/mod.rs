@@ -64,6 +64,11 @@ impl Operator {
 
     /// Starts `streamward-operator` with the credentials of `kubeconfig`.
     pub fn start_as(log: &Path, identity: &str, kubeconfig: &Path) -> Operator {
+        Operator::start_with(log, identity, kubeconfig, &[])
+    }
+
+    /// Starts `streamward-operator` with the credentials of `kubeconfig` and `extra` flags.
+    pub fn start_with(log: &Path, identity: &str, kubeconfig: &Path, extra: &[&str]) -> Operator {
         let metrics = format!("127.0.0.1:{}", net::free_port().unwrap());
         let mut command = Command::new(env!("CARGO_BIN_EXE_streamward-operator"));
         command
@@ -71,6 +76,7 @@ impl Operator {
             .args(["--lease-namespace", LEASE_NAMESPACE])
             .args(["--identity", identity])
             .args(["--lease-duration-seconds", "4", "--renew-seconds", "1"])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info");
         let process = Process::spawn("streamward-operator", command, log).unwrap();
