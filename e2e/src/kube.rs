@@ -224,6 +224,49 @@ impl KubeApiServer {
         &self.kubeconfig
     }
 
+    /// A kubeconfig that authenticates as `namespace/service_account` with a token the API
+    /// server minted (TokenRequest, one hour), as a pod's projected token would.
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<PathBuf> {
+        let output = run(
+            &format!("kubectl create token {service_account}"),
+            self.kubectl()
+                .args(["create", "token", service_account, "-n", namespace])
+                .arg("--duration=1h"),
+        )?;
+        let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let kubeconfig = self
+            .dir
+            .path()
+            .join(format!("{namespace}-{service_account}.kubeconfig"));
+        let text = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: {url}
+    certificate-authority: {ca}
+users:
+- name: {service_account}
+  user:
+    token: {token}
+contexts:
+- name: {service_account}
+  context: {{cluster: e2e, user: {service_account}, namespace: {namespace}}}
+current-context: {service_account}
+",
+            url = self.url,
+            ca = self.dir.path().join("ca.crt").display(),
+        );
+        std::fs::write(&kubeconfig, text)
+            .with_context(|| format!("writing {}", kubeconfig.display()))?;
+        Ok(kubeconfig)
+    }
+
     /// A kubeconfig for a person: `user` in `groups`, with a client certificate of this
     /// cluster's CA, as an OIDC or certificate login would authenticate them.
     pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {

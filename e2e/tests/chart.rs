@@ -515,6 +515,9 @@ fn helm_install_upgrade_and_uninstall_against_a_real_api_server() {
         &["create", "tokenreviews.authentication.k8s.io"]
     ));
 
+    // The operator as installed: the Deployment's own args, under the chart's RBAC.
+    operator_as_installed_registers_validates_and_injects(server, namespace, watched);
+
     // Upgrade with a changed value: the Deployment follows, the revision moves on.
     let mut changed = values.clone();
     changed.push(("injection.sidecarMode", "container"));
@@ -587,4 +590,181 @@ spec:
     );
     // Helm never deletes CRDs (that would delete every policy in the cluster).
     kubectl(server, &["get", "crd", "streampolicies.streamward.io"]);
+}
+
+/// Runs `streamward-operator` with the args and environment of the installed Deployment and the
+/// token of the chart's ServiceAccount (no kubelet runs it here): only the addresses change,
+/// since the API server reaches this process on loopback rather than through the webhook
+/// Service. Its webhooks register; `kubectl apply` of a bad resource is refused; a dry-run
+/// create of an opted-in pod comes back with the proxy wired to the chart's collector.
+fn operator_as_installed_registers_validates_and_injects(
+    server: &KubeApiServer,
+    namespace: &str,
+    watched: &str,
+) {
+    let deployment: serde_json::Value = serde_json::from_str(&kubectl(
+        server,
+        &[
+            "get",
+            "deployment",
+            "sw-streamward-operator",
+            "-n",
+            namespace,
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let port = streamward_e2e::net::free_port().unwrap();
+    let metrics = streamward_e2e::net::free_port().unwrap();
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|arg| {
+            let arg = arg.as_str().unwrap();
+            match arg.split_once('=') {
+                Some(("--webhook-service", _)) => format!("--webhook-url=https://127.0.0.1:{port}"),
+                Some(("--webhook-listen", _)) => format!("--webhook-listen=127.0.0.1:{port}"),
+                Some(("--metrics-addr", _)) => format!("--metrics-addr=127.0.0.1:{metrics}"),
+                _ => arg.to_owned(),
+            }
+        })
+        .collect();
+    let sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap();
+    let credentials = server.service_account_kubeconfig(namespace, sa).unwrap();
+    let binary =
+        streamward_e2e::workspace_binary("streamward-operator", "streamward-operator").unwrap();
+    let mut command = Command::new(binary);
+    command
+        .args(&args)
+        .env("KUBECONFIG", &credentials)
+        .env("POD_NAMESPACE", namespace)
+        .env("POD_NAME", "sw-streamward-operator-test")
+        .env("RUST_LOG", "info");
+    let log = server.dir().join("operator-as-installed.log");
+    let mut operator =
+        streamward_e2e::process::Process::spawn("streamward-operator", command, &log).unwrap();
+
+    // The webhooks register, and the collector's certificate is issued into its Secret.
+    let pod = format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: orders
+  namespace: {watched}
+  labels: {{streamward.io/inject: 'true'}}
+spec:
+  serviceAccountName: orders-app
+  containers: [{{name: app, image: 'orders:1'}}]
+"
+    );
+    let pod_file = write_yaml(server, &pod);
+    let injected: serde_json::Value = streamward_e2e::wait_for(
+        "an opted-in pod injected by the installed operator",
+        std::time::Duration::from_secs(90),
+        || {
+            operator.check_running()?;
+            let output = server
+                .kubectl()
+                .args(["create", "--dry-run=server", "-o", "json", "-f"])
+                .arg(&pod_file)
+                .output()?;
+            if !output.status.success() {
+                return Ok(None);
+            }
+            let pod: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+            Ok(pod["spec"]["initContainers"].is_array().then_some(pod))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", operator.log_tail(40)));
+    let proxy = &injected["spec"]["initContainers"][0];
+    assert_eq!(proxy["name"], "streamward-proxy");
+    assert_eq!(
+        proxy["image"],
+        format!("ghcr.io/streamward/streamward-sidecar:{VERSION}")
+    );
+    let proxy_args: Vec<&str> = proxy["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        proxy_args.windows(2).any(|w| w
+            == [
+                "--audit-url",
+                &format!("https://sw-streamward-collector.{namespace}.svc:8443")
+            ]),
+        "{proxy_args:?}"
+    );
+    assert!(proxy_args.contains(&"--audit-token-file"), "{proxy_args:?}");
+    assert!(proxy_args.contains(&"--audit-spool"), "{proxy_args:?}");
+    let volumes = injected["spec"]["volumes"].as_array().unwrap();
+    let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).cloned();
+    let token = volume("streamward-collector-token").expect("the collector token volume");
+    assert_eq!(
+        token["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "streamward-collector"
+    );
+    let spool = volume("streamward-audit-spool").expect("the spool volume");
+    assert!(spool["emptyDir"]["sizeLimit"].is_string(), "{spool}");
+    let ca = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "STREAMWARD_AUDIT_CA_PEM")
+        .expect("the collector's CA");
+    let issued = kubectl(
+        server,
+        &[
+            "get",
+            "secret",
+            "sw-streamward-collector-tls",
+            "-n",
+            namespace,
+            "-o",
+            "go-template={{index .data \"ca.crt\" | base64decode}}",
+        ],
+    );
+    assert_eq!(ca["value"].as_str().unwrap(), issued);
+    // The app container sees the proxy, not the credentials.
+    let app = &injected["spec"]["containers"][0];
+    assert!(app.get("volumeMounts").is_none(), "{app}");
+
+    // Validation, through the webhook the operator registered.
+    let bad = format!(
+        "apiVersion: streamward.io/v1alpha1
+kind: MaskingRule
+metadata: {{name: bad, namespace: {watched}}}
+spec:
+  topics: [{{name: orders}}]
+  format: Text
+  detectors: [{{type: Regex, pattern: 'card=(?P<mask>[0-9'}}]
+"
+    );
+    let output = server
+        .kubectl()
+        .args(["create", "-f"])
+        .arg(write_yaml(server, &bad))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("denied the request"),
+        "{stderr}"
+    );
+
+    operator.kill();
+    // Left behind by an operator that is gone, its webhooks would refuse every opted-in pod
+    // and new grant (failurePolicy Fail); the other tests share this API server.
+    for kind in [
+        "validatingwebhookconfiguration",
+        "mutatingwebhookconfiguration",
+    ] {
+        kubectl(server, &["delete", kind, "streamward"]);
+    }
 }

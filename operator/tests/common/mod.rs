@@ -200,43 +200,9 @@ pub fn service_account_kubeconfig(
     namespace: &str,
     service_account: &str,
 ) -> PathBuf {
-    let token = kubectl(
-        server,
-        &[
-            "create",
-            "token",
-            service_account,
-            "-n",
-            namespace,
-            "--duration=1h",
-        ],
-    );
-    let file = server
-        .dir()
-        .join(format!("{namespace}-{service_account}.kubeconfig"));
-    let config = format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: e2e
-  cluster:
-    server: {url}
-    certificate-authority: {ca}
-users:
-- name: {service_account}
-  user:
-    token: {token}
-contexts:
-- name: {service_account}
-  context: {{cluster: e2e, user: {service_account}, namespace: {namespace}}}
-current-context: {service_account}
-",
-        url = server.url(),
-        ca = server.dir().join("ca.crt").display(),
-        token = token.trim(),
-    );
-    std::fs::write(&file, config).unwrap();
-    file
+    server
+        .service_account_kubeconfig(namespace, service_account)
+        .unwrap()
 }
 
 /// The operator's RBAC exactly as the chart renders it (its ServiceAccount, ClusterRoles,
