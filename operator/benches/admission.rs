@@ -220,7 +220,8 @@ fn in_process(requests: usize) -> Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(requests);
     for _ in 0..requests {
         let started = Instant::now();
-        let patch = std::hint::black_box(inject::plan(&pod, &ctx, &settings));
+        let patch =
+            std::hint::black_box(inject::plan(&pod, &ctx, &settings).map_err(anyhow::Error::msg)?);
         samples.push(started.elapsed());
         if patch.0.is_empty() {
             bail!("no patch");

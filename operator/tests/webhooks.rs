@@ -629,7 +629,7 @@ fn ca_bundle(server: &KubeApiServer) -> anyhow::Result<Vec<u8>> {
         )
         .map(|c| c.ca_bundle.map(|b| b.0).unwrap_or_default())
         .collect();
-    assert_eq!(bundles.len(), 4);
+    assert_eq!(bundles.len(), 6);
     anyhow::ensure!(
         bundles.windows(2).all(|w| w[0] == w[1]),
         "the webhooks' caBundles differ"
@@ -712,5 +712,118 @@ fn the_webhook_certificate_rotates_and_the_ca_bundle_follows() {
     assert_ne!(served, second);
     let stderr = refused(&server, BAD_REGEX);
     assert!(stderr.contains("spec.detectors[1].pattern"), "{stderr}");
+    drop(operator);
+}
+
+/// `kubectl create -f -` of `yaml`, which must be refused by the webhook because `because`.
+fn refused_pod(server: &KubeApiServer, yaml: &str, because: &str) {
+    let stderr = refused(server, yaml);
+    assert!(stderr.contains(because), "expected {because:?}: {stderr}");
+}
+
+#[test]
+fn the_pod_author_can_neither_fake_the_proxy_nor_reach_into_it() {
+    let Cluster {
+        server, operator, ..
+    } = cluster(COLLECTOR);
+    let opted_in = "streamward.io/inject: 'true'";
+    applied(&server, &pod_yaml("orders", "demo", opted_in, "", ""));
+
+    // A copy of an injected pod (as `kubectl get -o yaml` gives it, with the API server's
+    // defaults filled in) is recognised as injected, not injected twice and not refused.
+    let mut copy = get_json(&server, &["pod", "-n", "demo", "orders"]);
+    copy["metadata"] = serde_json::json!({
+        "name": "orders-copy",
+        "namespace": "demo",
+        "labels": copy["metadata"]["labels"].clone(),
+        "annotations": copy["metadata"]["annotations"].clone(),
+    });
+    copy.as_object_mut().unwrap().remove("status");
+    applied(&server, &copy.to_string());
+    let copied = get_json(&server, &["pod", "-n", "demo", "orders-copy"]);
+    assert_eq!(proxies(&copied).len(), 1, "{copied:#}");
+
+    // A fake proxy running the author's command.
+    refused_pod(
+        &server,
+        &pod_yaml(
+            "fake",
+            "demo",
+            opted_in,
+            "",
+            "  initContainers:\n    - {name: streamward-proxy, image: 'busybox:1', command: [cat, /etc/passwd]}\n",
+        ),
+        "reserved",
+    );
+    // The author's own ConfigMap as our config volume.
+    refused_pod(
+        &server,
+        &pod_yaml(
+            "forged-config",
+            "demo",
+            opted_in,
+            "",
+            "  volumes: [{name: streamward-config, configMap: {name: allow-all}}]\n",
+        ),
+        "reserved",
+    );
+    // A token for the collector of the author's own, to post events as the proxy.
+    refused_pod(
+        &server,
+        &pod_yaml(
+            "events",
+            "demo",
+            opted_in,
+            "",
+            "  volumes: [{name: mine, projected: {sources: [{serviceAccountToken: {audience: streamward-collector, path: t}}]}}]\n",
+        ),
+        "audience",
+    );
+    // The proxy's files through /proc.
+    refused_pod(
+        &server,
+        &pod_yaml(
+            "peek",
+            "demo",
+            opted_in,
+            "",
+            "  shareProcessNamespace: true\n",
+        ),
+        "shareProcessNamespace",
+    );
+
+    // Once injected, the proxy's image cannot be swapped for the author's...
+    let swap = server
+        .kubectl()
+        .args(["set", "image", "pod/orders", "-n", "demo"])
+        .arg(format!("{PROXY}=busybox:1"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&swap.stderr);
+    assert!(!swap.status.success(), "the proxy's image was changed");
+    assert!(stderr.contains("cannot be changed"), "{stderr}");
+    // ...and a debug container may look at the app, not at the proxy.
+    let debug = |target: &str, name: &str| {
+        server
+            .kubectl()
+            .args(["debug", "pod/orders", "-n", "demo", "--image=busybox:1"])
+            .arg(format!("--target={target}"))
+            .arg(format!("--container={name}"))
+            .output()
+            .unwrap()
+    };
+    let into_proxy = debug(PROXY, "peek-proxy");
+    assert!(!into_proxy.status.success());
+    assert!(
+        String::from_utf8_lossy(&into_proxy.stderr).contains("may not target"),
+        "{}",
+        String::from_utf8_lossy(&into_proxy.stderr)
+    );
+    let into_app = debug("app", "peek-app");
+    assert!(
+        into_app.status.success(),
+        "{}",
+        String::from_utf8_lossy(&into_app.stderr)
+    );
     drop(operator);
 }

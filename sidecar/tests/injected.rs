@@ -59,7 +59,7 @@ fn injected_proxy(collector_ca: &str) -> Value {
         }),
         ..InjectSettings::default()
     };
-    let patch = inject::plan(&typed, &ctx, &settings);
+    let patch = inject::plan(&typed, &ctx, &settings).unwrap();
     json_patch::patch(&mut pod, &patch).unwrap();
     pod["spec"]["initContainers"][0].clone()
 }

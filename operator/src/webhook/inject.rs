@@ -30,6 +30,8 @@ use serde_json::Value;
 use streamward_api::config::{CONFIG_KEY, config_map_name};
 use streamward_api::crd::{MaskingRule, StreamTarget};
 
+use super::guard;
+
 /// The label that opts a pod in (`"true"`), or out (`"false"`, even in an opted-in namespace).
 pub const INJECT_LABEL: &str = "streamward.io/inject";
 /// The namespace label value that opts every pod of the namespace in.
@@ -264,16 +266,13 @@ fn to_value<T: serde::Serialize>(value: &T) -> Value {
 
 /// The JSON patch that injects the proxy into `pod` (empty when it is already injected and
 /// every app container has the bootstrap address).
-pub fn plan(pod: &Pod, ctx: &PodContext, settings: &InjectSettings) -> Patch {
+pub fn plan(pod: &Pod, ctx: &PodContext, settings: &InjectSettings) -> Result<Patch, String> {
     let mut ops = Vec::new();
     let empty = Default::default();
     let spec = pod.spec.as_ref().unwrap_or(&empty);
     let init = spec.init_containers.as_deref().unwrap_or_default();
-    let injected = spec
-        .containers
-        .iter()
-        .chain(init)
-        .any(|c| c.name == PROXY_CONTAINER);
+    let found_in_init = init.iter().any(|c| c.name == PROXY_CONTAINER);
+    let injected = found_in_init || spec.containers.iter().any(|c| c.name == PROXY_CONTAINER);
     let bootstrap_env = pod
         .metadata
         .annotations
@@ -283,13 +282,36 @@ pub fn plan(pod: &Pod, ctx: &PodContext, settings: &InjectSettings) -> Patch {
         .map_or(settings.bootstrap_env.as_str(), String::as_str);
     let address = format!("127.0.0.1:{}", settings.port);
 
-    // The bootstrap address for every app container, first, while the indices are the
-    // object's own. Init containers get it only when the proxy runs before them.
+    // What this webhook adds: a container named like the proxy, or a volume named like ours,
+    // must be exactly that, or the pod is refused (the author may not fake the proxy).
     let proxy_is_native = if injected {
-        init.iter().any(|c| c.name == PROXY_CONTAINER)
+        found_in_init
     } else {
         settings.native_sidecar
     };
+    let sa = service_account(pod);
+    let token_mount = spec
+        .containers
+        .iter()
+        .filter(|c| c.name != PROXY_CONTAINER)
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .find(|m| m.mount_path.trim_end_matches('/') == TOKEN_DIR)
+        .map(|m| m.name.clone());
+    let volumes = proxy_volumes(ctx, sa, token_mount.is_none(), settings.audit.as_ref());
+    let proxy = proxy_container(
+        pod,
+        ctx,
+        &InjectSettings {
+            native_sidecar: proxy_is_native,
+            ..settings.clone()
+        },
+        token_mount.as_deref().unwrap_or(TOKEN_VOLUME),
+    );
+    let audiences: Vec<&str> = settings.audit.iter().map(|a| a.audience.as_str()).collect();
+    guard::check_create(pod, injected.then_some(&proxy), &volumes, &audiences)?;
+
+    // The bootstrap address for every app container, first, while the indices are the
+    // object's own. Init containers get it only when the proxy runs before them.
     let lists: &[(&str, &[Container])] = if proxy_is_native {
         &[("initContainers", init), ("containers", &spec.containers)]
     } else {
@@ -322,28 +344,10 @@ pub fn plan(pod: &Pod, ctx: &PodContext, settings: &InjectSettings) -> Patch {
         ));
     }
     if injected {
-        return Patch(ops);
+        return Ok(Patch(ops));
     }
 
-    let sa = service_account(pod);
-    let token_mount = spec
-        .containers
-        .iter()
-        .flat_map(|c| c.volume_mounts.iter().flatten())
-        .find(|m| m.mount_path.trim_end_matches('/') == TOKEN_DIR)
-        .map(|m| m.name.clone());
-    let volumes = proxy_volumes(ctx, sa, token_mount.is_none(), settings.audit.as_ref());
-    let existing: BTreeSet<&str> = spec
-        .volumes
-        .iter()
-        .flatten()
-        .map(|v| v.name.as_str())
-        .collect();
-    let new_volumes: Vec<Value> = volumes
-        .iter()
-        .filter(|v| !existing.contains(v.name.as_str()))
-        .map(to_value)
-        .collect();
+    let new_volumes: Vec<Value> = volumes.iter().map(to_value).collect();
     if spec.volumes.is_none() {
         ops.push(add(&["spec", "volumes"], Value::Array(new_volumes)));
     } else {
@@ -352,18 +356,13 @@ pub fn plan(pod: &Pod, ctx: &PodContext, settings: &InjectSettings) -> Patch {
         }
     }
 
-    let proxy = to_value(&proxy_container(
-        pod,
-        ctx,
-        settings,
-        token_mount.as_deref().unwrap_or(TOKEN_VOLUME),
-    ));
+    let proxy = to_value(&proxy);
     match (settings.native_sidecar, spec.init_containers.is_some()) {
         (true, false) => ops.push(add(&["spec", "initContainers"], Value::Array(vec![proxy]))),
         (true, true) => ops.push(add(&["spec", "initContainers", "0"], proxy)),
         (false, _) => ops.push(add(&["spec", "containers", "-"], proxy)),
     }
-    Patch(ops)
+    Ok(Patch(ops))
 }
 
 /// A native sidecar of another injector (it is not an app: it does not bootstrap to Kafka).
@@ -641,8 +640,9 @@ fn proxy_container(
     mounts.push(mount(token_volume, TOKEN_DIR));
     if settings.audit.is_some() {
         mounts.push(mount(COLLECTOR_TOKEN_VOLUME, COLLECTOR_TOKEN_DIR));
+        // Writable (read-only is the default of `mount`, unset is writable).
         mounts.push(VolumeMount {
-            read_only: Some(false),
+            read_only: None,
             ..mount(SPOOL_VOLUME, SPOOL_DIR)
         });
     }
@@ -739,7 +739,7 @@ mod tests {
     }
 
     fn inject(value: &Value, settings: &InjectSettings) -> Value {
-        apply(value, &plan(&pod(value.clone()), &ctx(), settings))
+        apply(value, &plan(&pod(value.clone()), &ctx(), settings).unwrap())
     }
 
     fn env<'v>(container: &'v Value, name: &str) -> Option<&'v Value> {
@@ -935,13 +935,18 @@ mod tests {
                 .clone()
         };
         assert_eq!(mount(COLLECTOR_TOKEN_VOLUME)["readOnly"], true);
-        assert_eq!(mount(SPOOL_VOLUME)["readOnly"], false);
+        assert!(mount(SPOOL_VOLUME).get("readOnly").is_none());
         for app in after["spec"]["containers"].as_array().unwrap() {
             assert!(app.get("volumeMounts").is_none(), "{app}");
             assert!(env(app, "STREAMWARD_AUDIT_CA_PEM").is_none(), "{app}");
         }
         // Injecting again changes nothing.
-        assert!(plan(&pod(after.clone()), &ctx(), &settings).0.is_empty());
+        assert!(
+            plan(&pod(after.clone()), &ctx(), &settings)
+                .unwrap()
+                .0
+                .is_empty()
+        );
     }
 
     #[test]
@@ -990,7 +995,7 @@ mod tests {
                 ..InjectSettings::default()
             };
             let once = inject(&app_pod(), &settings);
-            let again = plan(&pod(once.clone()), &ctx(), &settings);
+            let again = plan(&pod(once.clone()), &ctx(), &settings).unwrap();
             assert!(again.0.is_empty(), "native={native}: {again:?}");
             assert_eq!(inject(&once, &settings), once);
             assert_eq!(proxies(&once), 1);
@@ -999,8 +1004,103 @@ mod tests {
                 native_sidecar: !native,
                 ..settings.clone()
             };
-            assert!(plan(&pod(once.clone()), &ctx(), &flipped).0.is_empty());
+            assert!(
+                plan(&pod(once.clone()), &ctx(), &flipped)
+                    .unwrap()
+                    .0
+                    .is_empty()
+            );
         }
+    }
+
+    /// The refusal `plan` gives the pod `value` (with audit to a collector on).
+    fn refusal(value: Value) -> String {
+        let settings = InjectSettings {
+            audit: Some(AuditTarget {
+                url: "https://collector:8443".into(),
+                audience: "streamward-collector".into(),
+                ca_pem: None,
+                spool_bytes: 1 << 20,
+            }),
+            ..InjectSettings::default()
+        };
+        plan(&pod(value), &ctx(), &settings).unwrap_err()
+    }
+
+    #[test]
+    fn the_author_cannot_fake_the_proxy_or_reach_into_it() {
+        // A container named like the proxy, whatever it runs.
+        let mut fake = app_pod();
+        fake["spec"]["containers"][0]["name"] = json!("streamward-proxy");
+        fake["spec"]["containers"][0]["command"] = json!(["sh", "-c", "cat /creds/*"]);
+        assert!(refusal(fake).contains("reserved"));
+        // A volume named like ours, from the author's own ConfigMap.
+        let mut volume = app_pod();
+        volume["spec"]["volumes"] =
+            json!([{"name": "streamward-config", "configMap": {"name": "allow-all"}}]);
+        assert!(refusal(volume).contains("reserved"));
+        // An app mounting a volume the webhook is about to add.
+        let mut mount = app_pod();
+        mount["spec"]["containers"][1]["volumeMounts"] =
+            json!([{"name": "streamward-secret-0", "mountPath": "/creds"}]);
+        assert!(refusal(mount).contains("only the Streamward proxy may mount"));
+        // A token of its own for the collector, to post events as the proxy.
+        let mut token = app_pod();
+        token["spec"]["volumes"] = json!([{"name": "mine", "projected": {"sources": [
+            {"serviceAccountToken": {"audience": "streamward-collector", "path": "t"}}]}}]);
+        assert!(refusal(token).contains("audience"));
+        // The proxy's files through /proc.
+        let mut shared = app_pod();
+        shared["spec"]["shareProcessNamespace"] = json!(true);
+        assert!(refusal(shared).contains("shareProcessNamespace"));
+    }
+
+    #[test]
+    fn a_copy_of_an_injected_pod_is_recognised_but_not_a_changed_one() {
+        let once = inject(&app_pod(), &InjectSettings::default());
+        assert!(
+            plan(&pod(once.clone()), &ctx(), &InjectSettings::default())
+                .unwrap()
+                .0
+                .is_empty()
+        );
+        let mut changed = once.clone();
+        changed["spec"]["initContainers"][0]["image"] = json!("evil:1");
+        let error = plan(&pod(changed), &ctx(), &InjectSettings::default()).unwrap_err();
+        assert!(error.contains("reserved"), "{error}");
+    }
+
+    #[test]
+    fn an_injected_proxy_cannot_be_changed_or_debugged_into() {
+        let once: Pod =
+            serde_json::from_value(inject(&app_pod(), &InjectSettings::default())).unwrap();
+        assert_eq!(guard::check_update(&once, &once, PROXY_CONTAINER), Ok(()));
+        let mut image = once.clone();
+        image
+            .spec
+            .as_mut()
+            .unwrap()
+            .init_containers
+            .as_mut()
+            .unwrap()[0]
+            .image = Some("evil:1".into());
+        assert!(guard::check_update(&once, &image, PROXY_CONTAINER).is_err());
+        let debug = |target: Option<&str>, mount: Option<&str>| {
+            let mut debugged = serde_json::to_value(&once).unwrap();
+            let mut ephemeral = json!({"name": "debugger", "image": "busybox"});
+            if let Some(target) = target {
+                ephemeral["targetContainerName"] = json!(target);
+            }
+            if let Some(mount) = mount {
+                ephemeral["volumeMounts"] = json!([{"name": mount, "mountPath": "/x"}]);
+            }
+            debugged["spec"]["ephemeralContainers"] = json!([ephemeral]);
+            let debugged: Pod = serde_json::from_value(debugged).unwrap();
+            guard::check_update(&once, &debugged, PROXY_CONTAINER)
+        };
+        assert!(debug(Some(PROXY_CONTAINER), None).is_err());
+        assert!(debug(Some("app"), Some("streamward-secret-0")).is_err());
+        assert_eq!(debug(Some("app"), None), Ok(()));
     }
 
     #[test]
@@ -1111,7 +1211,7 @@ mod tests {
             .as_array_mut()
             .unwrap()
             .push(json!({"name": "late", "image": "l:1"}));
-        let patch = plan(&pod(once.clone()), &ctx(), &settings);
+        let patch = plan(&pod(once.clone()), &ctx(), &settings).unwrap();
         assert_eq!(patch.0.len(), 1, "{patch:?}");
         let twice = apply(&once, &patch);
         assert_eq!(

@@ -9,6 +9,7 @@
 
 pub mod approval;
 pub mod certs;
+pub mod guard;
 pub mod inject;
 pub mod registration;
 pub mod secrets;
@@ -50,7 +51,9 @@ use tokio::sync::watch;
 
 use self::approval::Decided;
 use self::inject::{InjectSettings, PodContext, Skip};
-use self::registration::{Endpoint, MUTATE_PODS_PATH, MUTATE_RESOURCES_PATH, VALIDATE_PATH};
+use self::registration::{
+    Endpoint, MUTATE_PODS_PATH, MUTATE_RESOURCES_PATH, VALIDATE_PATH, VALIDATE_PODS_PATH,
+};
 use self::secrets::{Serving, TlsSecret};
 use self::validate::Verdict;
 use crate::controller::FIELD_MANAGER;
@@ -412,6 +415,7 @@ pub async fn run(client: Client, flags: WebhookFlags) -> anyhow::Result<()> {
         .route(VALIDATE_PATH, post(validate_resource))
         .route(MUTATE_PODS_PATH, post(mutate_pod))
         .route(MUTATE_RESOURCES_PATH, post(stamp_resource))
+        .route(VALIDATE_PODS_PATH, post(validate_pod))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state);
     let server =
@@ -534,7 +538,7 @@ async fn register(
     excluded: &BTreeSet<String>,
 ) -> anyhow::Result<()> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let validating = registration::validating(endpoint, ca);
+    let validating = registration::validating(endpoint, ca, excluded);
     Api::<ValidatingWebhookConfiguration>::all(client.clone())
         .patch(
             registration::CONFIGURATION_NAME,
@@ -745,6 +749,35 @@ async fn check_new_approval(
     )
 }
 
+/// Refuses changes to an injected pod's proxy, and ephemeral containers that reach into it.
+async fn validate_pod(
+    Json(review): Json<AdmissionReview<Pod>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let request: AdmissionRequest<Pod> = match review.try_into() {
+        Ok(request) => request,
+        Err(error) => {
+            return Json(AdmissionResponse::invalid(format!("{error}")).into_review());
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    let (Some(new), Some(old)) = (&request.object, &request.old_object) else {
+        return Json(response.into_review());
+    };
+    match guard::check_update(old, new, inject::PROXY_CONTAINER) {
+        Ok(()) => Json(response.into_review()),
+        Err(reason) => {
+            tracing::info!(
+                namespace = ?request.namespace,
+                pod = %request.name,
+                user = ?request.user_info.username,
+                %reason,
+                "pod update refused"
+            );
+            Json(response.deny(reason).into_review())
+        }
+    }
+}
+
 /// Stamps a new Approval (its approver, the uid it decides on) or AccessGrant (who asked).
 async fn stamp_resource(
     State(state): State<Arc<Webhooks>>,
@@ -863,7 +896,13 @@ async fn mutate_pod(
             return Json(response.deny(reason).into_review());
         }
     };
-    let patch = inject::plan(pod, &ctx, &settings);
+    let patch = match inject::plan(pod, &ctx, &settings) {
+        Ok(patch) => patch,
+        Err(reason) => {
+            tracing::info!(%namespace, pod = %name, %reason, "pod refused");
+            return Json(response.deny(reason).into_review());
+        }
+    };
     if patch.0.is_empty() {
         return Json(response.into_review());
     }

@@ -22,6 +22,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use super::inject::{INJECT_LABEL, NAMESPACE_ENABLED};
 use super::validate::RESOURCES;
 
+/// The path of the validating webhook for updates of injected pods.
+pub const VALIDATE_PODS_PATH: &str = "/validate-pods";
 /// The path of the mutating webhook that stamps Approvals and AccessGrants.
 pub const MUTATE_RESOURCES_PATH: &str = "/mutate-resources";
 /// The name of both webhook configurations.
@@ -129,28 +131,98 @@ fn meta() -> ObjectMeta {
     }
 }
 
-/// The validating webhook for the Streamward custom resources.
-pub fn validating(endpoint: &Endpoint, ca_bundle: &str) -> ValidatingWebhookConfiguration {
+/// The validating webhooks: one for the Streamward custom resources, and one per injection
+/// selector for updates of opted-in pods (their spec and their ephemeral containers), so that
+/// an injected proxy cannot be changed or reached into afterwards.
+pub fn validating(
+    endpoint: &Endpoint,
+    ca_bundle: &str,
+    excluded: &BTreeSet<String>,
+) -> ValidatingWebhookConfiguration {
+    let base = |name: &str, path: &str, rules| ValidatingWebhook {
+        name: name.to_owned(),
+        client_config: endpoint.client_config(path, ca_bundle),
+        rules: Some(rules),
+        failure_policy: Some("Fail".to_owned()),
+        side_effects: "None".to_owned(),
+        admission_review_versions: vec!["v1".to_owned()],
+        timeout_seconds: Some(5),
+        match_policy: Some("Equivalent".to_owned()),
+        ..Default::default()
+    };
+    let resources = base(
+        "resources.validate.streamward.io",
+        VALIDATE_PATH,
+        vec![RuleWithOperations {
+            api_groups: Some(vec![streamward_api::GROUP.to_owned()]),
+            api_versions: Some(vec![streamward_api::crd::VERSION.to_owned()]),
+            operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
+            resources: Some(RESOURCES.iter().map(|r| (*r).to_owned()).collect()),
+            scope: Some("Namespaced".to_owned()),
+        }],
+    );
+    let pod_updates = || {
+        vec![RuleWithOperations {
+            api_groups: Some(vec![String::new()]),
+            api_versions: Some(vec!["v1".to_owned()]),
+            operations: Some(vec!["UPDATE".to_owned()]),
+            resources: Some(vec![
+                "pods".to_owned(),
+                "pods/ephemeralcontainers".to_owned(),
+            ]),
+            scope: Some("Namespaced".to_owned()),
+        }]
+    };
+    let mut webhooks = vec![resources];
+    for (prefix, namespace_selector, object_selector) in pod_selectors(excluded) {
+        webhooks.push(ValidatingWebhook {
+            namespace_selector: Some(namespace_selector),
+            object_selector: Some(object_selector),
+            ..base(
+                &format!("{prefix}validate.streamward.io"),
+                VALIDATE_PODS_PATH,
+                pod_updates(),
+            )
+        });
+    }
     ValidatingWebhookConfiguration {
         metadata: meta(),
-        webhooks: Some(vec![ValidatingWebhook {
-            name: "resources.validate.streamward.io".to_owned(),
-            client_config: endpoint.client_config(VALIDATE_PATH, ca_bundle),
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(vec![streamward_api::GROUP.to_owned()]),
-                api_versions: Some(vec![streamward_api::crd::VERSION.to_owned()]),
-                operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
-                resources: Some(RESOURCES.iter().map(|r| (*r).to_owned()).collect()),
-                scope: Some("Namespaced".to_owned()),
-            }]),
-            failure_policy: Some("Fail".to_owned()),
-            side_effects: "None".to_owned(),
-            admission_review_versions: vec!["v1".to_owned()],
-            timeout_seconds: Some(5),
-            match_policy: Some("Equivalent".to_owned()),
-            ..Default::default()
-        }]),
+        webhooks: Some(webhooks),
     }
+}
+
+/// The two ways a pod opts in, as (webhook name suffix, namespace selector, object selector):
+/// its own label (outside opted-in namespaces, so no pod is sent twice), or its namespace's
+/// label (unless the pod says `"false"`). `excluded` namespaces are never sent.
+fn pod_selectors(excluded: &BTreeSet<String>) -> [(&'static str, LabelSelector, LabelSelector); 2] {
+    let not_excluded = || not_in(NAMESPACE_NAME_LABEL, excluded.iter().cloned());
+    [
+        (
+            "pods.",
+            LabelSelector {
+                match_expressions: Some(vec![
+                    not_excluded(),
+                    not_in(INJECT_LABEL, [NAMESPACE_ENABLED.to_owned()]),
+                ]),
+                match_labels: None,
+            },
+            LabelSelector {
+                match_labels: labels(&[(INJECT_LABEL, "true")]),
+                match_expressions: None,
+            },
+        ),
+        (
+            "namespaces.",
+            LabelSelector {
+                match_expressions: Some(vec![not_excluded()]),
+                match_labels: labels(&[(INJECT_LABEL, NAMESPACE_ENABLED)]),
+            },
+            LabelSelector {
+                match_expressions: Some(vec![not_in(INJECT_LABEL, ["false".to_owned()])]),
+                match_labels: None,
+            },
+        ),
+    ]
 }
 
 /// The mutating webhook that injects the proxy: one entry for pods labelled
@@ -171,7 +243,6 @@ pub fn mutating(
             scope: Some("Namespaced".to_owned()),
         }])
     };
-    let not_excluded = || not_in(NAMESPACE_NAME_LABEL, excluded.iter().cloned());
     let webhook = |name: &str, namespace_selector, object_selector| MutatingWebhook {
         name: name.to_owned(),
         client_config: endpoint.client_config(MUTATE_PODS_PATH, ca_bundle),
@@ -209,36 +280,20 @@ pub fn mutating(
         reinvocation_policy: Some("Never".to_owned()),
         match_conditions: None,
     };
+    let mut webhooks: Vec<MutatingWebhook> = pod_selectors(excluded)
+        .into_iter()
+        .map(|(prefix, namespace_selector, object_selector)| {
+            webhook(
+                &format!("{prefix}inject.streamward.io"),
+                namespace_selector,
+                object_selector,
+            )
+        })
+        .collect();
+    webhooks.push(stamp);
     MutatingWebhookConfiguration {
         metadata: meta(),
-        webhooks: Some(vec![
-            webhook(
-                "pods.inject.streamward.io",
-                LabelSelector {
-                    match_expressions: Some(vec![
-                        not_excluded(),
-                        not_in(INJECT_LABEL, [NAMESPACE_ENABLED.to_owned()]),
-                    ]),
-                    match_labels: None,
-                },
-                LabelSelector {
-                    match_labels: labels(&[(INJECT_LABEL, "true")]),
-                    match_expressions: None,
-                },
-            ),
-            webhook(
-                "namespaces.inject.streamward.io",
-                LabelSelector {
-                    match_expressions: Some(vec![not_excluded()]),
-                    match_labels: labels(&[(INJECT_LABEL, NAMESPACE_ENABLED)]),
-                },
-                LabelSelector {
-                    match_expressions: Some(vec![not_in(INJECT_LABEL, ["false".to_owned()])]),
-                    match_labels: None,
-                },
-            ),
-            stamp,
-        ]),
+        webhooks: Some(webhooks),
     }
 }
 
@@ -250,8 +305,9 @@ mod tests {
     fn a_url_endpoint_names_its_host_and_appends_paths() {
         let url = Endpoint::Url("https://127.0.0.1:9443/".into());
         assert_eq!(url.certificate_names(), ["127.0.0.1"]);
-        let config = validating(&url, "PEM");
-        let hook = &config.webhooks.unwrap()[0];
+        let config = validating(&url, "PEM", &BTreeSet::new());
+        let hooks = config.webhooks.unwrap();
+        let hook = &hooks[0];
         assert_eq!(
             hook.client_config.url.as_deref(),
             Some("https://127.0.0.1:9443/validate")
@@ -343,6 +399,31 @@ mod tests {
 #[cfg(test)]
 mod stamp_tests {
     use super::*;
+
+    #[test]
+    fn updates_of_opted_in_pods_and_their_ephemeral_containers_are_validated() {
+        let excluded: BTreeSet<String> = ["kube-system".to_owned()].into();
+        let config = validating(&Endpoint::Url("https://127.0.0.1:1".into()), "x", &excluded);
+        let hooks = config.webhooks.unwrap();
+        let pods: Vec<_> = hooks
+            .iter()
+            .filter(|h| h.client_config.url.as_deref() == Some("https://127.0.0.1:1/validate-pods"))
+            .collect();
+        assert_eq!(pods.len(), 2);
+        let injecting = mutating(&Endpoint::Url("https://127.0.0.1:1".into()), "x", &excluded);
+        for (validate, inject) in pods.iter().zip(injecting.webhooks.unwrap()) {
+            // The same pods the injection sees.
+            assert_eq!(validate.namespace_selector, inject.namespace_selector);
+            assert_eq!(validate.object_selector, inject.object_selector);
+            let rules = &validate.rules.as_ref().unwrap()[0];
+            assert_eq!(rules.operations.as_deref().unwrap(), ["UPDATE"]);
+            assert_eq!(
+                rules.resources.as_deref().unwrap(),
+                ["pods", "pods/ephemeralcontainers"]
+            );
+            assert_eq!(validate.failure_policy.as_deref(), Some("Fail"));
+        }
+    }
 
     #[test]
     fn every_new_approval_and_grant_is_stamped_wherever_it_is() {
