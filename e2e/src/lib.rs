@@ -17,6 +17,7 @@ pub mod data;
 pub mod kafka;
 pub mod kube;
 pub mod net;
+pub mod node;
 pub mod pki;
 pub mod process;
 pub mod provision;
