@@ -37,7 +37,7 @@ crds-check:
         exit 1
     fi
 
-# Install and cache what the e2e tests run: Kafka jars, kube-apiserver/etcd/kubectl, kcat, confluent-kafka.
+# Install and cache what the e2e tests run: Kafka jars, kube-apiserver/etcd/kubectl, the test node (kubelet & co, containerd, CoreDNS, images), kcat, confluent-kafka.
 provision:
     cargo run -q -p streamward-e2e --bin provision
 

@@ -5,9 +5,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::{clients, kafka, kube};
+use crate::{clients, kafka, kube, node};
 
-/// Installs Kafka, the Kubernetes binaries and the clients, printing one line per step.
+/// Installs Kafka, the Kubernetes binaries, the clients and the test node's programs and
+/// images, printing one line per step.
 pub fn all() -> Result<()> {
     step(
         &format!("Apache Kafka {} jars", kafka::KAFKA_VERSION),
@@ -21,11 +22,22 @@ pub fn all() -> Result<()> {
         ),
         || kube::install().map(drop),
     )?;
+    step(
+        &format!(
+            "node programs: containerd {}, CoreDNS {}",
+            node::install::CONTAINERD_VERSION,
+            node::install::COREDNS_VERSION
+        ),
+        || node::install::install().map(drop),
+    )?;
     step("kcat", || clients::kcat().map(drop))?;
     step(
         &format!("confluent-kafka {}", clients::CONFLUENT_KAFKA_VERSION),
         || clients::python().map(drop),
     )?;
+    step("node images (pause, CoreDNS, Kafka clients)", || {
+        node::images::build_all(&node::install::install()?).map(drop)
+    })?;
     Ok(())
 }
 

@@ -169,7 +169,10 @@ pub fn clean(run_dirs: &[PathBuf]) -> Result<()> {
     note("removing files at fixed paths", remove_fixed_files());
     note("restoring kernel settings", restore_state());
     if !slow.is_empty() {
-        eprintln!("streamward-e2e: slow node cleanup steps: {}", slow.join(", "));
+        eprintln!(
+            "streamward-e2e: slow node cleanup steps: {}",
+            slow.join(", ")
+        );
     }
     if failures.is_empty() {
         Ok(())
