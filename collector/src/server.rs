@@ -160,7 +160,11 @@ pub async fn serve(
                         key.display()
                     )
                 })?;
-            tokio::spawn(reload_certificate(config.clone(), cert.clone(), key.clone()));
+            tokio::spawn(reload_certificate(
+                config.clone(),
+                cert.clone(),
+                key.clone(),
+            ));
             let handle = axum_server::Handle::new();
             let stopper = handle.clone();
             tokio::spawn(async move {

@@ -681,7 +681,10 @@ fn sweep_dead_runs(runs: &Path) {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
+            let trash = runs.join(format!("{TRASH_PREFIX}{name}"));
+            if std::fs::rename(entry.path(), &trash).is_ok() {
+                delete_in_background(&trash);
+            }
         }
     }
 }
