@@ -152,6 +152,12 @@ admin = AdminClient({{
 }})
 metadata = admin.list_topics(timeout=20)
 print("brokers", sorted(f"{{b.host}}:{{b.port}}" for b in metadata.brokers.values()))
+# No default route: an address off the machine is unreachable, and no packet is sent.
+try:
+    socket.create_connection(("1.1.1.1", 443), timeout=3)
+    print("outside reachable")
+except OSError as error:
+    print("outside errno", error.errno)
 "#
     );
     node.apply(&pod(namespace, "python", &["python3", "-c", &script]))?;
@@ -159,7 +165,8 @@ print("brokers", sorted(f"{{b.host}}:{{b.port}}" for b in metadata.brokers.value
     let logs = node.kubectl_run(&["logs", "python", "-n", namespace])?;
     anyhow::ensure!(
         logs.contains(&format!("resolved {}", cluster_ip.trim()))
-            && logs.contains(&format!("brokers ['{bootstrap}']")),
+            && logs.contains(&format!("brokers ['{bootstrap}']"))
+            && logs.contains(&format!("outside errno {}", libc::ENETUNREACH)),
         "confluent-kafka through Service kafka ({cluster_ip}) did not get metadata:\n{logs}"
     );
     Ok(())
