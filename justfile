@@ -16,28 +16,41 @@ build:
 fmt:
     cargo fmt --all
 
-# Check formatting, clippy (warnings are errors) and that crds/ matches api/.
-lint: crds-check
+# Check formatting, clippy (warnings are errors), that crds/ matches api/ and config/install.yaml the chart.
+lint: crds-check manifests-check
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Generate the CRD YAML in crds/ from the types in api/.
+# Generate the CRD YAML in crds/ from the types in api/, and the same bytes into the chart's crds/ (Helm installs CRDs only from there).
 crds:
     cargo run -q -p streamward-operator --bin crdgen -- crds
+    cargo run -q -p streamward-operator --bin crdgen -- charts/streamward/crds
 
-# Fail if crds/ is stale (run `just crds` and commit to fix).
+# Fail if crds/ or charts/streamward/crds/ is stale (run `just crds` and commit to fix).
 crds-check:
     #!/usr/bin/env bash
     set -euo pipefail
     fresh=$(mktemp -d)
     trap 'rm -rf "$fresh"' EXIT
     cargo run -q -p streamward-operator --bin crdgen -- "$fresh"
-    if ! diff -r --exclude=.gitkeep crds "$fresh"; then
-        echo "crds/ is stale: run 'just crds' and commit the result" >&2
-        exit 1
-    fi
+    stale=0
+    for dir in crds charts/streamward/crds; do
+        if ! diff -r --exclude=.gitkeep "$dir" "$fresh"; then
+            echo "$dir/ is stale: run 'just crds' and commit the result" >&2
+            stale=1
+        fi
+    done
+    exit $stale
 
-# Install and cache what the e2e tests run: Kafka jars, kube-apiserver/etcd/kubectl, the test node (kubelet & co, containerd, CoreDNS, images), kcat, confluent-kafka.
+# Render config/install.yaml (plain manifests) from charts/streamward with its default values.
+manifests:
+    cargo run -q -p streamward-e2e --bin manifests
+
+# Fail if config/install.yaml is stale (run `just manifests` and commit to fix).
+manifests-check:
+    cargo run -q -p streamward-e2e --bin manifests -- --check
+
+# Install and cache what the e2e tests run: Kafka jars, kube-apiserver/etcd/kubectl, helm, the test node (kubelet & co, containerd, CoreDNS, images), kcat, confluent-kafka.
 provision:
     cargo run -q -p streamward-e2e --bin provision
 

@@ -36,6 +36,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Deserialize;
 
 use crate::acl::{ResourcePattern, ResourceType};
+use crate::approval::ApprovalSettings;
 use crate::config::{
     CompiledDetector, CompiledField, CompiledGrant, CompiledHeader, CompiledMaskingRule,
     CompiledPolicy, CompiledRule, CompiledTarget, DEFAULT_PLACEHOLDER, DetectorType, MaskStrategy,
@@ -449,6 +450,11 @@ pub fn compile(inputs: &Inputs, identity: &WorkloadIdentity) -> Result<ProxyConf
         }
     }
 
+    let approval = ApprovalSettings::for_grants(
+        in_namespace(&inputs.policies, namespace)?
+            .into_iter()
+            .map(|(_, policy)| policy),
+    );
     let mut grants = Vec::new();
     for (object, grant) in in_namespace(&inputs.grants, namespace)? {
         let conditions = grant
@@ -457,7 +463,7 @@ pub fn compile(inputs: &Inputs, identity: &WorkloadIdentity) -> Result<ProxyConf
             .map_or(&[][..], |s| s.conditions.as_slice());
         if grant.spec.revoked
             || condition_is_true(conditions, crd::condition::REVOKED)
-            || (grant.spec.require_approval
+            || (approval.grant_needs_approval(grant)
                 && !condition_is_true(conditions, crd::condition::APPROVED))
         {
             continue;

@@ -33,14 +33,25 @@ impl KubeBinaries {
 /// Builds (once) kube-apiserver, kubectl and etcd with the machine's Go toolchain.
 pub fn install() -> Result<KubeBinaries> {
     let module = cache::source_root().join("e2e/k8s");
+    // The `-v` suffix names the build recipe: change it whenever the flags below change, so
+    // caches made by an older recipe are not reused.
     let dir = cache::ensure(
-        &format!("kubernetes-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}"),
+        &format!("kubernetes-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}-v2"),
         |dir| {
             let bin = dir.join("bin");
-            for (name, package) in [
-                ("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver"),
-                ("kubectl", "k8s.io/kubernetes/cmd/kubectl"),
-                ("etcd", "go.etcd.io/etcd/server/v3"),
+            let kubernetes_ldflags = format!("-s -w {}", version_stamp());
+            for (name, package, ldflags) in [
+                (
+                    "kube-apiserver",
+                    "k8s.io/kubernetes/cmd/kube-apiserver",
+                    kubernetes_ldflags.as_str(),
+                ),
+                (
+                    "kubectl",
+                    "k8s.io/kubernetes/cmd/kubectl",
+                    kubernetes_ldflags.as_str(),
+                ),
+                ("etcd", "go.etcd.io/etcd/server/v3", "-s -w"),
             ] {
                 run(
                     &format!("go build {package}"),
@@ -49,7 +60,9 @@ pub fn install() -> Result<KubeBinaries> {
                         // Never fetch another toolchain: the machine's Go must do.
                         .env("GOTOOLCHAIN", "local")
                         .env("CGO_ENABLED", "0")
-                        .args(["build", "-trimpath", "-ldflags=-s -w", "-o"])
+                        .args(["build", "-trimpath"])
+                        .arg(format!("-ldflags={ldflags}"))
+                        .arg("-o")
                         .arg(bin.join(name))
                         .arg(package),
                 )?;
@@ -60,6 +73,28 @@ pub fn install() -> Result<KubeBinaries> {
     Ok(KubeBinaries {
         bin: dir.join("bin"),
     })
+}
+
+/// The `-X` linker flags Kubernetes' own build (hack/lib/version.sh) sets, so `/version` and
+/// `kubectl version` say `v1.36.3` rather than `v0.0.0-master`: Helm refuses a chart whose
+/// `kubeVersion` the server's version does not meet, and the operator reads it too.
+pub(crate) fn version_stamp() -> String {
+    let mut parts = KUBERNETES_VERSION.trim_start_matches('v').split('.');
+    let major = parts.next().unwrap_or_default();
+    let minor = parts.next().unwrap_or_default();
+    [
+        "k8s.io/component-base/version",
+        "k8s.io/client-go/pkg/version",
+    ]
+    .iter()
+    .map(|package| {
+        format!(
+            "-X {package}.gitVersion={KUBERNETES_VERSION} -X {package}.gitMajor={major} \
+                 -X {package}.gitMinor={minor} -X {package}.gitTreeState=clean"
+        )
+    })
+    .collect::<Vec<_>>()
+    .join(" ")
 }
 
 /// A running kube-apiserver (RBAC, admission webhooks on) backed by its own etcd, with an
@@ -206,7 +241,7 @@ impl KubeApiServer {
 
         let kubeconfig = write(
             "kubeconfig",
-            &admin_kubeconfig(&url, &ca_file, &admin_cert, &admin_key),
+            &client_kubeconfig(&url, &ca_file, &admin_cert, &admin_key),
         )?;
         let mut server = KubeApiServer {
             binaries,
@@ -254,6 +289,70 @@ impl KubeApiServer {
     /// The admin (system:masters) kubeconfig file.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// A kubeconfig that authenticates as `namespace/service_account` with a token the API
+    /// server minted (TokenRequest, one hour), as a pod's projected token would.
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<PathBuf> {
+        let output = run(
+            &format!("kubectl create token {service_account}"),
+            self.kubectl()
+                .args(["create", "token", service_account, "-n", namespace])
+                .arg("--duration=1h"),
+        )?;
+        let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let kubeconfig = self
+            .dir
+            .path()
+            .join(format!("{namespace}-{service_account}.kubeconfig"));
+        let text = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: {url}
+    certificate-authority: {ca}
+users:
+- name: {service_account}
+  user:
+    token: {token}
+contexts:
+- name: {service_account}
+  context: {{cluster: e2e, user: {service_account}, namespace: {namespace}}}
+current-context: {service_account}
+",
+            url = self.url,
+            ca = self.dir.path().join("ca.crt").display(),
+        );
+        std::fs::write(&kubeconfig, text)
+            .with_context(|| format!("writing {}", kubeconfig.display()))?;
+        Ok(kubeconfig)
+    }
+
+    /// A kubeconfig for a person: `user` in `groups`, with a client certificate of this
+    /// cluster's CA, as an OIDC or certificate login would authenticate them.
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        let issued = self.ca.issue_client(user, groups)?;
+        let file_name: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let cert = self.dir.path().join(format!("user-{file_name}.crt"));
+        let key = self.dir.path().join(format!("user-{file_name}.key"));
+        let kubeconfig = self.dir.path().join(format!("user-{file_name}.kubeconfig"));
+        std::fs::write(&cert, &issued.cert_pem)?;
+        std::fs::write(&key, &issued.key_pem)?;
+        std::fs::write(
+            &kubeconfig,
+            client_kubeconfig(&self.url, &self.dir.path().join("ca.crt"), &cert, &key),
+        )
+        .with_context(|| format!("writing {}", kubeconfig.display()))?;
+        Ok(kubeconfig)
     }
 
     /// The CA that signed the API server's certificate and accepts client certificates.
@@ -310,7 +409,7 @@ impl KubeApiServer {
     }
 }
 
-fn admin_kubeconfig(url: &str, ca: &Path, cert: &Path, key: &Path) -> String {
+fn client_kubeconfig(url: &str, ca: &Path, cert: &Path, key: &Path) -> String {
     format!(
         "apiVersion: v1
 kind: Config

@@ -3,7 +3,8 @@
 //! Nothing here is a stand-in: [`kafka::KafkaCluster`] runs Apache Kafka in KRaft mode from its
 //! Maven Central jars, [`kube::KubeApiServer`] runs a kube-apiserver built from the
 //! `k8s.io/kubernetes` Go module on a real etcd, and [`clients`] drives the clients users run
-//! (kcat, confluent-kafka for Python, Kafka's own Java tools).
+//! (kcat, confluent-kafka for Python, Kafka's own Java tools); [`helm`] renders and installs
+//! the chart with a Helm built from its Go module.
 //!
 //! Everything is installed on first use into the cache (see [`cache`]), keyed by version, and
 //! every server listens on 127.0.0.1 only. Processes die with the test binary, even when it
@@ -14,6 +15,7 @@ pub mod cache;
 pub mod clients;
 pub mod collector;
 pub mod data;
+pub mod helm;
 pub mod kafka;
 pub mod kube;
 pub mod net;

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::{clients, kafka, kube, node};
+use crate::{clients, helm, kafka, kube, node};
 
-/// Installs Kafka, the Kubernetes binaries, the clients and the test node's programs and
+/// Installs Kafka, the Kubernetes binaries, Helm, the clients and the test node's programs and
 /// images, printing one line per step.
 pub fn all() -> Result<()> {
     step(
@@ -30,6 +30,9 @@ pub fn all() -> Result<()> {
         ),
         || node::install::install().map(drop),
     )?;
+    step(&format!("helm {}", helm::HELM_VERSION), || {
+        helm::helm_binary().map(drop)
+    })?;
     step("kcat", || clients::kcat().map(drop))?;
     step(
         &format!("confluent-kafka {}", clients::CONFLUENT_KAFKA_VERSION),

@@ -26,6 +26,7 @@ use streamward_api::crd::{
 use crate::configs;
 use crate::rbac;
 use crate::status::{self, Conditions, GrantFacts, Why, became_true, same_conditions};
+use streamward_api::approval::ApprovalSettings;
 
 /// What the caches hold for one namespace.
 #[derive(Clone, Debug, Default)]
@@ -105,10 +106,11 @@ pub fn plan(namespace: &Namespace, now: Timestamp) -> Result<Plan, serde_json::E
     let ns = namespace.name.as_str();
     let now = status::whole_seconds(now);
     let inputs = &namespace.inputs;
+    let approval = ApprovalSettings::for_grants(&inputs.policies);
     let facts: Vec<GrantFacts> = inputs
         .grants
         .iter()
-        .map(|g| GrantFacts::of(g, &namespace.approvals))
+        .map(|g| GrantFacts::of(g, &namespace.approvals, &approval))
         .collect();
 
     // What compiles: grants that count now, marked approved where an Approval says so (the
@@ -303,7 +305,14 @@ pub fn plan(namespace: &Namespace, now: Timestamp) -> Result<Plan, serde_json::E
     }
 
     for request in &namespace.requests {
-        let status = status::request_status(request, &namespace.approvals, now);
+        // The approvers of the policy whose rule asked (none: the defaults, RBAC alone).
+        let settings = inputs
+            .policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(request.spec.policy.as_str()))
+            .map(ApprovalSettings::of_policy)
+            .unwrap_or_default();
+        let status = status::request_status(request, &namespace.approvals, &settings, now);
         let previous = request.status.clone().unwrap_or_default();
         if !same_conditions(&status.conditions, &previous.conditions)
             || status.decisions != previous.decisions

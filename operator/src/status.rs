@@ -5,10 +5,11 @@
 //! function here returns the same status for the same inputs, so an operator that restarts
 //! computes exactly what is already written and writes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use streamward_api::approval::ApprovalSettings;
 use streamward_api::compile::grant_window;
 use streamward_api::crd::{
     AccessGrant, AccessGrantStatus, Approval, ApprovalRequest, ApprovalRequestStatus,
@@ -107,8 +108,13 @@ pub fn whole_seconds(at: Timestamp) -> Timestamp {
 pub enum GrantApproval {
     /// The grant does not ask for approval.
     NotRequired,
-    /// No decision yet.
-    Pending,
+    /// Not enough approvals yet.
+    Pending {
+        /// Distinct approvers so far.
+        approvals: usize,
+        /// How many are needed.
+        required: usize,
+    },
     /// Approved (by whom, when the webhook stamped it).
     Approved(String),
     /// Denied; one Deny is enough.
@@ -125,35 +131,72 @@ impl GrantApproval {
     }
 }
 
-fn approver(approval: &Approval) -> String {
-    approval.spec.approver.clone().unwrap_or_else(|| {
-        format!(
-            "Approval {}",
-            approval.metadata.name.as_deref().unwrap_or("")
-        )
-    })
+/// The user the webhook stamped on an Approval.
+fn approver(approval: &Approval) -> Option<&str> {
+    approval.spec.approver.as_ref().map(|a| a.user.as_str())
 }
 
-/// The approval state of `grant` from the Approvals of its namespace.
-pub fn grant_approval(grant: &AccessGrant, approvals: &[Approval]) -> GrantApproval {
-    if !grant.spec.require_approval {
+/// The Approvals that decide on the object of `kind` named `name` with `uid` (and, for a
+/// grant, at `generation`): those the admission webhook bound to this very object and stamped
+/// with their approver. An Approval for an object deleted and re-created under the same name,
+/// for a grant whose spec has changed since, or made without the webhook counts for nothing.
+fn bound<'a>(
+    approvals: &'a [Approval],
+    kind: ApprovalTarget,
+    name: &str,
+    uid: Option<&str>,
+    generation: Option<i64>,
+) -> Vec<&'a Approval> {
+    let Some(uid) = uid else {
+        return Vec::new();
+    };
+    approvals
+        .iter()
+        .filter(|a| a.spec.request_ref.kind == kind && a.spec.request_ref.name == name)
+        .filter(|a| a.spec.request_ref.uid.as_deref() == Some(uid))
+        .filter(|a| generation.is_none() || a.spec.request_ref.generation == generation)
+        .filter(|a| approver(a).is_some())
+        .collect()
+}
+
+/// The distinct users who approved, in order.
+fn approvers<'a>(decisions: &[&'a Approval]) -> BTreeSet<&'a str> {
+    decisions
+        .iter()
+        .filter(|a| a.spec.decision == Decision::Approve)
+        .filter_map(|a| approver(a))
+        .collect()
+}
+
+/// The approval state of `grant` from the Approvals of its namespace, under the namespace's
+/// approval `settings` (which decide whether it needs approval, not the grant).
+pub fn grant_approval(
+    grant: &AccessGrant,
+    approvals: &[Approval],
+    settings: &ApprovalSettings,
+) -> GrantApproval {
+    if !settings.grant_needs_approval(grant) {
         return GrantApproval::NotRequired;
     }
-    let name = grant.metadata.name.as_deref().unwrap_or_default();
-    let decisions: Vec<&Approval> = approvals
-        .iter()
-        .filter(|a| a.spec.request_ref.kind == ApprovalTarget::AccessGrant)
-        .filter(|a| a.spec.request_ref.name == name)
-        .collect();
+    let decisions = bound(
+        approvals,
+        ApprovalTarget::AccessGrant,
+        grant.metadata.name.as_deref().unwrap_or_default(),
+        grant.metadata.uid.as_deref(),
+        Some(grant.metadata.generation.unwrap_or(1)),
+    );
     if let Some(denial) = decisions.iter().find(|a| a.spec.decision == Decision::Deny) {
-        return GrantApproval::Denied(approver(denial));
+        return GrantApproval::Denied(approver(denial).unwrap_or_default().to_owned());
     }
-    match decisions
-        .iter()
-        .find(|a| a.spec.decision == Decision::Approve)
-    {
-        Some(approval) => GrantApproval::Approved(approver(approval)),
-        None => GrantApproval::Pending,
+    let approvers = approvers(&decisions);
+    let required = settings.required_approvals.max(1) as usize;
+    if approvers.len() >= required {
+        GrantApproval::Approved(approvers.into_iter().collect::<Vec<_>>().join(", "))
+    } else {
+        GrantApproval::Pending {
+            approvals: approvers.len(),
+            required,
+        }
     }
 }
 
@@ -169,11 +212,15 @@ pub struct GrantFacts {
 }
 
 impl GrantFacts {
-    /// Reads the facts of `grant`.
-    pub fn of(grant: &AccessGrant, approvals: &[Approval]) -> GrantFacts {
+    /// Reads the facts of `grant` under its namespace's approval `settings`.
+    pub fn of(
+        grant: &AccessGrant,
+        approvals: &[Approval],
+        settings: &ApprovalSettings,
+    ) -> GrantFacts {
         GrantFacts {
             window: grant_window(grant).map_err(|e| e.to_string()),
-            approval: grant_approval(grant, approvals),
+            approval: grant_approval(grant, approvals, settings),
             revoked: grant.spec.revoked,
         }
     }
@@ -228,10 +275,16 @@ pub fn grant_status(
             false,
             why("Denied", format!("denied by {by}")),
         ),
-        GrantApproval::Pending => conditions.flag(
+        GrantApproval::Pending {
+            approvals,
+            required,
+        } => conditions.flag(
             condition::APPROVED,
             false,
-            why("Pending", "waiting for an Approval with decision Approve"),
+            why(
+                "Pending",
+                format!("{approvals} of {required} approvals; waiting for an Approval with decision Approve"),
+            ),
         ),
     };
     conditions.flag(
@@ -261,7 +314,7 @@ pub fn grant_status(
         (_, Err(message)) => Err(why("Invalid", message.clone())),
         _ if facts.revoked => Err(why("Revoked", "the grant was revoked")),
         (_, Ok((_, end))) if now >= *end => Err(why("Expired", format!("ended at {end}"))),
-        _ if facts.approval == GrantApproval::Pending => {
+        _ if matches!(facts.approval, GrantApproval::Pending { .. }) => {
             Err(why("PendingApproval", "the grant waits for approval"))
         }
         _ if !facts.approval.allows() => Err(why("Denied", "an approver denied the grant")),
@@ -289,21 +342,23 @@ pub fn grant_status(
     }
 }
 
-/// The status an ApprovalRequest should have: the decisions of the Approvals naming it,
-/// `Denied` on any Deny, `Approved` once `requiredApprovals` distinct approvers approved
-/// before expiry, `Expired` past `expiryTime`.
+/// The status an ApprovalRequest should have: the decisions of the Approvals bound to it,
+/// `Denied` on any Deny, `Approved` once enough distinct approvers approved before expiry (the
+/// larger of its `requiredApprovals` and its policy's), `Expired` past `expiryTime`.
 pub fn request_status(
     request: &ApprovalRequest,
     approvals: &[Approval],
+    settings: &ApprovalSettings,
     now: Timestamp,
 ) -> ApprovalRequestStatus {
     let previous = request.status.clone().unwrap_or_default();
-    let name = request.metadata.name.as_deref().unwrap_or_default();
-    let mut mine: Vec<&Approval> = approvals
-        .iter()
-        .filter(|a| a.spec.request_ref.kind == ApprovalTarget::ApprovalRequest)
-        .filter(|a| a.spec.request_ref.name == name)
-        .collect();
+    let mut mine = bound(
+        approvals,
+        ApprovalTarget::ApprovalRequest,
+        request.metadata.name.as_deref().unwrap_or_default(),
+        request.metadata.uid.as_deref(),
+        None,
+    );
     mine.sort_by_key(|a| {
         (
             a.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -314,19 +369,17 @@ pub fn request_status(
         .iter()
         .map(|a| RecordedDecision {
             approval: a.metadata.name.clone().unwrap_or_default(),
-            approver: a.spec.approver.clone(),
+            approver: approver(a).map(str::to_owned),
             decision: a.spec.decision,
             comment: a.spec.comment.clone(),
         })
         .collect();
-    let approvers: BTreeMap<String, ()> = mine
-        .iter()
-        .filter(|a| a.spec.decision == Decision::Approve)
-        .map(|a| (approver(a), ()))
-        .collect();
+    let approvers = approvers(&mine);
     let denied = mine.iter().find(|a| a.spec.decision == Decision::Deny);
     let expired = now >= request.spec.expiry_time;
-    let required = usize::try_from(request.spec.required_approvals.max(1)).unwrap_or(1);
+    let required = usize::try_from(request.spec.required_approvals.max(1))
+        .unwrap_or(1)
+        .max(settings.required_approvals as usize);
     let approved = denied.is_none() && approvers.len() >= required;
 
     let mut conditions = Conditions::new(&previous.conditions, request.metadata.generation, now);
@@ -338,7 +391,7 @@ pub fn request_status(
                 "Approved",
                 format!(
                     "approved by {}",
-                    approvers.keys().cloned().collect::<Vec<_>>().join(", ")
+                    approvers.iter().copied().collect::<Vec<_>>().join(", ")
                 ),
             )
         } else {
@@ -352,7 +405,10 @@ pub fn request_status(
         condition::DENIED,
         denied.is_some(),
         match denied {
-            Some(a) => why("Denied", format!("denied by {}", approver(a))),
+            Some(a) => why(
+                "Denied",
+                format!("denied by {}", approver(a).unwrap_or_default()),
+            ),
             None => why("NotDenied", "no approver denied the request"),
         },
     );
@@ -393,7 +449,7 @@ mod tests {
         let yaml = format!(
             "apiVersion: streamward.io/v1alpha1
 kind: AccessGrant
-metadata: {{name: g, namespace: ns, generation: 3}}
+metadata: {{name: g, namespace: ns, uid: grant-uid, generation: 3}}
 spec:
   subjects: {{serviceAccounts: [app]}}
   resources: [{{resourceType: Topic, name: t}}]
@@ -417,7 +473,7 @@ spec:
     #[test]
     fn a_grant_goes_from_not_started_to_active_to_expired_and_leaves_the_configs() {
         let mut g = grant("");
-        let facts = GrantFacts::of(&g, &[]);
+        let facts = GrantFacts::of(&g, &[], &ApprovalSettings::default());
         assert_eq!(facts.next_change(at(-5)), Some(at(0)));
         assert_eq!(facts.next_change(at(5)), Some(at(20)));
         assert_eq!(facts.next_change(at(20)), None);
@@ -461,45 +517,114 @@ spec:
     #[test]
     fn revoked_denied_and_pending_grants_are_not_active() {
         let revoked = grant("  revoked: true\n");
-        let facts = GrantFacts::of(&revoked, &[]);
+        let facts = GrantFacts::of(&revoked, &[], &ApprovalSettings::default());
         assert!(!facts.compiled_at(at(5)));
         let status = grant_status(&revoked, &facts, Ok(()), at(5));
         assert_eq!(status_of(&status, "Revoked").status, "True");
         assert_eq!(status_of(&status, "Active").reason, "Revoked");
 
         let pending = grant("  requireApproval: true\n");
-        let facts = GrantFacts::of(&pending, &[]);
-        assert_eq!(facts.approval, GrantApproval::Pending);
+        let any = ApprovalSettings::default();
+        let facts = GrantFacts::of(&pending, &[], &any);
+        assert_eq!(
+            facts.approval,
+            GrantApproval::Pending {
+                approvals: 0,
+                required: 1
+            }
+        );
         assert!(!facts.compiled_at(at(5)));
         assert_eq!(
             status_of(&grant_status(&pending, &facts, Ok(()), at(5)), "Active").reason,
             "PendingApproval"
         );
 
-        let approval = |decision: &str, by: &str| -> Approval {
-            serde_yaml::from_str(&format!(
-                "apiVersion: streamward.io/v1alpha1
-kind: Approval
-metadata: {{name: a-{by}, namespace: ns}}
-spec: {{requestRef: {{kind: AccessGrant, name: g}}, decision: {decision}, approver: {by}}}"
-            ))
-            .unwrap()
-        };
-        let yes = [approval("Approve", "bob")];
-        let facts = GrantFacts::of(&pending, &yes);
+        let yes = [approval("Approve", "bob", "grant-uid", 3)];
+        let facts = GrantFacts::of(&pending, &yes, &any);
         assert_eq!(facts.approval, GrantApproval::Approved("bob".into()));
         assert!(facts.compiled_at(at(5)));
-        let no = [approval("Approve", "bob"), approval("Deny", "carol")];
+        let no = [
+            approval("Approve", "bob", "grant-uid", 3),
+            approval("Deny", "carol", "grant-uid", 3),
+        ];
         assert_eq!(
-            GrantFacts::of(&pending, &no).approval,
+            GrantFacts::of(&pending, &no, &any).approval,
             GrantApproval::Denied("carol".into())
         );
+    }
+
+    fn approval(decision: &str, by: &str, uid: &str, generation: i64) -> Approval {
+        serde_yaml::from_str(&format!(
+            "apiVersion: streamward.io/v1alpha1
+kind: Approval
+metadata: {{name: a-{by}, namespace: ns}}
+spec:
+  requestRef: {{kind: AccessGrant, name: g, uid: {uid}, generation: {generation}}}
+  decision: {decision}
+  approver: {{user: {by}}}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_namespace_not_the_grant_decides_whether_it_needs_approval() {
+        let quiet = grant("");
+        let strict = ApprovalSettings {
+            grants_require_approval: true,
+            required_approvals: 2,
+            ..ApprovalSettings::default()
+        };
+        let facts = GrantFacts::of(&quiet, &[], &strict);
+        assert!(!facts.compiled_at(at(5)));
+        let one = [approval("Approve", "bob", "grant-uid", 3)];
+        assert_eq!(
+            GrantFacts::of(&quiet, &one, &strict).approval,
+            GrantApproval::Pending {
+                approvals: 1,
+                required: 2
+            }
+        );
+        let two = [
+            approval("Approve", "bob", "grant-uid", 3),
+            approval("Approve", "carol", "grant-uid", 3),
+        ];
+        assert_eq!(
+            GrantFacts::of(&quiet, &two, &strict).approval,
+            GrantApproval::Approved("bob, carol".into())
+        );
+    }
+
+    #[test]
+    fn approvals_of_another_grant_by_that_name_or_of_an_older_spec_count_for_nothing() {
+        let pending = grant("  requireApproval: true\n");
+        let any = ApprovalSettings::default();
+        for stale in [
+            approval("Approve", "bob", "an-older-grant", 3),
+            approval("Approve", "bob", "grant-uid", 2),
+        ] {
+            assert!(matches!(
+                GrantFacts::of(&pending, &[stale], &any).approval,
+                GrantApproval::Pending { approvals: 0, .. }
+            ));
+        }
+        // Made without the webhook: no approver, no uid.
+        let unstamped: Approval = serde_yaml::from_str(
+            "apiVersion: streamward.io/v1alpha1
+kind: Approval
+metadata: {name: forged, namespace: ns}
+spec: {requestRef: {kind: AccessGrant, name: g}, decision: Approve}",
+        )
+        .unwrap();
+        assert!(matches!(
+            GrantFacts::of(&pending, &[unstamped], &any).approval,
+            GrantApproval::Pending { approvals: 0, .. }
+        ));
     }
 
     #[test]
     fn an_invalid_grant_is_not_accepted_and_says_why() {
         let g = grant("");
-        let facts = GrantFacts::of(&g, &[]);
+        let facts = GrantFacts::of(&g, &[], &ApprovalSettings::default());
         let status = grant_status(&g, &facts, Err("spec.x is wrong".into()), at(5));
         let accepted = status_of(&status, "Accepted");
         assert_eq!(
@@ -514,7 +639,7 @@ spec: {{requestRef: {{kind: AccessGrant, name: g}}, decision: {decision}, approv
         let request: ApprovalRequest = serde_yaml::from_str(
             "apiVersion: streamward.io/v1alpha1
 kind: ApprovalRequest
-metadata: {name: r, namespace: ns, generation: 1}
+metadata: {name: r, namespace: ns, uid: request-uid, generation: 1}
 spec:
   requester: {serviceAccount: app}
   apiKey: DeleteTopics
@@ -533,7 +658,10 @@ spec:
                 "apiVersion: streamward.io/v1alpha1
 kind: Approval
 metadata: {{name: {name}, namespace: ns}}
-spec: {{requestRef: {{kind: ApprovalRequest, name: r}}, decision: {decision}, approver: {by}}}"
+spec:
+  requestRef: {{kind: ApprovalRequest, name: r, uid: request-uid}}
+  decision: {decision}
+  approver: {{user: {by}}}"
             ))
             .unwrap()
         };
@@ -542,24 +670,28 @@ spec: {{requestRef: {{kind: ApprovalRequest, name: r}}, decision: {decision}, ap
                 .iter()
                 .any(|c| c.type_ == type_ && c.status == "True")
         };
+        let any = ApprovalSettings::default();
         // The same approver twice is one approval.
         let twice = [decide("a", "bob", "Approve"), decide("b", "bob", "Approve")];
-        let status = request_status(&request, &twice, at(10));
+        let status = request_status(&request, &twice, &any, at(10));
         assert!(!is(&status, "Approved"));
         assert_eq!(status.decisions.len(), 2);
         let two = [
             decide("a", "bob", "Approve"),
             decide("c", "carol", "Approve"),
         ];
-        assert!(is(&request_status(&request, &two, at(10)), "Approved"));
+        assert!(is(
+            &request_status(&request, &two, &any, at(10)),
+            "Approved"
+        ));
         let denied = [
             decide("a", "bob", "Approve"),
             decide("c", "carol", "Approve"),
             decide("d", "dave", "Deny"),
         ];
-        let status = request_status(&request, &denied, at(10));
+        let status = request_status(&request, &denied, &any, at(10));
         assert!(is(&status, "Denied") && !is(&status, "Approved"));
-        let late = request_status(&request, &twice, at(61));
+        let late = request_status(&request, &twice, &any, at(61));
         assert!(is(&late, "Expired") && !is(&late, "Approved"));
     }
 }

@@ -629,7 +629,7 @@ fn ca_bundle(server: &KubeApiServer) -> anyhow::Result<Vec<u8>> {
         )
         .map(|c| c.ca_bundle.map(|b| b.0).unwrap_or_default())
         .collect();
-    assert_eq!(bundles.len(), 3);
+    assert_eq!(bundles.len(), 4);
     anyhow::ensure!(
         bundles.windows(2).all(|w| w[0] == w[1]),
         "the webhooks' caBundles differ"

@@ -169,7 +169,7 @@ pub struct RecordedDecision {
         json_path = ".spec.requestRef.name"
     ),
     printcolumn(name = "Decision", type_ = "string", json_path = ".spec.decision"),
-    printcolumn(name = "Approver", type_ = "string", json_path = ".spec.approver"),
+    printcolumn(name = "Approver", type_ = "string", json_path = ".spec.approver.user"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -190,11 +190,23 @@ pub struct ApprovalSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub comment: Option<String>,
-    /// Who approved, as the client wrote it. Not verified yet: until an admission webhook
-    /// stamps the requesting user here, RBAC on `approvals` decides who may approve, and
-    /// distinct values count as distinct approvers.
+    /// Who decided: stamped by the operator's admission webhook from the API server's own
+    /// record of who created the Approval (a value the client wrote is overwritten). An
+    /// Approval without it (made while the webhook was not installed) counts for nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approver: Option<String>,
+    pub approver: Option<Approver>,
+}
+
+/// A Kubernetes user, as the API server authenticated them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Approver {
+    /// The user name (`alice@example.com`, `system:serviceaccount:ns:name`).
+    #[schemars(length(min = 1))]
+    pub user: String,
+    /// The user's groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// A reference to the object an Approval decides on.
@@ -206,6 +218,14 @@ pub struct RequestRef {
     /// Its name.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// Its `metadata.uid`, stamped by the admission webhook: the Approval counts for this
+    /// object only, not for another created later under the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// For an AccessGrant, its `metadata.generation` when approved, stamped by the admission
+    /// webhook: a change to the grant's spec drops it back to unapproved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 /// The kinds an Approval may decide on.

@@ -75,6 +75,9 @@ use crate::acl::{Operation, ResourcePattern};
 }, {
     "rule": "!has(self.startTime) || !has(self.expiryTime) || self.expiryTime > self.startTime",
     "message": "expiryTime must be after startTime"
+}, {
+    "rule": "!has(oldSelf.revoked) || !oldSelf.revoked || (has(self.revoked) && self.revoked)",
+    "message": "a revoked grant stays revoked; create a new grant instead"
 }]))]
 pub struct AccessGrantSpec {
     /// Who the grant is for.
@@ -105,16 +108,16 @@ pub struct AccessGrantSpec {
     /// The ticket or incident this access is for, in whatever tracker the team uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket_ref: Option<String>,
-    /// The grant counts only after an approver approved it (condition `Approved=True`).
+    /// The grant counts only after an approver approved it (condition `Approved=True`). A
+    /// requester may ask for approval; whether a grant must have it is the namespace's
+    /// StreamPolicies' `approval.grantsRequireApproval`, not this field.
     #[serde(default)]
     pub require_approval: bool,
     /// Set to `true` to end the grant now (`kubectl patch ag NAME --type=merge -p
     /// '{"spec":{"revoked":true}}'`); a revoked grant never counts again.
+    /// (The rule that it stays revoked is on the spec: a field-level rule is skipped when the
+    /// update removes the field.)
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self || !oldSelf",
-        "message": "a revoked grant stays revoked; create a new grant instead"
-    }]))]
     pub revoked: bool,
 }
 

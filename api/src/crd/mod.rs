@@ -22,14 +22,17 @@ use serde::{Deserialize, Serialize};
 
 pub use approval::{
     Approval, ApprovalRequest, ApprovalRequestSpec, ApprovalRequestStatus, ApprovalSpec,
-    ApprovalTarget, Decision, RecordedDecision, RequestRef, RequestedResource, RequesterSpec,
+    ApprovalTarget, Approver, Decision, RecordedDecision, RequestRef, RequestedResource,
+    RequesterSpec,
 };
 pub use grant::{AccessGrant, AccessGrantSpec, AccessGrantStatus};
 pub use masking::{
     DetectorSpec, FieldSpec, HeaderSpec, MaskingRule, MaskingRuleSpec, MaskingRuleStatus,
     StrategySpec, StrategyType, TopicPatternSpec,
 };
-pub use policy::{RuleSpec, StreamPolicy, StreamPolicySpec, StreamPolicyStatus};
+pub use policy::{
+    ApprovalPolicySpec, ApproversSpec, RuleSpec, StreamPolicy, StreamPolicySpec, StreamPolicyStatus,
+};
 pub use target::{StreamTarget, StreamTargetSpec, StreamTargetStatus};
 
 /// The version of every Streamward custom resource.
@@ -37,6 +40,10 @@ pub const VERSION: &str = "v1alpha1";
 
 /// The `apiVersion` of every Streamward custom resource.
 pub const API_VERSION: &str = "streamward.io/v1alpha1";
+
+/// The annotation the admission webhook stamps on an AccessGrant at creation: the Kubernetes
+/// user who asked for it, who may not approve it. It cannot be changed afterwards.
+pub const REQUESTED_BY_ANNOTATION: &str = "streamward.io/requested-by";
 
 /// The condition types Streamward writes into `status.conditions` (PascalCase, as Kubernetes
 /// names them).

@@ -75,6 +75,53 @@ pub struct StreamPolicySpec {
     /// `Enforce`, or `DryRun` to decide and audit what would be refused while forwarding it.
     #[serde(default)]
     pub mode: Mode,
+    /// Who approves what this policy's `RequireApproval` rules hold, and whether the
+    /// AccessGrants of this namespace need approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalPolicySpec>,
+}
+
+/// Approval settings of a StreamPolicy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalPolicySpec {
+    /// Who may approve: Kubernetes users and groups (RBAC on `approvals` must allow them too).
+    /// Empty: whoever RBAC allows.
+    #[serde(default, skip_serializing_if = "ApproversSpec::is_empty")]
+    pub approvers: ApproversSpec,
+    /// How many distinct approvers must approve (default 1).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 10))]
+    pub required_approvals: i32,
+    /// Every AccessGrant of this namespace needs approval before it counts, whatever the
+    /// grant says. The requester does not choose.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grants_require_approval: bool,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// Kubernetes users and groups.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApproversSpec {
+    /// User names, as the API server authenticates them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub users: Vec<String>,
+    /// Group names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub groups: Vec<String>,
+}
+
+impl ApproversSpec {
+    /// Whether no approver is named (then RBAC alone decides).
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty()
+    }
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {

@@ -67,7 +67,10 @@ impl NodeBinaries {
 pub fn install() -> Result<NodeBinaries> {
     install_debian_packages()?;
     let module = cache::source_root().join("e2e/k8s");
-    let kubernetes = cache::ensure(&format!("kubernetes-node-{KUBERNETES_VERSION}-r1"), |dir| {
+    // The `-r` suffix names the build recipe: bump it whenever the flags below change.
+    let kubernetes = cache::ensure(&format!("kubernetes-node-{KUBERNETES_VERSION}-r2"), |dir| {
+        // Stamped like kube-apiserver, so the node reports v1.36.3 rather than v0.0.0-master.
+        let ldflags = format!("-ldflags=-s -w {}", crate::kube::version_stamp());
         for (name, package) in [
             ("kubelet", "k8s.io/kubernetes/cmd/kubelet"),
             (
@@ -81,7 +84,7 @@ pub fn install() -> Result<NodeBinaries> {
             run(
                 &format!("go build {package}"),
                 go(&module)
-                    .args(["build", "-trimpath", "-ldflags=-s -w", "-o"])
+                    .args(["build", "-trimpath", &ldflags, "-o"])
                     .arg(dir.join(name))
                     .arg(package),
             )?;

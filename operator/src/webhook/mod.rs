@@ -7,6 +7,7 @@
 //! StreamTargets and MaskingRules the handlers read (so an admission needs no API call in the
 //! usual case), the TLS Secret and the webhook configurations.
 
+pub mod approval;
 pub mod certs;
 pub mod inject;
 pub mod registration;
@@ -39,11 +40,17 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use streamward_api::crd::{MaskingRule, StreamTarget};
+use serde::Deserialize;
+use streamward_api::approval::ApprovalSettings;
+use streamward_api::crd::{
+    AccessGrant, Approval, ApprovalRequest, ApprovalTarget, Approver, MaskingRule, RequestRef,
+    StreamPolicy, StreamTarget,
+};
 use tokio::sync::watch;
 
+use self::approval::Decided;
 use self::inject::{InjectSettings, PodContext, Skip};
-use self::registration::{Endpoint, MUTATE_PODS_PATH, VALIDATE_PATH};
+use self::registration::{Endpoint, MUTATE_PODS_PATH, MUTATE_RESOURCES_PATH, VALIDATE_PATH};
 use self::secrets::{Serving, TlsSecret};
 use self::validate::Verdict;
 use crate::controller::FIELD_MANAGER;
@@ -404,6 +411,7 @@ pub async fn run(client: Client, flags: WebhookFlags) -> anyhow::Result<()> {
     let app = Router::new()
         .route(VALIDATE_PATH, post(validate_resource))
         .route(MUTATE_PODS_PATH, post(mutate_pod))
+        .route(MUTATE_RESOURCES_PATH, post(stamp_resource))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state);
     let server =
@@ -587,6 +595,31 @@ async fn validate_resource(
         .as_ref()
         .and_then(|old| serde_json::to_value(old).ok());
     let kind = request.kind.kind.as_str();
+    let caller = caller(&request);
+    let guarded = match (kind, &request.operation) {
+        ("Approval", Operation::Create) => {
+            check_new_approval(&state, namespace, &object, &caller).await
+        }
+        ("Approval", _) => match &old {
+            Some(old) if old.get("spec") != object.get("spec") => {
+                Err("an Approval cannot be changed; delete it and create a new one".to_owned())
+            }
+            _ => Ok(()),
+        },
+        ("AccessGrant", Operation::Create) => approval::check_new_grant(&object, &caller),
+        ("AccessGrant", _) => match &old {
+            Some(old) => approval::check_grant_update(old, &object),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    };
+    if let Err(message) = guarded {
+        tracing::info!(kind, %namespace, name = %request.name, user = %caller.user, reason = %message, "refused");
+        return Json(response.deny(message).into_review());
+    }
+    if kind == "Approval" {
+        return Json(response.into_review());
+    }
     let verdict = validate::check(kind, namespace, &object, old.as_ref(), Timestamp::now());
     let response = match verdict {
         Verdict::Allowed => response,
@@ -608,6 +641,152 @@ async fn validate_resource(
         tracing::info!(kind, %namespace, name = %request.name, reason = %response.result.message, "refused");
     }
     Json(response.into_review())
+}
+
+/// The user the API server authenticated for an admission request.
+fn caller<K: kube::Resource>(request: &AdmissionRequest<K>) -> Approver {
+    Approver {
+        user: request.user_info.username.clone().unwrap_or_default(),
+        groups: request.user_info.groups.clone().unwrap_or_default(),
+    }
+}
+
+/// The object an Approval's `requestRef` names, as stored now.
+enum DecidedObject {
+    Grant(Box<AccessGrant>),
+    Request(Box<ApprovalRequest>),
+}
+
+impl DecidedObject {
+    fn as_decided(&self) -> Decided<'_> {
+        match self {
+            DecidedObject::Grant(grant) => Decided::Grant(grant),
+            DecidedObject::Request(request) => Decided::Request(request),
+        }
+    }
+}
+
+async fn decided_object(
+    client: &Client,
+    namespace: &str,
+    reference: &RequestRef,
+) -> Result<DecidedObject, String> {
+    let missing = || {
+        format!(
+            "{:?} {namespace}/{} does not exist; an Approval decides on an existing object",
+            reference.kind, reference.name
+        )
+    };
+    let failed = |error: kube::Error| {
+        format!(
+            "could not look up {:?} {namespace}/{}: {error}",
+            reference.kind, reference.name
+        )
+    };
+    match reference.kind {
+        ApprovalTarget::AccessGrant => Api::<AccessGrant>::namespaced(client.clone(), namespace)
+            .get_opt(&reference.name)
+            .await
+            .map_err(failed)?
+            .map(|grant| DecidedObject::Grant(Box::new(grant)))
+            .ok_or_else(missing),
+        ApprovalTarget::ApprovalRequest => {
+            Api::<ApprovalRequest>::namespaced(client.clone(), namespace)
+                .get_opt(&reference.name)
+                .await
+                .map_err(failed)?
+                .map(|request| DecidedObject::Request(Box::new(request)))
+                .ok_or_else(missing)
+        }
+    }
+}
+
+/// The approval settings that apply to `decided`: its namespace's for a grant, the asking
+/// policy's for a held request.
+async fn approval_settings(
+    client: &Client,
+    namespace: &str,
+    decided: &DecidedObject,
+) -> Result<ApprovalSettings, String> {
+    let policies = Api::<StreamPolicy>::namespaced(client.clone(), namespace);
+    let failed =
+        |error: kube::Error| format!("could not read the StreamPolicies of {namespace}: {error}");
+    match decided {
+        DecidedObject::Grant(_) => {
+            let list = policies.list(&Default::default()).await.map_err(failed)?;
+            Ok(ApprovalSettings::for_grants(&list.items))
+        }
+        DecidedObject::Request(request) => Ok(policies
+            .get_opt(&request.spec.policy)
+            .await
+            .map_err(failed)?
+            .as_ref()
+            .map(ApprovalSettings::of_policy)
+            .unwrap_or_default()),
+    }
+}
+
+async fn check_new_approval(
+    state: &Webhooks,
+    namespace: &str,
+    object: &serde_json::Value,
+    caller: &Approver,
+) -> Result<(), String> {
+    let approval = Approval::deserialize(object).map_err(|e| format!("Approval: {e}"))?;
+    let decided = decided_object(&state.client, namespace, &approval.spec.request_ref).await?;
+    let settings = approval_settings(&state.client, namespace, &decided).await?;
+    approval::check_approval(
+        &approval,
+        caller,
+        decided.as_decided(),
+        namespace,
+        &settings,
+        Timestamp::now(),
+    )
+}
+
+/// Stamps a new Approval (its approver, the uid it decides on) or AccessGrant (who asked).
+async fn stamp_resource(
+    State(state): State<Arc<Webhooks>>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(request) => request,
+        Err(error) => {
+            return Json(AdmissionResponse::invalid(format!("{error}")).into_review());
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    let (Some(object), Some(namespace), Operation::Create) =
+        (&request.object, &request.namespace, &request.operation)
+    else {
+        return Json(response.into_review());
+    };
+    let object = match serde_json::to_value(object) {
+        Ok(value) => value,
+        Err(error) => return Json(response.deny(error).into_review()),
+    };
+    let caller = caller(&request);
+    let patch = match request.kind.kind.as_str() {
+        "Approval" => {
+            let approval = match Approval::deserialize(&object) {
+                Ok(approval) => approval,
+                Err(error) => {
+                    return Json(response.deny(format!("Approval: {error}")).into_review());
+                }
+            };
+            match decided_object(&state.client, namespace, &approval.spec.request_ref).await {
+                Ok(decided) => approval::stamp_approval(&caller, decided.as_decided()),
+                Err(message) => return Json(response.deny(message).into_review()),
+            }
+        }
+        "AccessGrant" => approval::stamp_grant(&object, &caller),
+        _ => return Json(response.into_review()),
+    };
+    match response.clone().with_patch(patch) {
+        Ok(response) => Json(response.into_review()),
+        Err(error) => Json(response.deny(error).into_review()),
+    }
 }
 
 async fn mutate_pod(

@@ -22,6 +22,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use super::inject::{INJECT_LABEL, NAMESPACE_ENABLED};
 use super::validate::RESOURCES;
 
+/// The path of the mutating webhook that stamps Approvals and AccessGrants.
+pub const MUTATE_RESOURCES_PATH: &str = "/mutate-resources";
 /// The name of both webhook configurations.
 pub const CONFIGURATION_NAME: &str = "streamward";
 /// The path of the CRD validation webhook.
@@ -185,6 +187,28 @@ pub fn mutating(
         reinvocation_policy: Some("IfNeeded".to_owned()),
         match_conditions: None,
     };
+    // Every new Approval and AccessGrant, wherever it is: who made it is stamped here, from
+    // the API server's record, so it cannot be forged.
+    let stamp = MutatingWebhook {
+        name: "resources.stamp.streamward.io".to_owned(),
+        client_config: endpoint.client_config(MUTATE_RESOURCES_PATH, ca_bundle),
+        rules: Some(vec![RuleWithOperations {
+            api_groups: Some(vec![streamward_api::GROUP.to_owned()]),
+            api_versions: Some(vec![streamward_api::crd::VERSION.to_owned()]),
+            operations: Some(vec!["CREATE".to_owned()]),
+            resources: Some(vec!["approvals".to_owned(), "accessgrants".to_owned()]),
+            scope: Some("Namespaced".to_owned()),
+        }]),
+        namespace_selector: None,
+        object_selector: None,
+        failure_policy: Some("Fail".to_owned()),
+        side_effects: "None".to_owned(),
+        admission_review_versions: vec!["v1".to_owned()],
+        timeout_seconds: Some(5),
+        match_policy: Some("Equivalent".to_owned()),
+        reinvocation_policy: Some("Never".to_owned()),
+        match_conditions: None,
+    };
     MutatingWebhookConfiguration {
         metadata: meta(),
         webhooks: Some(vec![
@@ -213,6 +237,7 @@ pub fn mutating(
                     match_labels: None,
                 },
             ),
+            stamp,
         ]),
     }
 }
@@ -234,7 +259,7 @@ mod tests {
         assert_eq!(hook.client_config.ca_bundle.as_ref().unwrap().0, b"PEM");
         assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
         let rules = &hook.rules.as_ref().unwrap()[0];
-        assert_eq!(rules.resources.as_ref().unwrap().len(), 4);
+        assert_eq!(rules.resources.as_ref().unwrap().len(), 5);
         assert!(
             !rules
                 .operations
@@ -265,9 +290,15 @@ mod tests {
                 .contains(&"streamward-webhook.streamward-system.svc".to_owned())
         );
         let config = mutating(&service, "PEM", &BTreeSet::new());
-        for hook in config.webhooks.unwrap() {
+        let hooks = config.webhooks.unwrap();
+        for (at, hook) in hooks.into_iter().enumerate() {
             let reference = hook.client_config.service.unwrap();
-            assert_eq!(reference.path.as_deref(), Some(MUTATE_PODS_PATH));
+            let path = if at < 2 {
+                MUTATE_PODS_PATH
+            } else {
+                MUTATE_RESOURCES_PATH
+            };
+            assert_eq!(reference.path.as_deref(), Some(path));
             assert_eq!(reference.port, Some(443));
             assert!(hook.client_config.url.is_none());
         }
@@ -279,8 +310,8 @@ mod tests {
             ["kube-system".to_owned(), "streamward-system".to_owned()].into();
         let config = mutating(&Endpoint::Url("https://127.0.0.1:1".into()), "x", &excluded);
         let hooks = config.webhooks.unwrap();
-        assert_eq!(hooks.len(), 2);
-        for hook in &hooks {
+        assert_eq!(hooks.len(), 3);
+        for hook in &hooks[..2] {
             let ns = hook.namespace_selector.as_ref().unwrap();
             let exclusion = &ns.match_expressions.as_ref().unwrap()[0];
             assert_eq!(exclusion.key, NAMESPACE_NAME_LABEL);
@@ -306,5 +337,32 @@ mod tests {
                 .match_labels,
             labels(&[(INJECT_LABEL, NAMESPACE_ENABLED)])
         );
+    }
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::*;
+
+    #[test]
+    fn every_new_approval_and_grant_is_stamped_wherever_it_is() {
+        let config = mutating(
+            &Endpoint::Url("https://127.0.0.1:1".into()),
+            "x",
+            &["kube-system".to_owned()].into(),
+        );
+        let hooks = config.webhooks.unwrap();
+        let stamp = hooks
+            .iter()
+            .find(|h| h.name == "resources.stamp.streamward.io")
+            .unwrap();
+        assert!(stamp.namespace_selector.is_none() && stamp.object_selector.is_none());
+        assert_eq!(stamp.failure_policy.as_deref(), Some("Fail"));
+        let rules = &stamp.rules.as_ref().unwrap()[0];
+        assert_eq!(
+            rules.resources.as_deref().unwrap(),
+            ["approvals", "accessgrants"]
+        );
+        assert_eq!(rules.operations.as_deref().unwrap(), ["CREATE"]);
     }
 }

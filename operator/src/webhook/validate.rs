@@ -14,11 +14,12 @@ use streamward_api::crd::{AccessGrant, MaskingRule, StreamPolicy, StreamTarget};
 use streamward_api::validate::{check_grant, check_masking_rule, check_policy, check_target};
 
 /// The custom resources the validating webhook checks, by their plural resource names.
-pub const RESOURCES: [&str; 4] = [
+pub const RESOURCES: [&str; 5] = [
     "streamtargets",
     "streampolicies",
     "accessgrants",
     "maskingrules",
+    "approvals",
 ];
 
 /// What the webhook answers.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use streamward_e2e::kube::KubeApiServer;
 use streamward_e2e::process::{Process, run};
-use streamward_e2e::{cache, net, wait_for};
+use streamward_e2e::{cache, helm, net, wait_for};
 
 /// The namespace of the operator's leader-election Lease in the tests.
 pub const LEASE_NAMESPACE: &str = "streamward-system";
@@ -64,6 +64,11 @@ impl Operator {
 
     /// Starts `streamward-operator` with the credentials of `kubeconfig`.
     pub fn start_as(log: &Path, identity: &str, kubeconfig: &Path) -> Operator {
+        Operator::start_with(log, identity, kubeconfig, &[])
+    }
+
+    /// Starts `streamward-operator` with the credentials of `kubeconfig` and `extra` flags.
+    pub fn start_with(log: &Path, identity: &str, kubeconfig: &Path, extra: &[&str]) -> Operator {
         let metrics = format!("127.0.0.1:{}", net::free_port().unwrap());
         let mut command = Command::new(env!("CARGO_BIN_EXE_streamward-operator"));
         command
@@ -71,6 +76,7 @@ impl Operator {
             .args(["--lease-namespace", LEASE_NAMESPACE])
             .args(["--identity", identity])
             .args(["--lease-duration-seconds", "4", "--renew-seconds", "1"])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info");
         let process = Process::spawn("streamward-operator", command, log).unwrap();
@@ -194,49 +200,33 @@ pub fn service_account_kubeconfig(
     namespace: &str,
     service_account: &str,
 ) -> PathBuf {
-    let token = kubectl(
-        server,
-        &[
-            "create",
-            "token",
-            service_account,
-            "-n",
-            namespace,
-            "--duration=1h",
-        ],
-    );
-    let file = server
-        .dir()
-        .join(format!("{namespace}-{service_account}.kubeconfig"));
-    let config = format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: e2e
-  cluster:
-    server: {url}
-    certificate-authority: {ca}
-users:
-- name: {service_account}
-  user:
-    token: {token}
-contexts:
-- name: {service_account}
-  context: {{cluster: e2e, user: {service_account}, namespace: {namespace}}}
-current-context: {service_account}
-",
-        url = server.url(),
-        ca = server.dir().join("ca.crt").display(),
-        token = token.trim(),
-    );
-    std::fs::write(&file, config).unwrap();
-    file
+    server
+        .service_account_kubeconfig(namespace, service_account)
+        .unwrap()
 }
 
-/// The operator's own RBAC from `config/rbac`, applied, and a kubeconfig with its service
-/// account's token.
-pub fn operator_kubeconfig(server: &KubeApiServer) -> PathBuf {
-    let rbac = cache::source_root().join("config/rbac/operator.yaml");
-    kubectl(server, &["apply", "-f", rbac.to_str().unwrap()]);
+/// The operator's RBAC exactly as the chart renders it (its ServiceAccount, ClusterRoles,
+/// bindings and namespace Role in [`LEASE_NAMESPACE`], with `watchNamespaces` set to
+/// `namespaces`), applied, and a kubeconfig with that ServiceAccount's token.
+pub fn operator_kubeconfig(server: &KubeApiServer, namespaces: &[&str]) -> PathBuf {
+    assert_eq!(
+        helm::NAMESPACE,
+        LEASE_NAMESPACE,
+        "the chart is rendered into the Lease namespace"
+    );
+    let watch = format!("{{{}}}", namespaces.join(","));
+    let rbac = helm::Helm::offline()
+        .unwrap()
+        .template_with(
+            &[("watchNamespaces", &watch)],
+            &[
+                "--show-only",
+                "templates/serviceaccounts.yaml",
+                "--show-only",
+                "templates/operator-rbac.yaml",
+            ],
+        )
+        .unwrap();
+    kubectl_apply(server, &rbac);
     service_account_kubeconfig(server, LEASE_NAMESPACE, "streamward-operator")
 }

@@ -1,0 +1,501 @@
+//! Approvals that cannot be forged, against a real kube-apiserver with the operator's admission
+//! webhooks, the operator running under exactly the chart's RBAC, and people who authenticate
+//! with their own client certificates:
+//!
+//! - who needs approval is the namespace's policy, not the requester;
+//! - the approver is whoever the API server says created the Approval, whatever they wrote;
+//! - the requester cannot approve, a non-approver cannot approve, two approvers means two people;
+//! - an Approval binds to the grant as it is: widen the grant, or delete and re-create it under
+//!   the same name, and the old Approvals count for nothing;
+//! - who asked cannot be rewritten, a revocation cannot be undone, an Approval cannot be edited;
+//! - a held request's requester cannot approve it, a Deny carries its comment, an expired
+//!   request cannot be approved.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{
+    LEASE_NAMESPACE, Operator, condition, get_json, has_condition, kubectl, kubectl_apply,
+    wait_json,
+};
+use streamward_api::config::ProxyConfig;
+use streamward_e2e::kube::KubeApiServer;
+use streamward_e2e::{net, wait_for};
+
+const NS: &str = "payments";
+
+const RESOURCES: &str = "apiVersion: streamward.io/v1alpha1
+kind: StreamTarget
+metadata: {name: kafka, namespace: payments}
+spec: {bootstrapServers: ['127.0.0.1:9092']}
+---
+apiVersion: streamward.io/v1alpha1
+kind: StreamPolicy
+metadata: {name: ledger-writes, namespace: payments}
+spec:
+  subjects: {serviceAccounts: [ledger]}
+  rules:
+  - {resources: [{resourceType: Topic, name: ledger.entries}], operations: [Write], effect: Allow}
+  - name: deletes-need-approval
+    resources: [{resourceType: Topic, name: ledger.entries}]
+    operations: [Delete]
+    effect: RequireApproval
+  approval:
+    approvers: {users: [alice, carol], groups: [kafka-admins]}
+    requiredApprovals: 2
+    grantsRequireApproval: true
+";
+
+/// A grant that does not ask for approval: the namespace's policy requires it anyway.
+const GRANT: &str = "apiVersion: streamward.io/v1alpha1
+kind: AccessGrant
+metadata: {name: break-glass, namespace: payments}
+spec:
+  subjects: {serviceAccounts: [ledger]}
+  resources: [{resourceType: Topic, name: ledger.audit}]
+  operations: [Read]
+  durationSeconds: 3600
+  reason: break glass
+";
+
+/// RBAC as a cluster admin would set it up: everyone here may create Approvals and grants;
+/// the webhook decides whose Approval counts.
+const PEOPLE: &str = "apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: streamward-people, namespace: payments}
+rules:
+- apiGroups: [streamward.io]
+  resources: [approvals, accessgrants, approvalrequests, streampolicies]
+  verbs: [get, list, watch, create, patch, update, delete]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: streamward-people, namespace: payments}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: streamward-people}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: carol}
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: dave}
+- {kind: ServiceAccount, name: ledger, namespace: payments}
+";
+
+fn approval(name: &str, kind: &str, target: &str, decision: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: streamward.io/v1alpha1
+kind: Approval
+metadata: {{name: {name}, namespace: payments}}
+spec:
+  requestRef: {{kind: {kind}, name: {target}}}
+  decision: {decision}
+{extra}"
+    )
+}
+
+fn request(name: &str, expiry: &str) -> String {
+    format!(
+        "apiVersion: streamward.io/v1alpha1
+kind: ApprovalRequest
+metadata: {{name: {name}, namespace: payments}}
+spec:
+  requester: {{serviceAccount: ledger}}
+  apiKey: DeleteTopics
+  operation: Delete
+  resources: [{{resourceType: Topic, name: ledger.entries}}]
+  policy: ledger-writes
+  rule: deletes-need-approval
+  requestDigest: '{digest}'
+  expiryTime: '{expiry}'
+",
+        digest = "0".repeat(64)
+    )
+}
+
+/// `kubectl` as the person of `kubeconfig`: (succeeded, stdout + stderr).
+fn kubectl_as(
+    server: &KubeApiServer,
+    kubeconfig: &Path,
+    args: &[&str],
+    yaml: Option<&str>,
+) -> (bool, String) {
+    let mut command = server.kubectl();
+    command.arg("--kubeconfig").arg(kubeconfig).args(args);
+    let file;
+    if let Some(yaml) = yaml {
+        file = server
+            .dir()
+            .join(format!("{}.yaml", streamward_e2e::unique_name("as")));
+        std::fs::write(&file, yaml).unwrap();
+        command.arg("-f").arg(&file);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+struct People {
+    alice: PathBuf,
+    bob: PathBuf,
+    carol: PathBuf,
+    mallory: PathBuf,
+    dave: PathBuf,
+    ledger: PathBuf,
+}
+
+fn create(server: &KubeApiServer, who: &Path, yaml: &str) -> Result<String, String> {
+    match kubectl_as(server, who, &["create"], Some(yaml)) {
+        (true, out) => Ok(out),
+        (false, out) => Err(out),
+    }
+}
+
+fn refused(server: &KubeApiServer, who: &Path, yaml: &str, because: &str) {
+    let error = create(server, who, yaml).expect_err("the webhook let it through");
+    assert!(error.contains("denied the request"), "{error}");
+    assert!(error.contains(because), "expected {because:?}: {error}");
+}
+
+fn config(server: &KubeApiServer) -> Option<ProxyConfig> {
+    let map = get_json(server, &["configmap", "-n", NS, "streamward-config-ledger"])?;
+    serde_json::from_str(map["data"]["config.json"].as_str()?).ok()
+}
+
+fn grant_condition(
+    server: &KubeApiServer,
+    what: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> serde_json::Value {
+    wait_json(
+        server,
+        what,
+        &["accessgrant", "-n", NS, "break-glass"],
+        Duration::from_secs(30),
+        |g| {
+            (has_condition(g, type_, status)
+                && condition(g, type_)
+                    .is_some_and(|c| c["message"].as_str().unwrap_or("").contains(reason)))
+            .then(|| g.clone())
+        },
+    )
+}
+
+/// The cluster, the operator with its webhooks under the chart's RBAC, and the people.
+fn setup() -> (KubeApiServer, Operator, People) {
+    let server = common::cluster();
+    kubectl(&server, &["create", "namespace", NS]);
+    kubectl(&server, &["create", "serviceaccount", "-n", NS, "ledger"]);
+    kubectl_apply(&server, PEOPLE);
+    let credentials = common::operator_kubeconfig(&server, &[NS]);
+    let port = net::free_port().unwrap();
+    let log = server.dir().join("operator.log");
+    let webhook_url = format!("https://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let mut operator = Operator::start_with(
+        &log,
+        "only",
+        &credentials,
+        &[
+            "--webhook-url",
+            &webhook_url,
+            "--webhook-listen",
+            &listen,
+            "--operator-namespace",
+            LEASE_NAMESPACE,
+            "--audit-disabled",
+        ],
+    );
+    operator.wait_leader(Duration::from_secs(30));
+    // Ready once a new grant comes back stamped (the mutating webhook answers).
+    let probe = GRANT.replace("break-glass", "probe");
+    wait_for("the stamping webhook", Duration::from_secs(90), || {
+        operator.process.check_running()?;
+        let (ok, out) = kubectl_as(
+            &server,
+            server.kubeconfig(),
+            &["create", "--dry-run=server", "-o", "json"],
+            Some(&probe),
+        );
+        Ok((ok && out.contains("streamward.io/requested-by")).then_some(()))
+    })
+    .unwrap();
+    kubectl_apply(&server, RESOURCES);
+    let user = |name: &str, groups: &[&str]| server.user_kubeconfig(name, groups).unwrap();
+    let people = People {
+        alice: user("alice", &["finance"]),
+        bob: user("bob", &["developers"]),
+        carol: user("carol", &[]),
+        mallory: user("mallory", &["developers"]),
+        dave: user("dave", &["kafka-admins"]),
+        ledger: common::service_account_kubeconfig(&server, NS, "ledger"),
+    };
+    (server, operator, people)
+}
+
+#[test]
+fn grants_need_two_real_approvers_and_approvals_cannot_be_forged_or_reused() {
+    let (server, _operator, people) = setup();
+
+    // Bob asks for a grant without asking for approval: the namespace requires it.
+    create(&server, &people.bob, GRANT).unwrap();
+    let grant = get_json(&server, &["accessgrant", "-n", NS, "break-glass"]).unwrap();
+    assert_eq!(
+        grant["metadata"]["annotations"]["streamward.io/requested-by"], "bob",
+        "who asked is stamped from the API server's record"
+    );
+    grant_condition(
+        &server,
+        "the grant to wait for 2 approvals",
+        "Approved",
+        "False",
+        "0 of 2",
+    );
+    assert!(config(&server).is_some_and(|c| c.grants.is_empty()));
+
+    // The requester, a non-approver, and the grant's own service account: refused.
+    let yes =
+        |name: &str, extra: &str| approval(name, "AccessGrant", "break-glass", "Approve", extra);
+    refused(
+        &server,
+        &people.bob,
+        &yes("by-bob", ""),
+        "asked for the grant",
+    );
+    refused(
+        &server,
+        &people.mallory,
+        &yes("by-mallory", ""),
+        "not an approver",
+    );
+    refused(
+        &server,
+        &people.ledger,
+        &yes("by-ledger", ""),
+        "the grant is for them",
+    );
+
+    // Alice writes carol's name as the approver: the API server says it is alice.
+    create(
+        &server,
+        &people.alice,
+        &yes("by-alice", "  approver: {user: carol}\n"),
+    )
+    .unwrap();
+    let stamped = get_json(&server, &["approval", "-n", NS, "by-alice"]).unwrap();
+    assert_eq!(stamped["spec"]["approver"]["user"], "alice", "{stamped}");
+    assert_eq!(
+        stamped["spec"]["approver"]["groups"][0], "finance",
+        "{stamped}"
+    );
+    assert_eq!(
+        stamped["spec"]["requestRef"]["uid"],
+        grant["metadata"]["uid"]
+    );
+    // Alice again is still one approver.
+    create(&server, &people.alice, &yes("by-alice-again", "")).unwrap();
+    grant_condition(
+        &server,
+        "one of two approvals",
+        "Approved",
+        "False",
+        "1 of 2",
+    );
+
+    // Dave is an approver through his group: two distinct people, the grant counts.
+    create(&server, &people.dave, &yes("by-dave", "")).unwrap();
+    grant_condition(&server, "the grant approved", "Active", "True", "");
+    wait_for("the grant in the config", Duration::from_secs(10), || {
+        Ok(config(&server).filter(|c| c.grants.iter().any(|g| g.name == "break-glass")))
+    })
+    .unwrap();
+
+    // An Approval is a decision, not something to edit later.
+    let (ok, out) = kubectl_as(
+        &server,
+        &people.alice,
+        &[
+            "patch",
+            "approval",
+            "-n",
+            NS,
+            "by-alice",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"decision":"Deny"}}"#,
+        ],
+        None,
+    );
+    assert!(!ok, "{out}");
+
+    // Who asked cannot be rewritten.
+    let (ok, out) = kubectl_as(
+        &server,
+        &people.bob,
+        &[
+            "annotate",
+            "--overwrite",
+            "accessgrant",
+            "-n",
+            NS,
+            "break-glass",
+            "streamward.io/requested-by=carol",
+        ],
+        None,
+    );
+    assert!(!ok && out.contains("cannot be changed"), "{out}");
+
+    // Bob widens the approved grant: it drops back to unapproved and leaves the config.
+    let (ok, out) = kubectl_as(
+        &server,
+        &people.bob,
+        &[
+            "patch",
+            "accessgrant",
+            "-n",
+            NS,
+            "break-glass",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"operations":["Read","Write"]}}"#,
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    grant_condition(
+        &server,
+        "the widened grant unapproved",
+        "Approved",
+        "False",
+        "0 of 2",
+    );
+    wait_for(
+        "the widened grant to leave the config",
+        Duration::from_secs(10),
+        || Ok(config(&server).filter(|c| c.grants.is_empty())),
+    )
+    .unwrap();
+
+    // Deleted and re-created under the same name: the old Approvals count for nothing.
+    kubectl(&server, &["delete", "accessgrant", "-n", NS, "break-glass"]);
+    create(&server, &people.bob, GRANT).unwrap();
+    grant_condition(
+        &server,
+        "the re-created grant unapproved",
+        "Approved",
+        "False",
+        "0 of 2",
+    );
+
+    // Revoked, it stays revoked, however the patch is written.
+    kubectl(
+        &server,
+        &[
+            "patch",
+            "accessgrant",
+            "-n",
+            NS,
+            "break-glass",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"revoked":true}}"#,
+        ],
+    );
+    for undo in [
+        r#"{"spec":{"revoked":null}}"#,
+        r#"{"spec":{"revoked":false}}"#,
+    ] {
+        let (ok, out) = kubectl_as(
+            &server,
+            server.kubeconfig(),
+            &[
+                "patch",
+                "accessgrant",
+                "-n",
+                NS,
+                "break-glass",
+                "--type=merge",
+                "-p",
+                undo,
+            ],
+            None,
+        );
+        assert!(!ok, "{undo}: {out}");
+        assert!(
+            out.contains("a revoked grant stays revoked"),
+            "{undo}: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_held_request_is_decided_by_others_before_it_expires() {
+    let (server, _operator, people) = setup();
+    kubectl_apply(&server, &request("delete-ledger", "2099-01-01T00:00:00Z"));
+    let on = |name: &str, decision: &str, extra: &str| {
+        approval(name, "ApprovalRequest", "delete-ledger", decision, extra)
+    };
+
+    // The workload that asked cannot approve its own request.
+    refused(
+        &server,
+        &people.ledger,
+        &on("by-ledger", "Approve", ""),
+        "made the request",
+    );
+    refused(
+        &server,
+        &people.mallory,
+        &on("by-mallory", "Approve", ""),
+        "not an approver",
+    );
+
+    // The policy asks for two approvers; one approves, the other denies with a comment.
+    create(&server, &people.alice, &on("by-alice", "Approve", "")).unwrap();
+    create(
+        &server,
+        &people.carol,
+        &on("by-carol", "Deny", "  comment: not during the freeze\n"),
+    )
+    .unwrap();
+    let denied = wait_json(
+        &server,
+        "the request denied",
+        &["approvalrequest", "-n", NS, "delete-ledger"],
+        Duration::from_secs(30),
+        |r| has_condition(r, "Denied", "True").then(|| r.clone()),
+    );
+    assert!(has_condition(&denied, "Approved", "False"), "{denied}");
+    let decisions = denied["status"]["decisions"].as_array().unwrap();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["approver"] == "carol" && d["comment"] == "not during the freeze"),
+        "{denied}"
+    );
+
+    // An expired request cannot be approved any more.
+    kubectl_apply(&server, &request("too-late", "2020-01-01T00:00:00Z"));
+    refused(
+        &server,
+        &people.alice,
+        &approval("late", "ApprovalRequest", "too-late", "Approve", ""),
+        "expired",
+    );
+    // Nor can something that does not exist.
+    refused(
+        &server,
+        &people.alice,
+        &approval("ghost", "ApprovalRequest", "no-such-request", "Approve", ""),
+        "does not exist",
+    );
+}
