@@ -50,7 +50,7 @@ manifests:
 manifests-check:
     cargo run -q -p streamward-e2e --bin manifests -- --check
 
-# Install and cache what the e2e tests run: Kafka jars, kube-apiserver/etcd/kubectl, helm, kcat, confluent-kafka.
+# Install and cache what the e2e tests run: Kafka jars, kube-apiserver/etcd/kubectl, helm, the test node (kubelet & co, containerd, CoreDNS, images), kcat, confluent-kafka.
 provision:
     cargo run -q -p streamward-e2e --bin provision
 

@@ -1,6 +1,7 @@
 //! A real kube-apiserver on a real etcd, the way controller-runtime's envtest runs them, built
 //! from the `k8s.io/kubernetes` Go module (see `e2e/k8s/go.mod`) rather than downloaded.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -77,7 +78,7 @@ pub fn install() -> Result<KubeBinaries> {
 /// The `-X` linker flags Kubernetes' own build (hack/lib/version.sh) sets, so `/version` and
 /// `kubectl version` say `v1.36.3` rather than `v0.0.0-master`: Helm refuses a chart whose
 /// `kubeVersion` the server's version does not meet, and the operator reads it too.
-fn version_stamp() -> String {
+pub(crate) fn version_stamp() -> String {
     let mut parts = KUBERNETES_VERSION.trim_start_matches('v').split('.');
     let major = parts.next().unwrap_or_default();
     let minor = parts.next().unwrap_or_default();
@@ -103,15 +104,57 @@ pub struct KubeApiServer {
     ca: Ca,
     url: String,
     kubeconfig: PathBuf,
+    ca_file: PathBuf,
+    service_account_key: PathBuf,
     dir: tempfile::TempDir,
     // Declared in stop order: the apiserver before its etcd.
     apiserver: Process,
     _etcd: Process,
 }
 
+/// How to start a [`KubeApiServer`]. The default is the envtest-like server the fast tests use:
+/// loopback only, no ServiceAccount admission (no controller-manager makes tokens), RBAC.
+pub struct ApiServerOptions {
+    /// The address the API server binds to and advertises (the `kubernetes` Service's endpoint).
+    pub bind_address: IpAddr,
+    /// `--service-cluster-ip-range`.
+    pub service_cluster_ip_range: String,
+    /// Names and addresses the serving certificate covers beside `127.0.0.1`, `localhost` and
+    /// the bind address (e.g. `kubernetes.default.svc` and the `kubernetes` Service's IP).
+    pub extra_server_names: Vec<String>,
+    /// Whether the ServiceAccount admission plugin runs (it needs a controller-manager to make
+    /// each namespace's `default` service account).
+    pub service_account_admission: bool,
+    /// `--authorization-mode`.
+    pub authorization_mode: String,
+    /// The CA for serving and client certificates; a fresh one when `None`.
+    pub ca: Option<Ca>,
+    /// More flags, appended last.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ApiServerOptions {
+    fn default() -> Self {
+        ApiServerOptions {
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            service_cluster_ip_range: "10.0.0.0/24".into(),
+            extra_server_names: Vec::new(),
+            service_account_admission: false,
+            authorization_mode: "RBAC".into(),
+            ca: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
 impl KubeApiServer {
     /// Starts etcd and kube-apiserver on free loopback ports and waits for `/readyz`.
     pub fn start() -> Result<KubeApiServer> {
+        KubeApiServer::start_with(ApiServerOptions::default())
+    }
+
+    /// Starts etcd (on loopback) and kube-apiserver as `options` say, and waits for `/readyz`.
+    pub fn start_with(options: ApiServerOptions) -> Result<KubeApiServer> {
         let binaries = install()?;
         let dir = cache::run_dir("kube")?;
         let path = dir.path();
@@ -131,8 +174,17 @@ impl KubeApiServer {
             .arg("--log-level=warn");
         let etcd = Process::spawn("etcd", etcd, &path.join("etcd.log"))?;
 
-        let ca = Ca::new("streamward-e2e-kubernetes-ca")?;
-        let serving = ca.issue_server(&["127.0.0.1", "localhost"])?;
+        let ca = match options.ca {
+            Some(ca) => ca,
+            None => Ca::new("streamward-e2e-kubernetes-ca")?,
+        };
+        let bind = options.bind_address.to_string();
+        let mut names = vec!["127.0.0.1", "localhost"];
+        if !names.contains(&bind.as_str()) {
+            names.push(&bind);
+        }
+        names.extend(options.extra_server_names.iter().map(String::as_str));
+        let serving = ca.issue_server(&names)?;
         let admin = ca.issue_client("streamward-e2e-admin", &["system:masters"])?;
         let write = |name: &str, text: &str| -> Result<PathBuf> {
             let file = path.join(name);
@@ -148,8 +200,11 @@ impl KubeApiServer {
         let sa_key = write("service-account.key", &sa.private_pem)?;
         let sa_pub = write("service-account.pub", &sa.public_pem)?;
 
-        let port = net::free_port()?;
-        let url = format!("https://127.0.0.1:{port}");
+        let port = net::free_port_on(options.bind_address)?;
+        let url = match options.bind_address {
+            IpAddr::V4(ip) => format!("https://{ip}:{port}"),
+            IpAddr::V6(ip) => format!("https://[{ip}]:{port}"),
+        };
         let mut apiserver = Command::new(binaries.path("kube-apiserver"));
         apiserver
             .arg(format!("--etcd-servers={etcd_url}"))
@@ -158,20 +213,30 @@ impl KubeApiServer {
             .arg(format!("--tls-private-key-file={}", serving_key.display()))
             .arg(format!("--client-ca-file={}", ca_file.display()))
             .arg(format!("--secure-port={port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
-            .arg("--authorization-mode=RBAC")
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
-            .arg("--allow-privileged=true")
+            .arg(format!("--bind-address={bind}"))
+            .arg(format!("--advertise-address={bind}"))
+            .arg(format!(
+                "--authorization-mode={}",
+                options.authorization_mode
+            ))
+            .arg(format!(
+                "--service-cluster-ip-range={}",
+                options.service_cluster_ip_range
+            ))
+            .arg("--allow-privileged=true");
+        if !options.service_account_admission {
             // No controller-manager creates service-account tokens for pods here.
-            .arg("--disable-admission-plugins=ServiceAccount")
+            apiserver.arg("--disable-admission-plugins=ServiceAccount");
+        }
+        apiserver
             .arg(format!("--service-account-issuer={url}"))
             .arg(format!("--service-account-key-file={}", sa_pub.display()))
             .arg(format!(
                 "--service-account-signing-key-file={}",
                 sa_key.display()
             ))
-            .arg("--v=1");
+            .arg("--v=1")
+            .args(&options.extra_args);
         let apiserver = Process::spawn("kube-apiserver", apiserver, &path.join("apiserver.log"))?;
 
         let kubeconfig = write(
@@ -183,6 +248,8 @@ impl KubeApiServer {
             ca,
             url,
             kubeconfig,
+            ca_file,
+            service_account_key: sa_key,
             dir,
             apiserver,
             _etcd: etcd,
@@ -291,6 +358,26 @@ current-context: {service_account}
     /// The CA that signed the API server's certificate and accepts client certificates.
     pub fn ca(&self) -> &Ca {
         &self.ca
+    }
+
+    /// The CA certificate file (PEM).
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
+
+    /// The private key that signs service-account tokens (PEM), for a controller-manager.
+    pub fn service_account_key(&self) -> &Path {
+        &self.service_account_key
+    }
+
+    /// The path of one of the installed Kubernetes binaries (`kubectl`, ...).
+    pub fn binary(&self, name: &str) -> PathBuf {
+        self.binaries.path(name)
+    }
+
+    /// Whether the API server process is still running; fails with its log's tail if not.
+    pub fn check_running(&mut self) -> Result<()> {
+        self.apiserver.check_running()
     }
 
     /// The folder with the logs, certificates and etcd data of this run.

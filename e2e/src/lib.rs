@@ -19,6 +19,7 @@ pub mod helm;
 pub mod kafka;
 pub mod kube;
 pub mod net;
+pub mod node;
 pub mod pki;
 pub mod process;
 pub mod provision;

@@ -1,4 +1,4 @@
-//! Loopback ports.
+//! Free ports (on loopback, or on a test bridge's address) and a tiny HTTP probe.
 
 use std::net::TcpListener;
 
@@ -8,6 +8,13 @@ use anyhow::{Context, Result};
 /// server binds it is the usual test-harness trade-off).
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A port on `ip` (a local address, e.g. a test bridge's) that was free a moment ago.
+pub fn free_port_on(ip: std::net::IpAddr) -> Result<u16> {
+    let listener =
+        TcpListener::bind((ip, 0)).with_context(|| format!("binding a free port on {ip}"))?;
     Ok(listener.local_addr()?.port())
 }
 

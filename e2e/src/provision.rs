@@ -5,9 +5,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::{clients, helm, kafka, kube};
+use crate::{clients, helm, kafka, kube, node};
 
-/// Installs Kafka, the Kubernetes binaries, Helm and the clients, printing one line per step.
+/// Installs Kafka, the Kubernetes binaries, Helm, the clients and the test node's programs and
+/// images, printing one line per step.
 pub fn all() -> Result<()> {
     step(
         &format!("Apache Kafka {} jars", kafka::KAFKA_VERSION),
@@ -21,6 +22,14 @@ pub fn all() -> Result<()> {
         ),
         || kube::install().map(drop),
     )?;
+    step(
+        &format!(
+            "node programs: containerd {}, CoreDNS {}",
+            node::install::CONTAINERD_VERSION,
+            node::install::COREDNS_VERSION
+        ),
+        || node::install::install().map(drop),
+    )?;
     step(&format!("helm {}", helm::HELM_VERSION), || {
         helm::helm_binary().map(drop)
     })?;
@@ -29,6 +38,9 @@ pub fn all() -> Result<()> {
         &format!("confluent-kafka {}", clients::CONFLUENT_KAFKA_VERSION),
         || clients::python().map(drop),
     )?;
+    step("node images (pause, CoreDNS, Kafka clients)", || {
+        node::images::build_all(&node::install::install()?).map(drop)
+    })?;
     Ok(())
 }
 

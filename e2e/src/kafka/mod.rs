@@ -5,6 +5,7 @@ pub mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -144,6 +145,9 @@ pub struct KafkaOptions {
     pub sasl_users: Vec<SaslUser>,
     /// The serving certificate of the TLS listeners; see [`KafkaOptions::tls`].
     pub server_cert: Option<Issued>,
+    /// The address the secured listeners bind to and advertise: 127.0.0.1 unless set, e.g. a
+    /// test bridge's address for clients in pods (see [`KafkaOptions::secured_host`]).
+    pub secured_host: Option<IpAddr>,
 }
 
 impl KafkaOptions {
@@ -154,6 +158,7 @@ impl KafkaOptions {
             secured_listeners: Vec::new(),
             sasl_users: Vec::new(),
             server_cert: None,
+            secured_host: None,
         }
     }
 
@@ -172,6 +177,13 @@ impl KafkaOptions {
             name: name.to_string(),
             password: password.to_string(),
         });
+        self
+    }
+
+    /// Binds and advertises the secured listeners on `host` instead of 127.0.0.1 (the
+    /// PLAINTEXT listener the harness uses stays on loopback). `host` must be a local address.
+    pub fn secured_host(mut self, host: IpAddr) -> KafkaOptions {
+        self.secured_host = Some(host);
         self
     }
 
@@ -213,6 +225,7 @@ pub struct KafkaNode {
     /// The client (PLAINTEXT) port on 127.0.0.1.
     pub port: u16,
     secured: BTreeMap<SecurityProtocol, u16>,
+    secured_host: IpAddr,
     process: Option<Process>,
     config: PathBuf,
     log: PathBuf,
@@ -224,11 +237,12 @@ impl KafkaNode {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `127.0.0.1:<port>` of the secured client listener with `protocol`, if the cluster has one.
+    /// `<host>:<port>` of the secured client listener with `protocol`, if the cluster has one
+    /// (the host is 127.0.0.1 unless [`KafkaOptions::secured_host`] said otherwise).
     pub fn secured_addr(&self, protocol: SecurityProtocol) -> Option<String> {
         self.secured
             .get(&protocol)
-            .map(|port| format!("127.0.0.1:{port}"))
+            .map(|port| std::net::SocketAddr::new(self.secured_host, *port).to_string())
     }
 }
 
@@ -264,6 +278,9 @@ impl KafkaCluster {
             .join(",");
         let cluster_id = random_cluster_id(&dist)?;
         let replication = size.min(3);
+        let secured_host = options
+            .secured_host
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
 
         let mut nodes = Vec::with_capacity(size);
         let mut formats = Vec::with_capacity(size);
@@ -275,12 +292,12 @@ impl KafkaCluster {
             let secured = options
                 .secured_listeners
                 .iter()
-                .map(|protocol| Ok((*protocol, net::free_port()?)))
+                .map(|protocol| Ok((*protocol, net::free_port_on(secured_host)?)))
                 .collect::<Result<BTreeMap<_, _>>>()?;
             let mut properties =
                 server_properties(id, *port, *controller, &voters, &node_dir, replication);
             if !secured.is_empty() {
-                secure_listeners(&mut properties, &secured, &options, &node_dir)?;
+                secure_listeners(&mut properties, &secured, secured_host, &options, &node_dir)?;
             }
             std::fs::write(&config, render(&properties))?;
             // Format all nodes at once: each is a JVM start.
@@ -309,6 +326,7 @@ impl KafkaCluster {
                 id,
                 port: *port,
                 secured,
+                secured_host,
                 process: None,
                 log: node_dir.join("server.log"),
                 config,
@@ -563,6 +581,7 @@ fn server_properties(
 fn secure_listeners(
     properties: &mut BTreeMap<String, String>,
     secured: &BTreeMap<SecurityProtocol, u16>,
+    host: IpAddr,
     options: &KafkaOptions,
     dir: &Path,
 ) -> Result<()> {
@@ -579,7 +598,11 @@ fn secure_listeners(
             let _ = if key == "listener.security.protocol.map" {
                 write!(value, ",{name}:{name}")
             } else {
-                write!(value, ",{name}://127.0.0.1:{port}")
+                write!(
+                    value,
+                    ",{name}://{}",
+                    std::net::SocketAddr::new(host, *port)
+                )
             };
         }
     }
