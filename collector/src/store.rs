@@ -1,5 +1,6 @@
 //! The embedded store: append-only segment files of hash-chained records (see [`crate::chain`]),
-//! signed checkpoints (see [`crate::checkpoint`]) and the set of event ids already stored.
+//! signed checkpoints (see [`crate::checkpoint`]) and, per workload identity, the ids already
+//! stored with the digest of their content.
 //!
 //! Layout of the data folder:
 //!
@@ -13,7 +14,7 @@
 //! One writer owns a [`Store`]; it appends a group of batches with one `write` and one
 //! `fdatasync`, and only then are the batches acknowledged.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -33,12 +34,48 @@ pub const PUBLIC_KEY: &str = "checkpoint.pub";
 /// The default signing key file inside the data folder.
 pub const SIGNING_KEY: &str = "signing.key";
 
-/// An event ready to be appended: its id and its JSON.
+/// An event ready to be appended: its identity, its id and its JSON.
 pub struct Prepared {
+    /// The workload the event is about, `<namespace>/<serviceaccount>` (see [`identity_key`]).
+    /// Ingest only lets a workload's token send that workload's events, so this is the
+    /// authenticated identity; ids are unique per identity, never across them.
+    pub identity: String,
     /// The event id.
     pub id: String,
     /// The event, serialised.
     pub json: String,
+}
+
+/// The key ids are de-duplicated under: the workload's namespace and service account.
+pub fn identity_key(namespace: &str, service_account: &str) -> String {
+    format!("{namespace}/{service_account}")
+}
+
+/// The identity key of a stored event (JSON), as [`identity_key`].
+fn stored_identity(event: &serde_json::Value) -> String {
+    let identity = &event["data"]["identity"];
+    identity_key(
+        identity["namespace"].as_str().unwrap_or_default(),
+        identity["serviceAccount"].as_str().unwrap_or_default(),
+    )
+}
+
+type Digest = [u8; 32];
+
+fn digest(json: &[u8]) -> Digest {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(json).into()
+}
+
+/// An event refused because its identity already stored its id with other content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// Its position in the batch.
+    pub position: usize,
+    /// SHA-256 (hex) of the event that is stored under the id.
+    pub stored_sha256: String,
+    /// SHA-256 (hex) of the event refused.
+    pub refused_sha256: String,
 }
 
 /// What one batch came to.
@@ -46,11 +83,15 @@ pub struct Prepared {
 pub struct Appended {
     /// Events stored now.
     pub accepted: usize,
-    /// Events that were stored before (or twice in this batch) and were not stored again.
+    /// Events that were stored before with the same content (or twice in this batch) and were
+    /// not stored again.
     pub duplicates: usize,
     /// The positions in the batch of the events stored now.
     #[serde(skip)]
     pub stored: Vec<usize>,
+    /// Events whose id was stored before with other content: refused.
+    #[serde(skip)]
+    pub conflicts: Vec<Conflict>,
 }
 
 /// How long and how much the store keeps.
@@ -88,7 +129,8 @@ pub struct Store {
     sealed: VecDeque<SealedSegment>,
     next_index: u64,
     last_hash: String,
-    seen: HashSet<String>,
+    /// identity → event id → digest of the stored event.
+    seen: HashMap<String, HashMap<String, Digest>>,
     checkpoints: File,
     /// The last index a checkpoint covers.
     checkpointed: Option<u64>,
@@ -184,7 +226,7 @@ impl Store {
             sealed: VecDeque::new(),
             next_index: 0,
             last_hash: GENESIS.to_string(),
-            seen: HashSet::new(),
+            seen: HashMap::new(),
             checkpoints,
             checkpointed: None,
             broken: None,
@@ -273,8 +315,14 @@ impl Store {
                         scan.first_index = Some(record.index);
                         scan.first_prev = Some(record.prev.clone());
                     }
-                    if let Some(id) = record.event.get("id").and_then(|v| v.as_str()) {
-                        self.seen.insert(id.to_string());
+                    if let (Some(id), Some(json)) = (
+                        record.event.get("id").and_then(|v| v.as_str()),
+                        chain::event_bytes(line),
+                    ) {
+                        self.seen
+                            .entry(stored_identity(&record.event))
+                            .or_default()
+                            .insert(id.to_string(), digest(json));
                     }
                     self.next_index = record.index + 1;
                     self.last_hash = record.hash;
@@ -320,9 +368,11 @@ impl Store {
         Ok(())
     }
 
-    /// Whether `id` is stored.
-    pub fn contains(&self, id: &str) -> bool {
-        self.seen.contains(id)
+    /// Whether `identity` has stored `id`.
+    pub fn contains(&self, identity: &str, id: &str) -> bool {
+        self.seen
+            .get(identity)
+            .is_some_and(|ids| ids.contains_key(id))
     }
 
     /// Sealed segments held.
@@ -336,7 +386,9 @@ impl Store {
     }
 
     /// Appends batches durably (written and fdatasynced) and says, per batch, how many events
-    /// were new and how many were stored already. On error nothing of the group is stored.
+    /// were new, how many were stored already (the same identity, id and content: a retry), and
+    /// which were refused because their identity stored the id with other content. On error
+    /// nothing of the group is stored.
     pub fn append(&mut self, batches: &[Vec<Prepared>]) -> Result<Vec<Appended>> {
         if let Some(reason) = &self.broken {
             bail!("the store stopped accepting events after an earlier failure: {reason}");
@@ -349,17 +401,35 @@ impl Store {
             self.seal()?;
         }
         let mut results = Vec::with_capacity(batches.len());
-        let mut fresh: HashSet<&str> = HashSet::new();
+        let mut fresh: HashMap<(&str, &str), Digest> = HashMap::new();
         let mut buffer = String::new();
         let mut index = self.next_index;
         let mut hash = self.last_hash.clone();
         for batch in batches {
             let mut result = Appended::default();
             for (position, event) in batch.iter().enumerate() {
-                if self.seen.contains(&event.id) || !fresh.insert(&event.id) {
-                    result.duplicates += 1;
-                    continue;
+                let content = digest(event.json.as_bytes());
+                let earlier = self
+                    .seen
+                    .get(&event.identity)
+                    .and_then(|ids| ids.get(&event.id))
+                    .or_else(|| fresh.get(&(event.identity.as_str(), event.id.as_str())));
+                match earlier {
+                    Some(stored) if *stored == content => {
+                        result.duplicates += 1;
+                        continue;
+                    }
+                    Some(stored) => {
+                        result.conflicts.push(Conflict {
+                            position,
+                            stored_sha256: hex::encode(stored),
+                            refused_sha256: hex::encode(content),
+                        });
+                        continue;
+                    }
+                    None => {}
                 }
+                fresh.insert((&event.identity, &event.id), content);
                 let (line, next) = chain::encode(index, &hash, &event.json);
                 buffer.push_str(&line);
                 buffer.push('\n');
@@ -398,8 +468,11 @@ impl Store {
         open.len += buffer.len() as u64;
         self.next_index = index;
         self.last_hash = hash;
-        for id in fresh {
-            self.seen.insert(id.to_string());
+        for ((identity, id), content) in fresh {
+            self.seen
+                .entry(identity.to_string())
+                .or_default()
+                .insert(id.to_string(), content);
         }
         Ok(results)
     }
@@ -494,7 +567,13 @@ impl Store {
                     if let Ok(record) = chain::decode(line)
                         && let Some(id) = record.event.get("id").and_then(|v| v.as_str())
                     {
-                        self.seen.remove(id);
+                        let identity = stored_identity(&record.event);
+                        if let Some(ids) = self.seen.get_mut(&identity) {
+                            ids.remove(id);
+                            if ids.is_empty() {
+                                self.seen.remove(&identity);
+                            }
+                        }
                     }
                 }
             }
@@ -547,10 +626,20 @@ fn modified(path: &Path) -> Timestamp {
 mod tests {
     use super::*;
 
+    const WHO: &str = "shop/orders-app";
+
     fn prepared(id: &str) -> Prepared {
+        prepared_as(WHO, id, "Allow")
+    }
+
+    fn prepared_as(identity: &str, id: &str, effect: &str) -> Prepared {
+        let (namespace, service_account) = identity.split_once('/').unwrap();
         Prepared {
+            identity: identity.into(),
             id: id.into(),
-            json: format!(r#"{{"id":"{id}"}}"#),
+            json: format!(
+                r#"{{"id":"{id}","data":{{"identity":{{"namespace":"{namespace}","serviceAccount":"{service_account}"}},"effect":"{effect}"}}}}"#
+            ),
         }
     }
 
@@ -568,11 +657,13 @@ mod tests {
                 accepted: 2,
                 duplicates: 1,
                 stored: vec![0, 1],
+                conflicts: vec![],
             }]
         );
         drop(store);
         let mut store = Store::open(dir.path(), &key, 1 << 20).unwrap();
-        assert!(store.contains("a:2"));
+        assert!(store.contains(WHO, "a:2"));
+        assert!(!store.contains("shop/billing", "a:2"));
         let result = store
             .append(&[vec![prepared("a:2")], vec![prepared("a:3")]])
             .unwrap();
@@ -607,16 +698,50 @@ mod tests {
         for n in 0..5 {
             store.append(&[vec![prepared(&format!("a:{n}"))]]).unwrap();
         }
-        assert_eq!(segment_files(dir.path()).unwrap().len(), 5);
+        let files = segment_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 5);
+        // Every segment holds one record of the same size: keep two and a half of them.
+        let one = std::fs::metadata(&files[0]).unwrap().len();
         let removed = store
             .apply_retention(Retention {
                 max_age: None,
-                max_bytes: Some(400),
+                max_bytes: Some(2 * one + one / 2),
             })
             .unwrap();
         assert_eq!(removed.len(), 3);
-        assert!(!store.contains("a:0"));
-        assert!(store.contains("a:4"));
+        assert!(!store.contains(WHO, "a:0"));
+        assert!(store.contains(WHO, "a:4"));
         assert_eq!(segment_files(dir.path()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn ids_are_unique_per_identity_and_other_content_under_a_stored_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        let mut store = Store::open(dir.path(), &key, 1 << 20).unwrap();
+        let result = store
+            .append(&[vec![
+                prepared_as("shop/billing", "v:1", "Allow"),
+                prepared_as(WHO, "v:1", "Deny"),
+                prepared_as(WHO, "v:1", "Allow"),
+            ]])
+            .unwrap();
+        assert_eq!((result[0].accepted, result[0].duplicates), (2, 0));
+        assert_eq!(result[0].conflicts.len(), 1);
+        assert_eq!(result[0].conflicts[0].position, 2);
+        drop(store);
+        let mut store = Store::open(dir.path(), &key, 1 << 20).unwrap();
+        let result = store
+            .append(&[vec![
+                prepared_as(WHO, "v:1", "Deny"),
+                prepared_as(WHO, "v:1", "Allow"),
+            ]])
+            .unwrap();
+        assert_eq!((result[0].accepted, result[0].duplicates), (0, 1));
+        assert_eq!(result[0].conflicts.len(), 1);
+        assert_ne!(
+            result[0].conflicts[0].stored_sha256,
+            result[0].conflicts[0].refused_sha256
+        );
     }
 }
