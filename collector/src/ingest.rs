@@ -99,7 +99,15 @@ pub fn run_writer(
         if !group.is_empty() {
             append(&mut store, group, &settings.listeners);
         }
-        if !open || last_checkpoint.elapsed() >= settings.checkpoint_every {
+        if !open {
+            // The last checkpoint of the run says the collector stopped cleanly.
+            if let Err(error) = store.stop() {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "writing the last checkpoint failed"
+                );
+            }
+        } else if last_checkpoint.elapsed() >= settings.checkpoint_every {
             if let Err(error) = store.checkpoint() {
                 tracing::error!(error = format!("{error:#}"), "writing a checkpoint failed");
             }

@@ -13,6 +13,10 @@
 //!
 //! One writer owns a [`Store`]; it appends a group of batches with one `write` and one
 //! `fdatasync`, and only then are the batches acknowledged.
+//!
+//! The signing key is made only for an empty data folder. A folder that holds segments,
+//! checkpoints or a public key is never given a new key: a missing key, or one that did not
+//! sign the newest checkpoint, stops the collector with an error that says what to restore.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -132,6 +136,9 @@ pub struct Store {
     /// identity → event id → digest of the stored event.
     seen: HashMap<String, HashMap<String, Digest>>,
     checkpoints: File,
+    /// The number the next checkpoint gets, and the hash of the last checkpoint line.
+    checkpoint_seq: u64,
+    checkpoint_prev: String,
     /// The last index a checkpoint covers.
     checkpointed: Option<u64>,
     broken: Option<String>,
@@ -161,9 +168,20 @@ pub fn segment_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// One line of the checkpoints file.
+pub struct CheckpointLine {
+    /// Its line number, from 1.
+    pub number: usize,
+    /// The SHA-256 (hex) of the line's bytes (without the newline): the next checkpoint's
+    /// `prev`.
+    pub hash: String,
+    /// The checkpoint, or why the line is not one.
+    pub checkpoint: Result<Checkpoint, String>,
+}
+
 /// The checkpoints of a data folder, in the order they were written. A line that does not
-/// parse is returned as an error with its line number, for `verify` to report.
-pub fn read_checkpoints(dir: &Path) -> Result<Vec<Result<Checkpoint, (usize, String)>>> {
+/// parse is returned as an error, for `verify` to report.
+pub fn read_checkpoints(dir: &Path) -> Result<Vec<CheckpointLine>> {
     let path = dir.join(CHECKPOINTS);
     let file = match File::open(&path) {
         Ok(file) => file,
@@ -176,39 +194,233 @@ pub fn read_checkpoints(dir: &Path) -> Result<Vec<Result<Checkpoint, (usize, Str
         if line.is_empty() {
             continue;
         }
-        out.push(serde_json::from_slice(&line).map_err(|e| (number + 1, e.to_string())));
+        out.push(CheckpointLine {
+            number: number + 1,
+            hash: chain::sha256_hex(&line),
+            checkpoint: serde_json::from_slice(&line).map_err(|e| e.to_string()),
+        });
     }
     Ok(out)
 }
 
+/// What a data folder already holds that a signing key must have signed.
+struct History {
+    /// Segment files holding records.
+    segments: Vec<String>,
+    /// Checkpoint lines.
+    checkpoints: Vec<CheckpointLine>,
+    /// The public key file, if there is one.
+    public: Option<PublicKey>,
+}
+
+impl History {
+    fn read(dir: &Path) -> Result<History> {
+        let mut segments = Vec::new();
+        for path in segment_files(dir)? {
+            if std::fs::metadata(&path)
+                .map(|m| m.len() > 0)
+                .unwrap_or(true)
+            {
+                segments.push(file_name(&path));
+            }
+        }
+        let public_path = dir.join(PUBLIC_KEY);
+        let public = match PublicKey::read(&public_path) {
+            Ok(key) => Some(key),
+            Err(_) if !public_path.exists() => None,
+            Err(error) => return Err(error),
+        };
+        Ok(History {
+            segments,
+            checkpoints: read_checkpoints(dir)?,
+            public,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.segments.is_empty() && self.checkpoints.is_empty() && self.public.is_none()
+    }
+
+    /// What the folder holds, in words, for errors.
+    fn describe(&self, dir: &Path) -> String {
+        let mut parts = Vec::new();
+        if !self.segments.is_empty() {
+            let mut names = self.segments.iter().take(3).cloned().collect::<Vec<_>>();
+            if self.segments.len() > 3 {
+                names.push("…".into());
+            }
+            parts.push(format!(
+                "{} segment(s) with records ({}/{}/{})",
+                self.segments.len(),
+                dir.display(),
+                SEGMENTS,
+                names.join(", ")
+            ));
+        }
+        if !self.checkpoints.is_empty() {
+            parts.push(format!(
+                "{} checkpoint(s) in {}",
+                self.checkpoints.len(),
+                dir.join(CHECKPOINTS).display()
+            ));
+        }
+        if let Some(public) = &self.public {
+            parts.push(format!(
+                "the public key {} (fingerprint {})",
+                dir.join(PUBLIC_KEY).display(),
+                public.fingerprint()
+            ));
+        }
+        parts.join(", ")
+    }
+}
+
+/// Reads the signing key, or makes one when the data folder is empty; never replaces the key
+/// of a folder that has history.
+fn signing_key_for(dir: &Path, path: &Path, history: &History) -> Result<SigningKey> {
+    let exists = match std::fs::metadata(path) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("looking for the signing key {}", path.display()));
+        }
+    };
+    if exists {
+        return SigningKey::load(path);
+    }
+    if !history.is_empty() {
+        bail!(
+            "the checkpoint signing key {} is missing, but the data folder already holds {}. A \
+             new key would leave every checkpoint of this store unverifiable, so none is made: \
+             restore the key that signed it (the file, or the Secret mounted there) and start \
+             again. If that key is lost for good, move {} aside (keep it: `streamward-collector \
+             verify --data <it> --fingerprint <the fingerprint recorded at its first start>` \
+             still checks it) and start with an empty data folder",
+            path.display(),
+            history.describe(dir),
+            dir.display()
+        );
+    }
+    let key = SigningKey::create(path)?;
+    tracing::warn!(
+        path = %path.display(),
+        fingerprint = %key.public_key().fingerprint(),
+        "made a new checkpoint signing key for an empty data folder: record this fingerprint \
+         somewhere the collector cannot write, and verify with `--fingerprint` against it"
+    );
+    Ok(key)
+}
+
+/// Checks that `key` is the key of the folder's public key file and of its newest checkpoint.
+fn check_key(dir: &Path, path: &Path, key: &SigningKey, history: &History) -> Result<()> {
+    let public = key.public_key();
+    if let Some(existing) = &history.public
+        && *existing != public
+    {
+        bail!(
+            "{} holds the public key {} but the signing key {} is {}: the checkpoints of this \
+             store were signed with another key. Start with the key that signed them, or with \
+             an empty data folder",
+            dir.join(PUBLIC_KEY).display(),
+            existing.fingerprint(),
+            path.display(),
+            public.fingerprint()
+        );
+    }
+    let newest = history
+        .checkpoints
+        .iter()
+        .rev()
+        .find_map(|line| line.checkpoint.as_ref().ok().map(|c| (line.number, c)));
+    match newest {
+        Some((number, checkpoint)) if !checkpoint.is_signed_by(&public) => bail!(
+            "the newest checkpoint of {} (line {number}: {} up to record {}) is not signed by the \
+             signing key {} (fingerprint {}): this store was signed with another key, or the \
+             checkpoints were changed. Start with the key that signed them, and run \
+             `streamward-collector verify --data {} --fingerprint <the recorded fingerprint>`",
+            dir.join(CHECKPOINTS).display(),
+            checkpoint.segment,
+            checkpoint.last_index,
+            path.display(),
+            public.fingerprint(),
+            dir.display()
+        ),
+        None if !history.segments.is_empty() => tracing::warn!(
+            data = %dir.display(),
+            "the segments hold records but no checkpoint signs them yet (the collector stopped \
+             before its first checkpoint, or the checkpoints were removed)"
+        ),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Cuts a partial last line off the checkpoints file: a checkpoint whose write never finished.
+fn cut_partial_checkpoint(dir: &Path) -> Result<()> {
+    let path = dir.join(CHECKPOINTS);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(());
+    }
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+    tracing::warn!(
+        file = %path.display(),
+        bytes = bytes.len() - complete,
+        "cutting off a partial checkpoint whose write never finished"
+    );
+    let file = OpenOptions::new().write(true).open(&path)?;
+    file.set_len(complete as u64)?;
+    file.sync_all()
+        .with_context(|| format!("cutting {}", path.display()))
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir`, signing checkpoints with the key at
-    /// `signing_key` (made there if missing).
+    /// `signing_key`. The key is made there only when `dir` holds nothing yet; a store with
+    /// history whose key is missing, or whose newest checkpoint that key did not sign, is
+    /// refused.
     ///
     /// A last line without its newline is an append that was never acknowledged (the
     /// collector stopped mid-write): it is cut off.
     pub fn open(dir: &Path, signing_key: &Path, segment_max_bytes: u64) -> Result<Store> {
         std::fs::create_dir_all(dir.join(SEGMENTS))
             .with_context(|| format!("creating the data folder {}", dir.display()))?;
-        let key = SigningKey::load_or_create(signing_key)?;
+        cut_partial_checkpoint(dir)?;
+        let history = History::read(dir)?;
+        let key = signing_key_for(dir, signing_key, &history)?;
+        check_key(dir, signing_key, &key, &history)?;
         let public = key.public_key();
         let public_path = dir.join(PUBLIC_KEY);
-        match PublicKey::read(&public_path) {
-            Ok(existing) if existing == public => {}
-            Ok(_) => bail!(
-                "{} holds another public key than the signing key {}: the checkpoints of this \
-                 store were signed with another key; use that key, or a new data folder",
-                public_path.display(),
-                signing_key.display()
-            ),
-            Err(_) => std::fs::write(&public_path, format!("{}\n", public.to_hex()))
-                .with_context(|| format!("writing {}", public_path.display()))?,
+        if history.public.is_none() {
+            std::fs::write(&public_path, format!("{}\n", public.to_hex()))
+                .with_context(|| format!("writing {}", public_path.display()))?;
         }
+        tracing::info!(
+            fingerprint = %public.fingerprint(),
+            public_key = %public.to_hex(),
+            "checkpoints are signed with this key (GET /v1/key, `streamward-collector key`)"
+        );
 
         let checkpoints_path = dir.join(CHECKPOINTS);
-        let sealed_times: Vec<(String, Timestamp)> = read_checkpoints(dir)?
+        let (checkpoint_seq, checkpoint_prev) = match history.checkpoints.last() {
+            None => (0, GENESIS.to_string()),
+            Some(last) => {
+                let seq = match &last.checkpoint {
+                    Ok(Checkpoint { seq: Some(seq), .. }) => seq + 1,
+                    _ => history.checkpoints.len() as u64,
+                };
+                (seq, last.hash.clone())
+            }
+        };
+        let sealed_times: Vec<(String, Timestamp)> = history
+            .checkpoints
             .into_iter()
-            .filter_map(|c| c.ok())
+            .filter_map(|line| line.checkpoint.ok())
             .filter(|c| c.sealed)
             .map(|c| (c.segment, c.time))
             .collect();
@@ -228,6 +440,8 @@ impl Store {
             last_hash: GENESIS.to_string(),
             seen: HashMap::new(),
             checkpoints,
+            checkpoint_seq,
+            checkpoint_prev,
             checkpointed: None,
             broken: None,
         };
@@ -348,6 +562,12 @@ impl Store {
     }
 
     fn open_segment(&mut self) -> Result<()> {
+        self.open = Some(self.create_segment()?);
+        Ok(())
+    }
+
+    /// Creates (durably) the segment that begins at the next index.
+    fn create_segment(&self) -> Result<OpenSegment> {
         let name = segment_name(self.next_index);
         let path = self.dir.join(SEGMENTS).join(&name);
         let file = OpenOptions::new()
@@ -358,14 +578,18 @@ impl Store {
         File::open(self.dir.join(SEGMENTS))
             .and_then(|d| d.sync_all())
             .context("syncing the segments folder")?;
-        self.open = Some(OpenSegment {
+        Ok(OpenSegment {
             name,
             file,
             len: 0,
             first_index: self.next_index,
             first_prev: self.last_hash.clone(),
-        });
-        Ok(())
+        })
+    }
+
+    /// The public key that verifies this store's checkpoints.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
     }
 
     /// Whether `identity` has stored `id`.
@@ -500,6 +724,9 @@ impl Store {
             last_hash: self.last_hash.clone(),
             sealed,
             removed: false,
+            stopped: false,
+            seq: None,
+            prev: None,
             time: Timestamp::now(),
             signature: String::new(),
         };
@@ -508,18 +735,53 @@ impl Store {
         Ok(())
     }
 
-    fn append_checkpoint(&mut self, mut checkpoint: Checkpoint) -> Result<()> {
-        self.key.sign(&mut checkpoint);
-        let mut line = serde_json::to_string(&checkpoint)?;
-        line.push('\n');
-        self.checkpoints
-            .write_all(line.as_bytes())
-            .and_then(|()| self.checkpoints.sync_data())
-            .context("writing a checkpoint")?;
+    /// Signs the last checkpoint of this run, marked `stopped`: whatever the store held then
+    /// is covered, and a store that no longer ends in such a checkpoint was cut back (or the
+    /// collector did not stop cleanly). An empty store gets none.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(open) = &self.open else {
+            return Ok(());
+        };
+        let Some(last_index) = self.next_index.checked_sub(1) else {
+            return Ok(());
+        };
+        let checkpoint = Checkpoint {
+            segment: open.name.clone(),
+            first_index: open.first_index,
+            // `first_index - 1` when the open segment is still empty.
+            last_index,
+            first_prev: open.first_prev.clone(),
+            last_hash: self.last_hash.clone(),
+            sealed: false,
+            removed: false,
+            stopped: true,
+            seq: None,
+            prev: None,
+            time: Timestamp::now(),
+            signature: String::new(),
+        };
+        self.append_checkpoint(checkpoint)?;
+        self.checkpointed = Some(last_index);
         Ok(())
     }
 
-    /// Closes the open segment with a sealed checkpoint and starts the next one.
+    fn append_checkpoint(&mut self, mut checkpoint: Checkpoint) -> Result<()> {
+        checkpoint.seq = Some(self.checkpoint_seq);
+        checkpoint.prev = Some(self.checkpoint_prev.clone());
+        self.key.sign(&mut checkpoint);
+        let line = serde_json::to_string(&checkpoint)?;
+        self.checkpoints
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| self.checkpoints.sync_data())
+            .context("writing a checkpoint")?;
+        self.checkpoint_seq += 1;
+        self.checkpoint_prev = chain::sha256_hex(line.as_bytes());
+        Ok(())
+    }
+
+    /// Closes the open segment with a sealed checkpoint and starts the next one. The next
+    /// segment's file exists (durably) before the sealed checkpoint is written, so a sealed
+    /// segment always has a successor: `verify` can tell a removed newest segment.
     pub fn seal(&mut self) -> Result<()> {
         let Some(open) = &self.open else {
             return Ok(());
@@ -527,8 +789,9 @@ impl Store {
         if open.len == 0 {
             return Ok(());
         }
+        let next = self.create_segment()?;
         self.write_checkpoint(true)?;
-        if let Some(open) = self.open.take() {
+        if let Some(open) = self.open.replace(next) {
             self.sealed.push_back(SealedSegment {
                 name: open.name,
                 bytes: open.len,
@@ -538,7 +801,7 @@ impl Store {
                 last_hash: self.last_hash.clone(),
             });
         }
-        self.open_segment()
+        Ok(())
     }
 
     /// Removes the oldest sealed segments that `retention` no longer keeps. The chain stays
@@ -594,6 +857,9 @@ impl Store {
                 last_hash: segment.last_hash,
                 sealed: true,
                 removed: true,
+                stopped: false,
+                seq: None,
+                prev: None,
                 time: now,
                 signature: String::new(),
             })?;
