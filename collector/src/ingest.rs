@@ -107,6 +107,8 @@ pub fn run_writer(
                     "writing the last checkpoint failed"
                 );
             }
+            // Nothing may follow it, not even a retention note.
+            break;
         } else if last_checkpoint.elapsed() >= settings.checkpoint_every {
             if let Err(error) = store.checkpoint() {
                 tracing::error!(error = format!("{error:#}"), "writing a checkpoint failed");
@@ -300,11 +302,11 @@ pub async fn ingest(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
             EventData::Dropped(dropped) => &dropped.identity,
         };
         match serde_json::to_string(event) {
-            Ok(json) => prepared.push(Prepared {
-                identity: store::identity_key(&identity.namespace, &identity.service_account),
-                id: event.id.clone(),
+            Ok(json) => prepared.push(Prepared::new(
+                store::identity_key(&identity.namespace, &identity.service_account),
+                event.id.clone(),
                 json,
-            }),
+            )),
             Err(error) => {
                 return refuse(
                     &app,

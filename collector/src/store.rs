@@ -48,6 +48,22 @@ pub struct Prepared {
     pub id: String,
     /// The event, serialised.
     pub json: String,
+    /// The SHA-256 of `json`, which tells a retry from a rewrite.
+    digest: Digest,
+}
+
+impl Prepared {
+    /// An event to append. The digest is computed here, on the caller's thread, so the one
+    /// writer thread does not hash every event.
+    pub fn new(identity: String, id: String, json: String) -> Prepared {
+        let digest = digest(json.as_bytes());
+        Prepared {
+            identity,
+            id,
+            json,
+            digest,
+        }
+    }
 }
 
 /// The key ids are de-duplicated under: the workload's namespace and service account.
@@ -632,7 +648,7 @@ impl Store {
         for batch in batches {
             let mut result = Appended::default();
             for (position, event) in batch.iter().enumerate() {
-                let content = digest(event.json.as_bytes());
+                let content = event.digest;
                 let earlier = self
                     .seen
                     .get(&event.identity)
@@ -900,13 +916,13 @@ mod tests {
 
     fn prepared_as(identity: &str, id: &str, effect: &str) -> Prepared {
         let (namespace, service_account) = identity.split_once('/').unwrap();
-        Prepared {
-            identity: identity.into(),
-            id: id.into(),
-            json: format!(
+        Prepared::new(
+            identity.into(),
+            id.into(),
+            format!(
                 r#"{{"id":"{id}","data":{{"identity":{{"namespace":"{namespace}","serviceAccount":"{service_account}"}},"effect":"{effect}"}}}}"#
             ),
-        }
+        )
     }
 
     #[test]
