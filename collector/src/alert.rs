@@ -1,6 +1,7 @@
 //! Alerts: webhooks that hear about stored events matching their filter (denials, DryRun
-//! refusals, approvals, masking, events the proxies dropped), each body signed with HMAC-SHA-256,
-//! retried with backoff, and rate limited per sink.
+//! refusals, approvals, masking, events the proxies dropped) and about events refused as
+//! rewrites of stored ones (conflicts), each body signed with HMAC-SHA-256, retried with
+//! backoff, and rate limited per sink.
 //!
 //! Alerts follow the store: an event alerts only once it is durably stored, and a sink that is
 //! down or slow never holds up ingest (its queue is bounded; what does not fit is counted).
@@ -12,16 +13,18 @@
 //!   - name: secops
 //!     url: https://hooks.example.com/streamward
 //!     secretFile: /etc/streamward/secops-hmac   # the HMAC key (its text, trimmed)
-//!     on: [deny, wouldDeny, approval, masking, dropped]
+//!     on: [deny, wouldDeny, approval, masking, dropped, conflict]
 //!     maxPerMinute: 60        # default 60
 //!     retries: 5              # default 5; backoff 0.2 s doubling up to 10 s
 //! caFile: /etc/ssl/extra-ca.pem   # optional, trusted besides the system roots
 //! ```
 //!
-//! Each alert is `POST`ed as JSON `{"sink", "reasons", "event"}` with
+//! Each alert is `POST`ed as JSON `{"sink", "reasons", "event"}` (a conflict adds
+//! `"conflict": {"identity", "storedSha256", "refusedSha256"}`, and `event` is the refused one) with
 //! `X-Streamward-Signature: sha256=<hex HMAC-SHA-256 of the body with the sink's secret>` and
 //! `X-Streamward-Event-Id` (a retried alert may arrive twice; the id tells).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +41,7 @@ use sha2::Sha256;
 use streamward_api::audit::{AuditEvent, EventData};
 use tokio::sync::mpsc;
 
+use crate::ingest::{Conflicting, Notice};
 use crate::metrics::{AlertOutcome, Metrics};
 
 /// The header carrying the body's signature.
@@ -57,6 +61,9 @@ pub enum Reason {
     Masking,
     /// A proxy reports events it had to drop.
     Dropped,
+    /// A workload sent an id it had stored before with other content (refused with 409):
+    /// a proxy rewriting history, or someone else holding its token.
+    Conflict,
 }
 
 /// Why `event` alerts, if it does.
@@ -143,7 +150,8 @@ impl Alerts {
             }
             if sink.on.is_empty() {
                 bail!(
-                    "{}: `on` names no reason (deny, wouldDeny, approval, masking, dropped)",
+                    "{}: `on` names no reason (deny, wouldDeny, approval, masking, dropped, \
+                     conflict)",
                     what()
                 );
             }
@@ -173,8 +181,8 @@ impl Alerts {
         })
     }
 
-    /// Starts a delivery task per sink and returns the queue stored events go to.
-    pub fn start(self, metrics: Arc<Metrics>) -> Result<mpsc::Sender<Arc<AuditEvent>>> {
+    /// Starts a delivery task per sink and returns the queue the writer's notices go to.
+    pub fn start(self, metrics: Arc<Metrics>) -> Result<mpsc::Sender<Notice>> {
         let client = http_client(self.ca_file.as_deref())?;
         let mut queues = Vec::new();
         for sink in self.sinks {
@@ -183,10 +191,33 @@ impl Alerts {
             queues.push((sink.name.clone(), sink.on.clone(), bucket, tx));
             tokio::spawn(deliver(Arc::new(sink), rx, client.clone(), metrics.clone()));
         }
-        let (events, mut stored) = mpsc::channel::<Arc<AuditEvent>>(4096);
+        let (notices, mut received) = mpsc::channel::<Notice>(4096);
         tokio::spawn(async move {
-            while let Some(event) = stored.recv().await {
-                let all = reasons(&event);
+            // A proxy retries a refused batch, so the same conflict comes back until it gives
+            // up: alert it once.
+            let mut alerted: HashSet<(String, String, String)> = HashSet::new();
+            while let Some(notice) = received.recv().await {
+                let (event, all, conflict) = match notice {
+                    Notice::Stored(event) => {
+                        let all = reasons(&event);
+                        (event, all, None)
+                    }
+                    Notice::Conflict(conflict) => {
+                        let key = (
+                            conflict.identity.clone(),
+                            conflict.event.id.clone(),
+                            conflict.refused_sha256.clone(),
+                        );
+                        if alerted.len() >= 10_000 {
+                            alerted.clear();
+                        }
+                        if !alerted.insert(key) {
+                            continue;
+                        }
+                        let event = Arc::new(conflict.event.clone());
+                        (event, vec![Reason::Conflict], Some(conflict))
+                    }
+                };
                 if all.is_empty() {
                     continue;
                 }
@@ -200,15 +231,19 @@ impl Alerts {
                         metrics.alert(name, AlertOutcome::RateLimited);
                         continue;
                     }
-                    if queue.try_send((event.clone(), matched)).is_err() {
+                    let alert = (event.clone(), matched, conflict.clone());
+                    if queue.try_send(alert).is_err() {
                         metrics.alert(name, AlertOutcome::Dropped);
                     }
                 }
             }
         });
-        Ok(events)
+        Ok(notices)
     }
 }
+
+/// One alert for one sink: the event, why, and for a conflict what it conflicts with.
+type Alert = (Arc<AuditEvent>, Vec<Reason>, Option<Arc<Conflicting>>);
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -281,16 +316,23 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 
 async fn deliver(
     sink: Arc<Sink>,
-    mut queue: mpsc::Receiver<(Arc<AuditEvent>, Vec<Reason>)>,
+    mut queue: mpsc::Receiver<Alert>,
     client: HttpClient,
     metrics: Arc<Metrics>,
 ) {
-    while let Some((event, reasons)) = queue.recv().await {
-        let body = serde_json::json!({
+    while let Some((event, reasons, conflict)) = queue.recv().await {
+        let mut body = serde_json::json!({
             "sink": sink.name,
             "reasons": reasons,
             "event": &*event,
         });
+        if let Some(conflict) = conflict {
+            body["conflict"] = serde_json::json!({
+                "identity": conflict.identity,
+                "storedSha256": conflict.stored_sha256,
+                "refusedSha256": conflict.refused_sha256,
+            });
+        }
         let body = Bytes::from(body.to_string());
         let signature = sign(&sink.secret, &body);
         let mut backoff = Duration::from_millis(200);

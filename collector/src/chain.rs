@@ -43,6 +43,16 @@ pub fn encode(index: u64, prev: &str, event_json: &str) -> (String, String) {
     (line, hash)
 }
 
+/// The event's bytes inside an intact record line (without its newline): exactly the JSON that
+/// was given to [`encode`], so a digest of them is the digest of the event as it was stored.
+pub fn event_bytes(line: &[u8]) -> Option<&[u8]> {
+    const MARK: &[u8] = b",\"event\":";
+    let body = line.get(..line.len().checked_sub(TRAILER)?)?;
+    // The index is digits and `prev` is hex, so the first mark is the event's.
+    let at = body.windows(MARK.len()).position(|w| w == MARK)?;
+    body.get(at + MARK.len()..)
+}
+
 /// A line read back from a segment, checked against its own hash.
 #[derive(Debug)]
 pub struct Record {
@@ -152,6 +162,13 @@ mod tests {
         // The line is plain JSON for any tool.
         let value: serde_json::Value = serde_json::from_str(&second).unwrap();
         assert_eq!(value["i"], 1);
+    }
+
+    #[test]
+    fn the_event_bytes_of_a_record_are_the_json_it_was_given() {
+        let json = r#"{"id":"s:1","data":{"x":",\"event\":"}}"#;
+        let (line, _) = encode(12, GENESIS, json);
+        assert_eq!(event_bytes(line.as_bytes()), Some(json.as_bytes()));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::AuthError;
 use crate::metrics::Refusal;
 use crate::server::App;
-use crate::store::{Appended, Prepared, Retention, Store};
+use crate::store::{self, Appended, Prepared, Retention, Store};
 
 /// The largest batch body the collector reads.
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
@@ -37,15 +37,37 @@ pub struct Job {
     reply: oneshot::Sender<Result<Appended, String>>,
 }
 
+/// What the writer tells its listeners (alerts).
+#[derive(Clone, Debug)]
+pub enum Notice {
+    /// An event was durably stored.
+    Stored(Arc<AuditEvent>),
+    /// An event was refused: its identity had stored its id with other content.
+    Conflict(Arc<Conflicting>),
+}
+
+/// An event refused as a rewrite of a stored one.
+#[derive(Clone, Debug)]
+pub struct Conflicting {
+    /// The identity (`<namespace>/<serviceaccount>`) both came under.
+    pub identity: String,
+    /// The refused event.
+    pub event: AuditEvent,
+    /// SHA-256 (hex) of the stored event with the same id.
+    pub stored_sha256: String,
+    /// SHA-256 (hex) of the refused one.
+    pub refused_sha256: String,
+}
+
 /// What the writer does besides appending.
 pub struct WriterSettings {
     /// How often a checkpoint of the open segment is signed (when records arrived).
     pub checkpoint_every: Duration,
     /// What retention keeps.
     pub retention: Retention,
-    /// Who hears about newly stored events (alerts, Kafka forwarding). A full queue loses the
+    /// Who hears about newly stored and refused events (alerts). A full queue loses the
     /// notification, never the event: the store has it.
-    pub listeners: Vec<mpsc::Sender<Arc<AuditEvent>>>,
+    pub listeners: Vec<mpsc::Sender<Notice>>,
 }
 
 /// Runs the writer on the current thread until every sender of `jobs` is gone, then writes a
@@ -77,7 +99,17 @@ pub fn run_writer(
         if !group.is_empty() {
             append(&mut store, group, &settings.listeners);
         }
-        if !open || last_checkpoint.elapsed() >= settings.checkpoint_every {
+        if !open {
+            // The last checkpoint of the run says the collector stopped cleanly.
+            if let Err(error) = store.stop() {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "writing the last checkpoint failed"
+                );
+            }
+            // Nothing may follow it, not even a retention note.
+            break;
+        } else if last_checkpoint.elapsed() >= settings.checkpoint_every {
             if let Err(error) = store.checkpoint() {
                 tracing::error!(error = format!("{error:#}"), "writing a checkpoint failed");
             }
@@ -99,21 +131,43 @@ pub fn run_writer(
     tracing::info!("the writer stopped after a last checkpoint");
 }
 
-fn append(store: &mut Store, group: Vec<Job>, listeners: &[mpsc::Sender<Arc<AuditEvent>>]) {
+fn append(store: &mut Store, group: Vec<Job>, listeners: &[mpsc::Sender<Notice>]) {
     let mut batches = Vec::with_capacity(group.len());
     let mut rest = Vec::with_capacity(group.len());
     for job in group {
         batches.push(job.prepared);
         rest.push((job.events, job.reply));
     }
+    let tell = |notice: Notice| {
+        for listener in listeners {
+            let _ = listener.try_send(notice.clone());
+        }
+    };
     match store.append(&batches) {
         Ok(results) => {
-            for ((events, reply), result) in rest.into_iter().zip(results) {
+            for (((events, reply), result), batch) in rest.into_iter().zip(results).zip(&batches) {
                 for position in &result.stored {
                     if let Some(event) = events.get(*position) {
-                        for listener in listeners {
-                            let _ = listener.try_send(event.clone());
-                        }
+                        tell(Notice::Stored(event.clone()));
+                    }
+                }
+                for conflict in &result.conflicts {
+                    if let (Some(event), Some(prepared)) =
+                        (events.get(conflict.position), batch.get(conflict.position))
+                    {
+                        tracing::error!(
+                            identity = %prepared.identity,
+                            event = %prepared.id,
+                            stored = %conflict.stored_sha256,
+                            refused = %conflict.refused_sha256,
+                            "refused an event whose id was stored before with other content"
+                        );
+                        tell(Notice::Conflict(Arc::new(Conflicting {
+                            identity: prepared.identity.clone(),
+                            event: (**event).clone(),
+                            stored_sha256: conflict.stored_sha256.clone(),
+                            refused_sha256: conflict.refused_sha256.clone(),
+                        })));
                     }
                 }
                 let _ = reply.send(Ok(result));
@@ -243,11 +297,16 @@ pub async fn ingest(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
     }
     let mut prepared = Vec::with_capacity(events.len());
     for event in &events {
+        let identity = match &event.data {
+            EventData::Request(record) => &record.identity,
+            EventData::Dropped(dropped) => &dropped.identity,
+        };
         match serde_json::to_string(event) {
-            Ok(json) => prepared.push(Prepared {
-                id: event.id.clone(),
+            Ok(json) => prepared.push(Prepared::new(
+                store::identity_key(&identity.namespace, &identity.service_account),
+                event.id.clone(),
                 json,
-            }),
+            )),
             Err(error) => {
                 return refuse(
                     &app,
@@ -258,6 +317,7 @@ pub async fn ingest(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
             }
         }
     }
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     let (reply, answer) = oneshot::channel();
     let job = Job {
         events: events.into_iter().map(Arc::new).collect(),
@@ -273,6 +333,29 @@ pub async fn ingest(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
         );
     }
     match answer.await {
+        Ok(Ok(result)) if !result.conflicts.is_empty() => {
+            app.metrics.stored(result.accepted, result.duplicates);
+            app.metrics.conflicting(result.conflicts.len());
+            let conflicts: Vec<&str> = result
+                .conflicts
+                .iter()
+                .filter_map(|c| ids.get(c.position).map(String::as_str))
+                .collect();
+            let message = format!(
+                "events {conflicts:?} were stored before with other content: an id names one \
+                 event of its workload for good, so the new content was refused (the other \
+                 events of the batch were stored; resending identical events is harmless)"
+            );
+            app.metrics.refused(Refusal::Conflict);
+            tracing::warn!(status = 409, %message, "refused rewritten events");
+            let body = json!({
+                "error": message,
+                "accepted": result.accepted,
+                "duplicates": result.duplicates,
+                "conflicts": conflicts,
+            });
+            (StatusCode::CONFLICT, axum::Json(body)).into_response()
+        }
         Ok(Ok(result)) => {
             app.metrics.stored(result.accepted, result.duplicates);
             (StatusCode::OK, axum::Json(result)).into_response()

@@ -15,5 +15,6 @@ pub mod ingest;
 pub mod metrics;
 pub mod query;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod verify;

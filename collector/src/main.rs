@@ -1,4 +1,4 @@
-//! `streamward-collector serve | verify | query`.
+//! `streamward-collector serve | verify | query | key`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,12 +10,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use streamward_collector::alert::Alerts;
 use streamward_collector::auth::{AUDIENCE, Authenticator, TokenFile, TokenReviewer};
-use streamward_collector::checkpoint::PublicKey;
+use streamward_collector::checkpoint::{self, PublicKey, SigningKey};
 use streamward_collector::forward;
 use streamward_collector::ingest::{self, WriterSettings};
 use streamward_collector::metrics::Metrics;
 use streamward_collector::query::{self, Filter, Format};
 use streamward_collector::server::{self, App, Listen};
+use streamward_collector::sessions;
 use streamward_collector::store::{self, Retention, Store};
 use streamward_collector::verify;
 
@@ -38,6 +39,19 @@ enum Command {
     Verify(VerifyArgs),
     /// Print stored events that match filters.
     Query(Box<QueryArgs>),
+    /// Print the checkpoint key's public half and fingerprint, to record out of band.
+    Key(KeyArgs),
+}
+
+#[derive(clap::Args)]
+struct KeyArgs {
+    /// The data folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// The signing key, if not `<data>/signing.key`; without a readable key the public key
+    /// beside the data (`<data>/checkpoint.pub`) is shown.
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -62,8 +76,11 @@ struct ServeArgs {
     /// Tokens that may use the query API (`GET /v1/events`); without it the API is off.
     #[arg(long)]
     query_token_file: Option<PathBuf>,
-    /// The Ed25519 key that signs checkpoints (made if missing); default `<data>/signing.key`.
-    #[arg(long)]
+    /// The Ed25519 key that signs checkpoints; default `<data>/signing.key`. It is made only
+    /// when the data folder is empty: a store with history and no key (or another key) does
+    /// not start. Keep it off the data volume (a read-only Secret) so that whoever can write
+    /// the data cannot sign.
+    #[arg(long, env = "STREAMWARD_COLLECTOR_SIGNING_KEY")]
     signing_key: Option<PathBuf>,
     /// A segment is sealed (and a new one begun) past this size.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
@@ -101,8 +118,15 @@ struct VerifyArgs {
     data: PathBuf,
     /// A trusted copy of the checkpoint public key (64 hex digits); default
     /// `<data>/checkpoint.pub`, which proves less, since it lives beside what it checks.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fingerprint")]
     public_key: Option<PathBuf>,
+    /// The fingerprint (SHA-256 hex) of the public key, recorded at the collector's first
+    /// start: `<data>/checkpoint.pub` must be that key.
+    #[arg(long)]
+    fingerprint: Option<String>,
+    /// Sessions whose newest event is older than this are reported quiet (90s, 30m, 2h, 7d).
+    #[arg(long, default_value = "15m", value_parser = sessions::parse_duration)]
+    quiet_after: Duration,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -161,6 +185,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(*args).map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => run_verify(args),
         Command::Query(args) => run_query(*args).map(|()| ExitCode::SUCCESS),
+        Command::Key(args) => run_key(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -172,6 +197,12 @@ fn main() -> ExitCode {
 }
 
 fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
+    let pinned_fingerprint = args
+        .fingerprint
+        .as_deref()
+        .map(checkpoint::parse_fingerprint)
+        .transpose()?;
+    let pinned = args.public_key.is_some() || pinned_fingerprint.is_some();
     let key_path = args
         .public_key
         .unwrap_or_else(|| args.data.join(store::PUBLIC_KEY));
@@ -182,7 +213,12 @@ fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
             args.data.display()
         );
     }
-    let report = verify::verify(&args.data, &key)?;
+    let mut report = verify::verify(&args.data, &key, args.quiet_after)?;
+    report.trust(
+        key_path.display().to_string(),
+        pinned,
+        pinned_fingerprint.as_deref(),
+    );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -193,6 +229,22 @@ fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn run_key(args: KeyArgs) -> Result<()> {
+    let signing = args
+        .signing_key
+        .unwrap_or_else(|| args.data.join(store::SIGNING_KEY));
+    let (key, source) = if signing.exists() {
+        (SigningKey::load(&signing)?.public_key(), signing)
+    } else {
+        let path = args.data.join(store::PUBLIC_KEY);
+        (PublicKey::read(&path)?, path)
+    };
+    println!("public key:  {}", key.to_hex());
+    println!("fingerprint: {}", key.fingerprint());
+    println!("from:        {}", source.display());
+    Ok(())
 }
 
 fn run_query(args: QueryArgs) -> Result<()> {
@@ -253,6 +305,7 @@ async fn serve_async(args: ServeArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| args.data.join(store::SIGNING_KEY));
     let store = Store::open(&args.data, &signing_key, args.segment_max_bytes)?;
+    let public_key = store.public_key();
     let metrics = Arc::new(Metrics::default());
     let mut listeners = Vec::new();
     if let Some(path) = &args.alerts {
@@ -278,6 +331,7 @@ async fn serve_async(args: ServeArgs) -> Result<()> {
         auth,
         query_tokens,
         data: args.data.clone(),
+        public_key,
         writer,
         metrics,
     });

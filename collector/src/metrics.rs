@@ -18,6 +18,8 @@ pub enum Refusal {
     TooLarge,
     /// The store failed (500/503).
     Store,
+    /// Events whose id the workload stored before with other content (409).
+    Conflict,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +51,7 @@ pub struct Metrics {
     registry: Registry,
     accepted: Counter,
     duplicates: Counter,
+    conflicting: Counter,
     refused: Family<RefusalLabels, Counter>,
     alerts: Family<AlertLabels, Counter>,
     forwarded: Counter,
@@ -60,6 +63,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("streamward_collector");
         let accepted = Counter::default();
         let duplicates = Counter::default();
+        let conflicting = Counter::default();
         let refused = Family::<RefusalLabels, Counter>::default();
         let alerts = Family::<AlertLabels, Counter>::default();
         let forwarded = Counter::default();
@@ -73,6 +77,11 @@ impl Default for Metrics {
             "events_duplicate",
             "Events received again and not stored twice",
             duplicates.clone(),
+        );
+        registry.register(
+            "events_conflicting",
+            "Events refused because their workload had stored their id with other content",
+            conflicting.clone(),
         );
         registry.register(
             "batches_refused",
@@ -98,6 +107,7 @@ impl Default for Metrics {
             registry,
             accepted,
             duplicates,
+            conflicting,
             refused,
             alerts,
             forwarded,
@@ -111,6 +121,11 @@ impl Metrics {
     pub fn stored(&self, accepted: usize, duplicates: usize) {
         self.accepted.inc_by(accepted as u64);
         self.duplicates.inc_by(duplicates as u64);
+    }
+
+    /// Counts events refused as rewrites of stored ones.
+    pub fn conflicting(&self, events: usize) {
+        self.conflicting.inc_by(events as u64);
     }
 
     /// Counts a refused batch.

@@ -15,9 +15,11 @@ use streamward_api::audit::INGEST_PATH;
 use tokio::sync::mpsc;
 
 use crate::auth::{Authenticator, TokenFile, bearer};
+use crate::checkpoint::PublicKey;
 use crate::ingest::{self, Job};
 use crate::metrics::Metrics;
 use crate::query::{self, Filter, Format};
+use crate::sessions::{self, Sessions};
 
 /// What the handlers share.
 pub struct App {
@@ -27,6 +29,8 @@ pub struct App {
     pub query_tokens: Option<TokenFile>,
     /// The data folder (queries read it).
     pub data: PathBuf,
+    /// The key that verifies the checkpoints (published at `GET /v1/key`).
+    pub public_key: PublicKey,
     /// The queue to the writer.
     pub writer: mpsc::Sender<Job>,
     /// Metrics.
@@ -37,6 +41,8 @@ pub struct App {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route(INGEST_PATH, post(ingest::ingest).get(query_events))
+        .route("/v1/sessions", get(query_sessions))
+        .route("/v1/key", get(key))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
         .route("/metrics", get(metrics))
@@ -54,8 +60,110 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+/// `GET /v1/key`: the public key and its fingerprint, for an operator to record out of band.
+/// Public information, so no token.
+async fn key(State(app): State<Arc<App>>) -> Response {
+    axum::Json(json!({
+        "algorithm": "Ed25519",
+        "publicKey": app.public_key.to_hex(),
+        "fingerprint": app.public_key.fingerprint(),
+    }))
+    .into_response()
+}
+
 const DEFAULT_LIMIT: usize = 1_000;
 const MAX_LIMIT: usize = 100_000;
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// The query API's answer to a caller without a query token, if it has none.
+fn refuse_query(app: &App, headers: &HeaderMap) -> Option<Response> {
+    let Some(tokens) = &app.query_tokens else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "the query API is off: start the collector with --query-token-file".into(),
+        ));
+    };
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if bearer(authorization).is_none_or(|token| !tokens.contains(token)) {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "a valid query token is required (Authorization: Bearer <token>)".into(),
+        ));
+    }
+    None
+}
+
+/// `GET /v1/sessions?quietAfter=15m&namespace=…&limit=N`: the proxy sessions of the events
+/// that match, with missing sequence numbers and whether each went quiet, most recently seen
+/// first.
+async fn query_sessions(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    if let Some(refused) = refuse_query(&app, &headers) {
+        return refused;
+    }
+    let raw = raw.unwrap_or_default();
+    let params: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
+        .into_owned()
+        .collect();
+    let pairs = || params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let filter = match Filter::from_params(pairs().filter(|(k, _)| *k != "quietAfter")) {
+        Ok(filter) => filter,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+    };
+    let mut quiet_after = sessions::DEFAULT_QUIET_AFTER;
+    let mut limit = DEFAULT_LIMIT;
+    for (name, value) in pairs() {
+        match name {
+            "quietAfter" => match sessions::parse_duration(value) {
+                Ok(d) => quiet_after = d,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+            },
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if n <= MAX_LIMIT => limit = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit is a number up to {MAX_LIMIT}"),
+                    );
+                }
+            },
+            _ => {}
+        }
+    }
+    let data = app.data.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
+        let mut sessions = Sessions::default();
+        query::scan(&data, &filter, None, |event| {
+            sessions.add_event(event);
+            Ok(())
+        })?;
+        // Counted from the first sequence number seen: the query may not reach back to the
+        // session's start (`verify` counts from 1 when the store holds its first record).
+        let mut all = sessions.finish(false, jiff::Timestamp::now(), quiet_after);
+        all.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
+        let total = all.len();
+        all.truncate(limit);
+        Ok(json!({
+            "quietAfterSeconds": quiet_after.as_secs(),
+            "total": total,
+            "sessions": all,
+        }))
+    })
+    .await;
+    match result {
+        Ok(Ok(body)) => axum::Json(body).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
 
 /// `GET /v1/events?since=…&namespace=…&format=ndjson|csv|table&limit=N`.
 async fn query_events(
@@ -63,23 +171,8 @@ async fn query_events(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let error = |status: StatusCode, message: String| {
-        (status, axum::Json(json!({ "error": message }))).into_response()
-    };
-    let Some(tokens) = &app.query_tokens else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "the query API is off: start the collector with --query-token-file".into(),
-        );
-    };
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if bearer(authorization).is_none_or(|token| !tokens.contains(token)) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "a valid query token is required (Authorization: Bearer <token>)".into(),
-        );
+    if let Some(refused) = refuse_query(&app, &headers) {
+        return refused;
     }
     let raw = raw.unwrap_or_default();
     let params: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())

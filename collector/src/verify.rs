@@ -8,19 +8,33 @@
 //!    *reordered* when it is elsewhere, *altered* when the record was re-linked);
 //! 3. the first record left is index 0 after the genesis hash, or is anchored by a signed
 //!    checkpoint of the segment retention removed before it;
-//! 4. every checkpoint carries a valid Ed25519 signature, and the record at its last index has
-//!    the hash it signed (so a chain rewritten from some record on, hashes and all, is found,
-//!    and so are records cut off the end).
+//! 4. every checkpoint carries a valid Ed25519 signature, follows the checkpoint line before it
+//!    (its `seq` and `prev`), and the record at its last index has the hash it signed (so a
+//!    chain rewritten from some record on, hashes and all, is found, and so are records cut off
+//!    the end while a checkpoint of them is left);
+//! 5. a segment a signed checkpoint calls sealed is followed by another segment (the collector
+//!    creates the next one before it seals), so the newest segment removed together with its
+//!    checkpoints is found.
+//!
+//! It also reports what no signature covers yet (records after the newest checkpoint), whether
+//! the newest checkpoint is the one a clean shutdown writes, which key it trusted and whether
+//! that key was pinned, and per proxy session the sequence numbers that never arrived and the
+//! sessions that went quiet.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::chain::{self, GENESIS};
 use crate::checkpoint::{Checkpoint, PublicKey};
+use crate::sessions::{Session, Sessions, State};
 use crate::store;
+
+/// Quiet sessions listed in a report at most (the total is counted).
+const QUIET_LISTED: usize = 1000;
 
 /// What kind of damage a problem is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -34,6 +48,8 @@ pub enum ProblemKind {
     Reordered,
     /// A checkpoint's signature is not the collector key's.
     CheckpointForged,
+    /// The public key beside the data is not the pinned one.
+    UntrustedKey,
 }
 
 /// The first thing found wrong.
@@ -62,6 +78,8 @@ pub struct Problem {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Gap {
+    /// The workload, `<namespace>/<serviceaccount>`.
+    pub identity: String,
     /// The session id.
     pub session: String,
     /// Inclusive ranges of missing sequence numbers.
@@ -92,6 +110,39 @@ pub struct Report {
     pub gaps: Vec<Gap>,
     /// Events proxies reported as dropped (spool full).
     pub dropped_reported: u64,
+    /// The last record index a valid signed checkpoint covers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_signed_index: Option<u64>,
+    /// Records present after it: not yet signed, so their removal would not show.
+    pub unsigned_records: u64,
+    /// When the newest valid checkpoint was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest_checkpoint: Option<jiff::Timestamp>,
+    /// Whether the newest valid checkpoint is the one a clean shutdown writes and covers the
+    /// last record: false while the collector runs, after it was killed, and when the store
+    /// was cut back to an earlier checkpoint.
+    pub stopped: bool,
+    /// The key the checkpoints were checked with.
+    pub key: KeyReport,
+    /// Sessions whose newest event is older than this are quiet.
+    pub quiet_after_seconds: u64,
+    /// Sessions that went quiet without an end (newest first, at most 1,000).
+    pub quiet_sessions: Vec<Session>,
+    /// How many sessions went quiet.
+    pub quiet_sessions_total: usize,
+}
+
+/// Which key `verify` trusted.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyReport {
+    /// The hex SHA-256 of the public key used.
+    pub fingerprint: String,
+    /// Where it came from.
+    pub source: String,
+    /// Whether it was pinned (`--public-key` or `--fingerprint`) rather than taken from beside
+    /// the data it checks.
+    pub pinned: bool,
 }
 
 /// The event id in a damaged line, read without parsing it as JSON.
@@ -132,14 +183,47 @@ struct Skipped {
 ///
 /// Segments are read one at a time and records are not kept, so memory stays small however
 /// large the store is: what is kept per record is its session's sequence number.
-pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
+pub fn verify(dir: &Path, key: &PublicKey, quiet_after: Duration) -> Result<Report> {
     let files = store::segment_files(dir)?;
 
     let mut checkpoints: Vec<Checkpoint> = Vec::new();
     let mut problems = Vec::new();
-    for checkpoint in store::read_checkpoints(dir)? {
-        match checkpoint {
-            Ok(c) if c.is_signed_by(key) => checkpoints.push(c),
+    let mut checkpoint_gap = None;
+    // (hash, seq) of the line before.
+    let mut before: Option<(String, Option<u64>)> = None;
+    for line in store::read_checkpoints(dir)? {
+        let number = line.number;
+        let this = (
+            line.hash.clone(),
+            line.checkpoint.as_ref().ok().and_then(|c| c.seq),
+        );
+        match line.checkpoint {
+            Ok(c) if c.is_signed_by(key) => {
+                if let Some(seq) = c.seq {
+                    let follows = match &before {
+                        None => seq == 0 && c.prev.as_deref() == Some(GENESIS),
+                        Some((hash, previous)) => {
+                            c.prev.as_deref() == Some(hash.as_str())
+                                && previous.is_none_or(|p| p + 1 == seq)
+                        }
+                    };
+                    if !follows && checkpoint_gap.is_none() {
+                        checkpoint_gap = Some(Problem {
+                            kind: ProblemKind::Removed,
+                            segment: Some(c.segment.clone()),
+                            line: None,
+                            index: None,
+                            event_id: None,
+                            message: format!(
+                                "checkpoint {seq} (line {number} of {}) does not follow the \
+                                 line before it: checkpoints before it were removed or changed",
+                                store::CHECKPOINTS
+                            ),
+                        });
+                    }
+                }
+                checkpoints.push(c);
+            }
             Ok(c) => problems.push(Problem {
                 kind: ProblemKind::CheckpointForged,
                 segment: Some(c.segment.clone()),
@@ -151,24 +235,28 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
                     c.segment, c.last_index
                 ),
             }),
-            Err((line, error)) => problems.push(Problem {
+            Err(error) => problems.push(Problem {
                 kind: ProblemKind::CheckpointForged,
                 segment: None,
-                line: Some(line),
+                line: Some(number),
                 index: None,
                 event_id: None,
                 message: format!(
-                    "line {line} of {} is not a checkpoint: {error}",
+                    "line {number} of {} is not a checkpoint: {error}",
                     store::CHECKPOINTS
                 ),
             }),
         }
+        before = Some(this);
+    }
+    if let Some(problem) = checkpoint_gap {
+        problems.insert(0, problem);
     }
     let checkpointed: HashSet<u64> = checkpoints.iter().map(|c| c.last_index).collect();
 
     let mut records = 0u64;
     let mut at_checkpoints: HashMap<u64, (String, usize, String, Option<String>)> = HashMap::new();
-    let mut sessions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut sessions = Sessions::default();
     let mut dropped_reported = 0;
     let mut chain_problem = None;
     let mut skipped: Option<Skipped> = None;
@@ -310,15 +398,8 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
                     ),
                 );
             }
+            sessions.add_json(&record.event);
             let data = &record.event["data"];
-            if let (Some(session), Some(sequence)) =
-                (data["sessionId"].as_str(), data["sequence"].as_u64())
-            {
-                sessions
-                    .entry(session.to_string())
-                    .or_default()
-                    .push(sequence);
-            }
             if let Some(dropped) = data["dropped"].as_u64() {
                 dropped_reported += dropped;
             }
@@ -374,6 +455,33 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
                 break;
             }
         }
+        // A sealed segment always has a successor; the newest segment cannot be sealed.
+        if checkpoint_problem.is_none()
+            && let Some(newest) = files.last()
+        {
+            let name = newest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Some(c) = checkpoints
+                .iter()
+                .find(|c| c.sealed && !c.removed && c.segment == name)
+            {
+                checkpoint_problem = Some(Problem {
+                    kind: ProblemKind::Removed,
+                    segment: Some(store::segment_name(c.last_index + 1)),
+                    line: None,
+                    index: Some(c.last_index + 1),
+                    event_id: None,
+                    message: format!(
+                        "segment {name} was sealed (a signed checkpoint says so), but the \
+                         segment after it, which begins with record {}, is missing: the newest \
+                         segment was removed",
+                        c.last_index + 1
+                    ),
+                });
+            }
+        }
         if let Some(problem) = checkpoint_problem {
             problems.insert(0, problem);
         }
@@ -395,22 +503,35 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
     }
 
     let from_start = first_index == Some(0);
-    let gaps = sessions
-        .into_iter()
-        .filter_map(|(session, mut sequences)| {
-            sequences.sort_unstable();
-            sequences.dedup();
-            let mut missing = Vec::new();
-            let mut expected = if from_start { 1 } else { sequences[0] };
-            for sequence in sequences {
-                if sequence > expected {
-                    missing.push((expected, sequence - 1));
-                }
-                expected = sequence + 1;
-            }
-            (!missing.is_empty()).then_some(Gap { session, missing })
-        })
-        .collect();
+    let all = sessions.finish(from_start, jiff::Timestamp::now(), quiet_after);
+    let mut gaps = Vec::new();
+    let mut quiet = Vec::new();
+    for session in all {
+        if !session.missing.is_empty() {
+            gaps.push(Gap {
+                identity: session.identity.clone(),
+                session: session.session.clone(),
+                missing: session.missing.clone(),
+            });
+        }
+        if session.state == State::Quiet {
+            quiet.push(session);
+        }
+    }
+    quiet.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
+    let quiet_sessions_total = quiet.len();
+    quiet.truncate(QUIET_LISTED);
+
+    let last_signed_index = checkpoints.iter().map(|c| c.last_index).max();
+    let unsigned_records = match (first_index, last_index) {
+        (Some(first), Some(last)) => {
+            let from = last_signed_index.map_or(first, |signed| (signed + 1).max(first));
+            (last + 1).saturating_sub(from)
+        }
+        _ => 0,
+    };
+    let newest = checkpoints.last();
+    let stopped = newest.is_some_and(|c| c.stopped && Some(c.last_index) == last_index);
 
     Ok(Report {
         ok: problems.is_empty(),
@@ -422,10 +543,50 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
         problems,
         gaps,
         dropped_reported,
+        last_signed_index,
+        unsigned_records,
+        newest_checkpoint: newest.map(|c| c.time),
+        stopped,
+        key: KeyReport {
+            fingerprint: key.fingerprint(),
+            source: String::new(),
+            pinned: false,
+        },
+        quiet_after_seconds: quiet_after.as_secs(),
+        quiet_sessions: quiet,
+        quiet_sessions_total,
     })
 }
 
 impl Report {
+    /// Records which key was trusted; with `pinned_fingerprint`, a key that is not the pinned
+    /// one is the first problem.
+    pub fn trust(&mut self, source: String, pinned: bool, pinned_fingerprint: Option<&str>) {
+        self.key.source = source;
+        self.key.pinned = pinned;
+        if let Some(expected) = pinned_fingerprint
+            && expected != self.key.fingerprint
+        {
+            self.problems.insert(
+                0,
+                Problem {
+                    kind: ProblemKind::UntrustedKey,
+                    segment: None,
+                    line: None,
+                    index: None,
+                    event_id: None,
+                    message: format!(
+                        "the public key {} (fingerprint {}) is not the pinned key (fingerprint \
+                         {expected}): the key beside the data was replaced, so no checkpoint of \
+                         this store can be trusted",
+                        self.key.source, self.key.fingerprint
+                    ),
+                },
+            );
+            self.ok = false;
+        }
+    }
+
     /// The report for people.
     pub fn to_text(&self) -> String {
         let mut text = String::new();
@@ -469,9 +630,54 @@ impl Report {
                 })
                 .collect();
             text.push_str(&format!(
-                "gap: session {} is missing sequence numbers {}\n",
+                "gap: session {} of {} is missing sequence numbers {}\n",
                 gap.session,
+                gap.identity,
                 ranges.join(", ")
+            ));
+        }
+        if self.unsigned_records > 0 {
+            let last = self.last_index.unwrap_or_default();
+            text.push_str(&format!(
+                "unsigned: {} records (up to record {last}) after the newest signed checkpoint \
+                 are present but not yet signed: had they been cut off, nothing here would show it\n",
+                self.unsigned_records
+            ));
+        }
+        match (self.stopped, self.newest_checkpoint) {
+            (true, Some(time)) => text.push_str(&format!(
+                "stopped: the newest checkpoint ({time}) was signed at a clean shutdown and \
+                 covers the last record\n"
+            )),
+            (false, Some(time)) => text.push_str(&format!(
+                "open: the newest checkpoint ({time}) is not a clean shutdown's: the collector is \
+                 running, was killed, or the store was cut back to this checkpoint\n"
+            )),
+            _ => {}
+        }
+        if !self.key.pinned {
+            text.push_str(&format!(
+                "note: the key is not pinned: checked with {} (fingerprint {}), which whoever can \
+                 rewrite the data folder can replace; pass --fingerprint or --public-key with the \
+                 key recorded at the collector's first start\n",
+                self.key.source, self.key.fingerprint
+            ));
+        }
+        for session in self.quiet_sessions.iter().take(20) {
+            text.push_str(&format!(
+                "quiet: session {} of {} ({}) last seen {} at sequence {}, and no event says it \
+                 ended\n",
+                session.session,
+                session.identity,
+                session.source,
+                session.last_seen,
+                session.last_sequence
+            ));
+        }
+        if self.quiet_sessions_total > 20 {
+            text.push_str(&format!(
+                "quiet: … {} sessions in all went quiet (--json lists them)\n",
+                self.quiet_sessions_total
             ));
         }
         if self.dropped_reported > 0 {

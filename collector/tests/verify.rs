@@ -75,7 +75,7 @@ fn an_untouched_store_verifies_and_sequence_gaps_are_reported() {
     assert_eq!(report["gaps"][0]["missing"], serde_json::json!([[7, 7]]));
     assert!(text.starts_with("OK: 10 records"), "{text}");
     assert!(
-        text.contains("session s1 is missing sequence numbers 7"),
+        text.contains("session s1 of shop/orders-app is missing sequence numbers 7"),
         "{text}"
     );
 }
