@@ -14,6 +14,7 @@ pub mod cache;
 pub mod clients;
 pub mod collector;
 pub mod data;
+pub mod image;
 pub mod kafka;
 pub mod kube;
 pub mod net;
