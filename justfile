@@ -54,6 +54,11 @@ manifests-check:
 provision:
     cargo run -q -p streamward-e2e --bin provision
 
+# One OCI image per program (operator, proxy, collector), no container daemon: <cache>/images/<name>-<version>.oci.tar.
+images:
+    cargo build -q --release -p streamward-operator -p streamward-sidecar -p streamward-collector --bin streamward-operator --bin streamward-sidecar --bin streamward-collector
+    cargo run -q --release -p streamward-e2e --bin images -- --binaries {{target_dir}}/release
+
 # Unit tests: fast and pure, no Kafka, no Kubernetes.
 unit:
     cargo test --workspace --lib --bins

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod clients;
 pub mod collector;
 pub mod data;
+pub mod image;
 pub mod helm;
 pub mod kafka;
 pub mod kube;
