@@ -433,6 +433,12 @@ impl MaskStrategy {
 /// The key of the compiled config (JSON) in `streamward-config-<serviceaccount>`.
 pub const CONFIG_KEY: &str = "config.json";
 
+/// The key, beside [`CONFIG_KEY`], of the operator's Ed25519 signature (hex) of the exact bytes
+/// under [`CONFIG_KEY`]. In the same ConfigMap's data, so a proxy reading the mounted files
+/// checks it as well as one watching the object; a namespace editor who rewrites the config
+/// cannot sign it.
+pub const SIGNATURE_KEY: &str = "config.json.sig";
+
 /// The name of the ConfigMap holding the compiled config of a service account's workloads.
 pub fn config_map_name(service_account: &str) -> String {
     format!("streamward-config-{service_account}")

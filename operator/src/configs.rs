@@ -10,6 +10,8 @@ use streamward_api::compile::Inputs;
 use streamward_api::config::{ProxyConfig, WorkloadIdentity};
 use streamward_api::crd::SubjectsSpec;
 
+use crate::signing::ConfigSigner;
+
 /// The `app.kubernetes.io/managed-by` value of everything the operator creates.
 pub const MANAGED_BY: &str = "streamward-operator";
 /// The label selecting the operator's ConfigMaps.
@@ -18,8 +20,7 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const HASH_ANNOTATION: &str = "streamward.io/config-hash";
 /// The label naming the service account a ConfigMap is for.
 pub const SERVICE_ACCOUNT_LABEL: &str = "streamward.io/service-account";
-/// The key of the compiled config in the ConfigMap.
-pub const CONFIG_KEY: &str = "config.json";
+pub use streamward_api::config::{CONFIG_KEY, SIGNATURE_KEY};
 
 /// The ConfigMap name of a service account's config.
 pub fn config_map_name(service_account: &str) -> String {
@@ -81,10 +82,18 @@ pub fn owners(config: &ProxyConfig, inputs: &Inputs) -> Vec<OwnerReference> {
 
 /// The ConfigMap of one identity: the compiled config as JSON, its hash as an annotation, and
 /// the StreamPolicies that name the identity as owners.
+/// The ConfigMap of `config`, its JSON signed by `signer` (under [`SIGNATURE_KEY`]) when given.
 pub fn build_config_map(
     config: &ProxyConfig,
     inputs: &Inputs,
+    signer: Option<&ConfigSigner>,
 ) -> Result<ConfigMap, serde_json::Error> {
+    let json = serde_json::to_string_pretty(config)?;
+    let mut data = BTreeMap::new();
+    if let Some(signer) = signer {
+        data.insert(SIGNATURE_KEY.to_string(), signer.sign(json.as_bytes()));
+    }
+    data.insert(CONFIG_KEY.to_string(), json);
     let identity = &config.identity;
     let owners = owners(config, inputs);
     Ok(ConfigMap {
@@ -113,10 +122,7 @@ pub fn build_config_map(
             owner_references: (!owners.is_empty()).then_some(owners),
             ..ObjectMeta::default()
         },
-        data: Some(BTreeMap::from([(
-            CONFIG_KEY.to_string(),
-            serde_json::to_string_pretty(config)?,
-        )])),
+        data: Some(data),
         ..ConfigMap::default()
     })
 }
@@ -154,7 +160,8 @@ mod tests {
         assert!(super::identities(&inputs, "elsewhere").is_empty());
 
         let config = streamward_api::compile::compile(&inputs, &orders).unwrap();
-        let map = build_config_map(&config, &inputs).unwrap();
+        let (signer, _) = ConfigSigner::generate().unwrap();
+        let map = build_config_map(&config, &inputs, Some(&signer)).unwrap();
         assert_eq!(
             map.metadata.name.as_deref(),
             Some("streamward-config-orders-app")
@@ -169,6 +176,11 @@ mod tests {
         let data = map.data.unwrap();
         let back: ProxyConfig = serde_json::from_str(&data[CONFIG_KEY]).unwrap();
         assert_eq!(back, config);
+        assert!(crate::signing::verifies(
+            signer.public_key_hex(),
+            data[CONFIG_KEY].as_bytes(),
+            &data[SIGNATURE_KEY]
+        ));
     }
 
     #[test]

@@ -39,6 +39,7 @@ use crate::leader::Election;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::plan::{self, IdentityPlan, Namespace};
 use crate::rbac::CONTENT_HASH_ANNOTATION;
+use crate::signing::ConfigSigner;
 
 /// The field manager of the operator's server-side applies.
 pub const FIELD_MANAGER: &str = "streamward-operator";
@@ -94,11 +95,19 @@ pub struct ControllerOptions {
     /// How often the leader renews the Lease (and a standby tries to take it), in seconds.
     #[arg(long, default_value_t = 2)]
     pub renew_seconds: u64,
+    /// The Secret (in the Lease's namespace, the operator's) holding the key that signs every
+    /// compiled config; made by the first replica that finds none.
+    #[arg(long, default_value = "streamward-config-signing")]
+    pub config_signing_secret: String,
 }
 
 /// Serves metrics, waits for leadership, then runs the controller until leadership is lost
 /// (an error: the process should exit) or SIGTERM/SIGINT (the Lease is released).
-pub async fn serve(client: Client, options: ControllerOptions) -> anyhow::Result<()> {
+pub async fn serve(
+    client: Client,
+    options: ControllerOptions,
+    signer: Arc<ConfigSigner>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let listener = tokio::net::TcpListener::bind(options.metrics_addr)
         .await
@@ -136,7 +145,7 @@ pub async fn serve(client: Client, options: ControllerOptions) -> anyhow::Result
         instance: Some(identity),
     };
     tokio::select! {
-        result = run(client.clone(), metrics.clone(), reporter) => result,
+        result = run(client.clone(), metrics.clone(), reporter, signer) => result,
         lost = election.keep(&client) => {
             metrics.set_leader(false);
             Err(anyhow::Error::new(lost).context("stopping: no longer the leader"))
@@ -197,7 +206,12 @@ where
 }
 
 /// Runs the config controller until the watch streams end.
-pub async fn run(client: Client, metrics: Arc<Metrics>, reporter: Reporter) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    reporter: Reporter,
+    signer: Arc<ConfigSigner>,
+) -> anyhow::Result<()> {
     let all = watcher::Config::default;
     let own = || watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let mut touched = Touched::new();
@@ -219,6 +233,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, reporter: Reporter) -> a
         recorder: Recorder::new(client, reporter),
         written: HashMap::new(),
         recorded: HashSet::new(),
+        signer,
     };
 
     let mut pending = BTreeSet::new();
@@ -295,6 +310,8 @@ struct Controller {
     written: HashMap<(&'static str, String, String), (u64, serde_json::Value)>,
     /// Grant events recorded: (uid, generation, reason), so a stale cache cannot repeat one.
     recorded: HashSet<(String, Option<i64>, &'static str)>,
+    /// Signs every config written.
+    signer: Arc<ConfigSigner>,
 }
 
 fn in_namespace<K>(store: &Store<K>, namespace: &str) -> Vec<K>
@@ -367,6 +384,7 @@ impl Controller {
             },
             approvals: in_namespace(&caches.approvals, namespace),
             requests: self.read(&caches.requests, "ApprovalRequest", namespace),
+            signer: Some(self.signer.clone()),
         };
         let plan = plan::plan(&state, Timestamp::now())
             .map_err(|e| Error::Serialize(namespace.to_string(), e))?;
@@ -390,11 +408,19 @@ impl Controller {
                     role,
                     binding,
                 } => {
-                    if annotation(&existing_configs, &name, HASH_ANNOTATION) != Some(hash) {
+                    // The data too, not only the hash: a namespace editor who rewrote the
+                    // config is put right at once (and the proxy refused it meanwhile, since
+                    // they cannot sign it).
+                    let drifted = existing_configs
+                        .get(&name)
+                        .is_some_and(|existing| existing.data != config_map.data);
+                    if drifted
+                        || annotation(&existing_configs, &name, HASH_ANNOTATION) != Some(hash)
+                    {
                         self.apply(namespace, &name, config_map.as_ref()).await?;
                         self.metrics.config_map_written();
                         written += 1;
-                        tracing::info!(%namespace, %name, %hash, "config applied");
+                        tracing::info!(%namespace, %name, %hash, drifted, "config applied");
                     }
                     if annotation(&existing_roles, &name, CONTENT_HASH_ANNOTATION)
                         != role.annotations().get(CONTENT_HASH_ANNOTATION)

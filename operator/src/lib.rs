@@ -14,5 +14,6 @@ pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod rbac;
+pub mod signing;
 pub mod status;
 pub mod webhook;

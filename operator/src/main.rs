@@ -3,8 +3,11 @@
 //! admission webhooks when `--webhook-url` or `--webhook-service` says where the API server
 //! reaches them. Every replica serves the webhooks; only the leader reconciles.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::Parser;
+use streamward_operator::signing;
 
 /// The Streamward operator.
 #[derive(Debug, Parser)]
@@ -35,9 +38,20 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
             tracing::info!("streamward-operator: config controller starting");
+            let secrets = kube::Api::namespaced(client.clone(), &cli.controller.lease_namespace);
+            let signer = loop {
+                match signing::load_or_create(&secrets, &cli.controller.config_signing_secret).await {
+                    Ok(signer) => break Arc::new(signer),
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{error:#}"), "the config-signing key is not ready; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    }
+                }
+            };
+            tracing::info!(public_key = %signer.public_key_hex(), "configs are signed");
             tokio::select! {
-                result = streamward_operator::controller::serve(client.clone(), cli.controller) => result,
-                result = streamward_operator::webhook::run(client, cli.webhook) => result,
+                result = streamward_operator::controller::serve(client.clone(), cli.controller, signer.clone()) => result,
+                result = streamward_operator::webhook::run(client, cli.webhook, signer.public_key_hex().to_owned()) => result,
             }
         })
 }

@@ -9,6 +9,7 @@
 //! say `Ready=False`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
@@ -25,6 +26,7 @@ use streamward_api::crd::{
 
 use crate::configs;
 use crate::rbac;
+use crate::signing::ConfigSigner;
 use crate::status::{self, Conditions, GrantFacts, Why, became_true, same_conditions};
 use streamward_api::approval::ApprovalSettings;
 
@@ -39,6 +41,8 @@ pub struct Namespace {
     pub approvals: Vec<Approval>,
     /// Its ApprovalRequests.
     pub requests: Vec<ApprovalRequest>,
+    /// The key that signs the configs (none in tests that do not look at signatures).
+    pub signer: Option<Arc<ConfigSigner>>,
 }
 
 /// What one identity should have.
@@ -139,7 +143,11 @@ pub fn plan(namespace: &Namespace, now: Timestamp) -> Result<Plan, serde_json::E
                     sa.clone(),
                     IdentityPlan::Write {
                         hash: config.hash.clone(),
-                        config_map: Box::new(configs::build_config_map(&config, &working)?),
+                        config_map: Box::new(configs::build_config_map(
+                            &config,
+                            &working,
+                            namespace.signer.as_deref(),
+                        )?),
                         role: Box::new(rbac::build_role(&identity, &owners)?),
                         binding: Box::new(rbac::build_role_binding(&identity, &owners)?),
                     },

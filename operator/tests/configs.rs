@@ -116,6 +116,82 @@ fn samples_compile_into_config_maps_that_follow_edits_restarts_and_deletes() {
         operator.process.log_tail(20)
     );
 
+    // The config is signed by the key in the operator's namespace, and a namespace editor's
+    // rewrite of it (hash annotation kept) is put back at once.
+    let data = |server: &KubeApiServer| -> serde_json::Value {
+        let out = kubectl(
+            server,
+            &[
+                "get",
+                "configmap",
+                "-n",
+                "demo",
+                "streamward-config-orders-app",
+                "-o",
+                "jsonpath={.data}",
+            ],
+        );
+        serde_json::from_str(&out).unwrap()
+    };
+    let pkcs8 = kubectl(
+        &server,
+        &[
+            "get",
+            "secret",
+            "-n",
+            common::LEASE_NAMESPACE,
+            "streamward-config-signing",
+            "-o",
+            "jsonpath={.data.signing\\.pkcs8}",
+        ],
+    );
+    let pkcs8 = {
+        use std::io::Write;
+        let mut child = std::process::Command::new("base64")
+            .arg("-d")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(pkcs8.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap().stdout
+    };
+    let signer = streamward_operator::signing::ConfigSigner::from_pkcs8(&pkcs8).unwrap();
+    let signed = data(&server);
+    let json = signed["config.json"].as_str().unwrap().to_owned();
+    assert!(streamward_operator::signing::verifies(
+        signer.public_key_hex(),
+        json.as_bytes(),
+        signed["config.json.sig"].as_str().unwrap()
+    ));
+    let forged = json.replace("\"DryRun\"", "\"Enforce\"");
+    assert_ne!(forged, json);
+    let patch = serde_json::json!({"data": {"config.json": forged}}).to_string();
+    kubectl(
+        &server,
+        &[
+            "patch",
+            "configmap",
+            "-n",
+            "demo",
+            "streamward-config-orders-app",
+            "--type=merge",
+            "-p",
+            &patch,
+        ],
+    );
+    wait_for(
+        "the forged config to be put back",
+        Duration::from_secs(30),
+        || Ok((data(&server)["config.json"].as_str() == Some(json.as_str())).then_some(())),
+    )
+    .unwrap();
+
     // Deleting the only policy that names the identity removes its config.
     kubectl(
         &server,

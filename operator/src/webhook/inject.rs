@@ -87,6 +87,9 @@ pub struct InjectSettings {
     pub memory_limit: String,
     /// Where the proxy sends audit events; `None` when audit is off (`--audit-disabled`).
     pub audit: Option<AuditTarget>,
+    /// The operator's config-signing public key (hex): the proxy refuses a config it did not
+    /// sign.
+    pub config_public_key: Option<String>,
 }
 
 /// Where an injected proxy sends its audit events, and how.
@@ -126,6 +129,7 @@ impl Default for InjectSettings {
             memory_request: "32Mi".into(),
             memory_limit: "128Mi".into(),
             audit: None,
+            config_public_key: None,
         }
     }
 }
@@ -617,6 +621,13 @@ fn proxy_container(
         env.push(EnvVar {
             name: "STREAMWARD_TARGET".into(),
             value: Some(target.to_owned()),
+            value_from: None,
+        });
+    }
+    if let Some(key) = &settings.config_public_key {
+        env.push(EnvVar {
+            name: "STREAMWARD_CONFIG_PUBLIC_KEY".into(),
+            value: Some(key.clone()),
             value_from: None,
         });
     }

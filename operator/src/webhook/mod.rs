@@ -316,7 +316,11 @@ impl AuditWiring {
 
 /// Runs the webhooks (server, caches, certificate rotation) until an error; never returns when
 /// they are off (no `--webhook-url` or `--webhook-service`).
-pub async fn run(client: Client, flags: WebhookFlags) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    flags: WebhookFlags,
+    config_public_key: String,
+) -> anyhow::Result<()> {
     let Some(endpoint) = flags.endpoint() else {
         tracing::info!("admission webhooks off: pass --webhook-url or --webhook-service");
         return futures::future::pending().await;
@@ -343,6 +347,7 @@ pub async fn run(client: Client, flags: WebhookFlags) -> anyhow::Result<()> {
         memory_request: flags.proxy_memory_request.clone(),
         memory_limit: flags.proxy_memory_limit.clone(),
         audit: None,
+        config_public_key: Some(config_public_key),
     };
     let (audit, collector_ca) = AuditWiring::from_flags(&flags)?;
     let excluded = flags.excluded();
