@@ -1,7 +1,7 @@
 //! The Streamward proxy: a Kafka-protocol sidecar that enforces the compiled policy on every
 //! request. The modules follow a request's path:
 //!
-//! - [`proxy`]: listeners (bootstrap and one per broker) and what connections share;
+//! - [`listener`]: the bootstrap listener and one per broker; [`shared`]: what connections share;
 //! - [`session`]: one client connection, requests in and responses out, in order;
 //! - [`client_auth`]: clients authenticating to the proxy (SASL PLAIN, SCRAM, OAUTHBEARER);
 //! - [`frame`]: Kafka framing and the fixed request header;
@@ -23,12 +23,13 @@ pub mod client_auth;
 pub mod config_map;
 pub mod frame;
 pub mod guardrails;
+pub mod listener;
 pub mod mask;
 pub mod masking;
 pub mod metrics;
 pub mod policy;
-pub mod proxy;
 pub mod session;
+pub mod shared;
 pub mod source;
 pub mod topics;
 pub mod upstream;

@@ -34,12 +34,13 @@ use tracing::Instrument;
 use crate::audit::session::{Draft, SessionAudit, audit_level};
 use crate::authorize::streams::{self, StreamsOutcome};
 use crate::authorize::{self, Fixup, Outcome, Policy, TopicNames};
+use crate::brokers::ListenerFactory;
 use crate::client_auth::login::{self, Login};
 use crate::frame::{self, FrameWriter, RequestStart};
 use crate::guardrails::{self, Guarded};
 use crate::masking::FetchMasking;
 use crate::policy::{ClientIdentity, FailClosed, RequestPolicy};
-use crate::proxy::{Shared, Upstream};
+use crate::shared::{Shared, Upstream};
 use crate::source::State;
 use crate::versions;
 
@@ -128,11 +129,18 @@ type Handled = (Option<Bytes>, Option<Pending>, Option<Draft>);
 type Queued = (Pending, Option<Draft>);
 
 /// Serves one client until it disconnects, the broker goes away, or the proxy shuts down.
-pub async fn run(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, upstream: Upstream) {
+/// `listeners` opens the listener of a broker the first time a response names it.
+pub async fn run(
+    shared: Arc<Shared>,
+    listeners: Arc<dyn ListenerFactory>,
+    client: TcpStream,
+    peer: SocketAddr,
+    upstream: Upstream,
+) {
     let _ = client.set_nodelay(true);
     shared.metrics.connections().inc();
     let span = tracing::info_span!("session", %peer, ?upstream);
-    match serve(&shared, client, peer, upstream)
+    match serve(&shared, &*listeners, client, peer, upstream)
         .instrument(span.clone())
         .await
     {
@@ -151,6 +159,7 @@ pub async fn run(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, upstr
 
 async fn serve(
     shared: &Arc<Shared>,
+    listeners: &dyn ListenerFactory,
     client: TcpStream,
     peer: SocketAddr,
     upstream: Upstream,
@@ -198,7 +207,7 @@ async fn serve(
         to_broker,
         queue,
     );
-    let response_half = return_responses(shared, pending, responses, to_client);
+    let response_half = return_responses(shared, listeners, pending, responses, to_client);
     tokio::try_join!(request_half, response_half).map(|_| ())
 }
 
@@ -669,6 +678,7 @@ impl Client {
 
 async fn return_responses<R, W>(
     shared: &Shared,
+    listeners: &dyn ListenerFactory,
     mut pending: mpsc::Receiver<Queued>,
     mut responses: FramedRead<R, LengthDelimitedCodec>,
     mut to_client: FrameWriter<W>,
@@ -722,7 +732,7 @@ where
                     masking: masking.as_deref(),
                     draft: draft.as_mut(),
                 };
-                fix_response(shared, start, fix, frame)?
+                fix_response(shared, listeners, start, fix, frame)?
             }
         };
         to_client.send(out).await.map_err(SessionError::Client)?;
@@ -747,6 +757,7 @@ struct ResponseFix<'a> {
 /// nothing changes.
 fn fix_response(
     shared: &Shared,
+    listeners: &dyn ListenerFactory,
     start: RequestStart,
     fix: ResponseFix<'_>,
     frame: Bytes,
@@ -817,7 +828,7 @@ fn fix_response(
     }
     changed |= shared
         .brokers
-        .rewrite(&mut response, shared)
+        .rewrite(&mut response, listeners)
         .map_err(|e| SessionError::Response(format!("opening a broker listener: {e}")))?;
     if !changed {
         return Ok(frame);
