@@ -39,7 +39,7 @@ use crate::client_auth::login::{self, Login};
 use crate::frame::{self, FrameWriter, RequestStart};
 use crate::guardrails::{self, Guarded};
 use crate::masking::FetchMasking;
-use crate::policy::{ClientIdentity, FailClosed, RequestPolicy};
+use crate::policy::ClientIdentity;
 use crate::shared::{Shared, Upstream};
 use crate::source::State;
 use crate::versions;
@@ -421,52 +421,40 @@ fn decide_request(
 
     let state = shared.state.load();
     let ids = SharedTopicIds(shared);
-    let mut masking = None;
-    let mut config_hash = "";
     // The audit event names what the client produced; authorization takes the request.
     let produced = match (&request, draft.is_some()) {
         (RequestKind::Produce(produce), true) => Some(produce.clone()),
         _ => None,
     };
-    let inspection = match &**state {
-        State::Ready(loaded) => {
-            config_hash = &loaded.config.hash;
-            if let Some(draft) = draft.as_mut()
-                && matches!(api_key, ApiKey::Produce | ApiKey::Fetch)
-            {
-                draft.set_level(audit_level(
-                    &loaded.config,
-                    &client.identity,
-                    &loaded.target_name,
-                ));
-            }
-            masking = loaded.masking.prepare(
-                &loaded.config,
-                &client.identity,
-                &request,
-                start.api_version,
-                &ids,
-            );
-            let policy = RequestPolicy::new(
+    let mut masking = None;
+    if let State::Ready(loaded) = &**state {
+        if let Some(draft) = draft.as_mut()
+            && matches!(api_key, ApiKey::Produce | ApiKey::Fetch)
+        {
+            draft.set_level(audit_level(
                 &loaded.config,
                 &client.identity,
                 &loaded.target_name,
-                Timestamp::now(),
-                &shared.metrics,
-            )
-            .explained(draft.is_some());
-            let violations = guardrails::violations(&request, policy.guardrails());
-            let guarded = Guarded::new(&policy, &violations);
-            authorize::inspect(&header, request, start.api_version, &guarded, &ids)
+            ));
         }
-        State::FailClosed { reason, .. } => {
-            let policy = FailClosed {
-                reason,
-                metrics: &shared.metrics,
-            };
-            authorize::inspect(&header, request, start.api_version, &policy, &ids)
-        }
-    };
+        masking = loaded.masking.prepare(
+            &loaded.config,
+            &client.identity,
+            &request,
+            start.api_version,
+            &ids,
+        );
+    }
+    let policy = state.policy(
+        &client.identity,
+        &shared.metrics,
+        Timestamp::now(),
+        draft.is_some(),
+    );
+    let config_hash = policy.config_hash();
+    let violations = guardrails::violations(&request, policy.guardrails());
+    let guarded = Guarded::new(&policy, &violations);
+    let inspection = authorize::inspect(&header, request, start.api_version, &guarded, &ids);
     log_refusals(start, api_key_name(api_key), &inspection.accesses);
     let mut tally = draft.as_mut();
     let (outcome, masking) = match masking {
@@ -555,28 +543,14 @@ fn handle_streams_request(
     RequestHeader::decode(&mut body, 2)
         .map_err(|e| SessionError::Malformed(format!("{api} header: {e}")))?;
     let state = shared.state.load();
-    let mut config_hash = "";
-    let inspection = match &**state {
-        State::Ready(loaded) => {
-            config_hash = &loaded.config.hash;
-            let policy = RequestPolicy::new(
-                &loaded.config,
-                &client.identity,
-                &loaded.target_name,
-                Timestamp::now(),
-                &shared.metrics,
-            )
-            .explained(draft.is_some());
-            streams::inspect(start.api_key, start.api_version, &body, &policy)
-        }
-        State::FailClosed { reason, .. } => {
-            let policy = FailClosed {
-                reason,
-                metrics: &shared.metrics,
-            };
-            streams::inspect(start.api_key, start.api_version, &body, &policy)
-        }
-    }
+    let policy = state.policy(
+        &client.identity,
+        &shared.metrics,
+        Timestamp::now(),
+        draft.is_some(),
+    );
+    let config_hash = policy.config_hash();
+    let inspection = streams::inspect(start.api_key, start.api_version, &body, &policy)
     .map_err(|e| SessionError::Malformed(format!("{api} v{}: {e}", start.api_version)))?;
     log_refusals(start, api, &inspection.accesses);
     if let Some(draft) = draft.as_mut() {
@@ -850,23 +824,16 @@ fn hide_topics(
     client: &ClientIdentity,
     mut draft: Option<&mut Draft>,
 ) -> bool {
+    use streamward_api::acl::{Operation, ResourceType};
     let state = shared.state.load();
-    let explain = draft.is_some();
+    let policy = state.policy(
+        client,
+        &shared.metrics,
+        Timestamp::now(),
+        draft.is_some(),
+    );
     let mut describable = |name: &str| -> bool {
-        use streamward_api::acl::{Operation, ResourceType};
-        let verdict = match &**state {
-            State::Ready(loaded) => RequestPolicy::new(
-                &loaded.config,
-                client,
-                &loaded.target_name,
-                Timestamp::now(),
-                &shared.metrics,
-            )
-            .explained(explain)
-            .check(ResourceType::Topic, name, Operation::Describe),
-            State::FailClosed { .. } => crate::authorize::Verdict::deny("no config is loaded")
-                .by(Some("fail closed".into())),
-        };
+        let verdict = policy.check(ResourceType::Topic, name, Operation::Describe);
         if !verdict.allowed
             && let Some(draft) = draft.as_deref_mut()
         {
