@@ -28,6 +28,8 @@ pub mod mask;
 pub mod masking;
 pub mod metrics;
 pub mod policy;
+pub mod request;
+pub mod response;
 pub mod session;
 pub mod shared;
 pub mod source;

@@ -16,8 +16,8 @@ use jiff::Timestamp;
 use streamward_api::config::{CompiledTarget, ProxyConfig, SaslMechanism, WorkloadIdentity};
 
 use crate::masking::MaskingPlans;
-use crate::policy::{ClientIdentity, FailClosed, InForce, RequestPolicy};
 use crate::metrics::Metrics;
+use crate::policy::{ClientIdentity, FailClosed, InForce, RequestPolicy};
 use crate::upstream::{Connector, UpstreamSasl, UpstreamSettings, UpstreamTls};
 
 /// Secret name → key → bytes.
