@@ -113,6 +113,9 @@ impl Policy for RequestPolicy<'_> {
                     decision.rule_name()
                 ));
                 verdict.requires_approval = true;
+                // Named even when not explaining: a held request needs its rule (and this is
+                // not the hot path).
+                verdict.rule = Some(decision.rule_name());
                 verdict
             }
         };

@@ -1,7 +1,7 @@
 //! One request: what the proxy does with it, decided without I/O.
 //!
 //! [`decide`] takes a client's frame and returns a [`Request`]: the [`Action`] the session
-//! carries out (forward, answer, close) and the request's audit event, which travels with
+//! carries out (forward, answer, hold, close) and the request's audit event, which travels with
 //! it until the request is done. Nothing here reads or writes a socket, so every branch is
 //! tested below with frames made in memory.
 //!
@@ -63,8 +63,25 @@ pub enum Action {
     /// Answer the client without the broker, in its turn; `None` when no answer is due (a
     /// refused Produce with acks=0).
     Answer(Option<Bytes>),
+    /// The request needs an approver's decision (a `requireApproval` rule).
+    Hold(Hold),
     /// End the connection.
     Close(Close),
+}
+
+/// A request that a `requireApproval` rule holds for an approver's decision.
+///
+/// The approval flow is not built yet: the session answers at once with `refusal`
+/// (POLICY_VIOLATION naming the rule), which is what the proxy did before holds existed.
+/// Once it is built, an approved request is forwarded exactly as the client sent it.
+#[derive(Debug)]
+pub struct Hold {
+    /// The client's frame, as sent.
+    pub request: Bytes,
+    /// The rule that requires approval (`StreamPolicy/<name> rule <rule>`).
+    pub rule: String,
+    /// The answer when the request is not approved; `None` when no answer is due (acks=0).
+    pub refusal: Option<Bytes>,
 }
 
 /// Why the proxy ends a connection.
@@ -390,9 +407,36 @@ fn decide_action(
                 response: (!no_response).then(|| response(fixup)),
             }
         }
-        Outcome::Respond(answer) => Action::Answer(Some(encode_local(start, answer)?)),
-        Outcome::NoResponse => Action::Answer(None),
+        Outcome::Respond(answer) => {
+            let answer = encode_local(start, answer)?;
+            refusal(&inspection.accesses, frame, Some(answer))
+        }
+        Outcome::NoResponse => refusal(&inspection.accesses, frame, None),
     })
+}
+
+/// A refused request's action: held when every refusal in it is a `requireApproval` rule's,
+/// else answered with `answer`.
+fn refusal(accesses: &[Access], request: Bytes, answer: Option<Bytes>) -> Action {
+    match approval_rule(accesses) {
+        Some(rule) => Action::Hold(Hold {
+            request,
+            rule,
+            refusal: answer,
+        }),
+        None => Action::Answer(answer),
+    }
+}
+
+/// The rule a request is held for: the first refused access's, when every refused access
+/// requires approval.
+fn approval_rule(accesses: &[Access]) -> Option<String> {
+    let mut refused = accesses.iter().filter(|access| !access.allowed);
+    let first = refused.next()?;
+    if !first.requires_approval || refused.any(|access| !access.requires_approval) {
+        return None;
+    }
+    first.rule.clone()
 }
 
 const NO_CLIENT_AUTH: &str = "this Streamward proxy does not authenticate clients";
@@ -468,7 +512,7 @@ fn decide_streams(
             out.put_i32(start.correlation_id);
             out.put_u8(0);
             out.put(response);
-            Action::Answer(Some(out.freeze()))
+            refusal(&inspection.accesses, frame, Some(out.freeze()))
         }
     })
 }
@@ -974,6 +1018,32 @@ spec:
             ("secrets", ResponseError::TopicAuthorizationFailed.code())
         );
         assert_eq!(record.decision.effect, "Partial");
+    }
+
+    #[test]
+    fn a_request_needing_approval_is_held_and_refused_naming_the_rule() {
+        let proxy = Proxy::new(ready());
+        let frame = produce(&["payments"]);
+        let (action, record) = proxy.decide_one(&frame);
+        let Action::Hold(hold) = action else {
+            panic!("not held: {action:?}");
+        };
+        assert!(same_bytes(&hold.request, &frame));
+        assert_eq!(hold.rule, "StreamPolicy/orders-team rule payments-approval");
+        let refusal = hold.refusal.expect("acks=1: a refusal to answer with");
+        let errors = produce_errors(&produce_answer(&refusal));
+        assert_eq!(errors[0].1, ResponseError::PolicyViolation.code());
+        assert!(errors[0].2.contains("payments-approval"), "{errors:?}");
+        assert_eq!(record.decision.effect, "RequireApproval");
+
+        // Without an audit event the rule is named all the same.
+        let mut client = Client::new(&settings(), "127.0.0.1:50001".parse().unwrap());
+        let Request { action, event } = proxy.decide(&mut client, &frame);
+        assert!(event.is_none());
+        assert!(
+            matches!(&action, Action::Hold(hold) if hold.rule.ends_with("payments-approval")),
+            "{action:?}"
+        );
     }
 
     #[test]

@@ -200,6 +200,14 @@ where
                 finish(event);
                 continue;
             }
+            // No approval flow yet: refused at once, as before holds existed.
+            Action::Hold(hold) => match hold.refusal {
+                Some(refusal) => (Reply::Local(refusal), None),
+                None => {
+                    finish(event);
+                    continue;
+                }
+            },
             Action::Close(Close::Unauthenticated { last, reason }) => {
                 // Read no more; the response half answers what is queued, then ends the session.
                 let _ = queue
@@ -319,6 +327,7 @@ async fn serve_without_config(
         let Request { action, event } = decide(shared, &mut client, frame, false);
         let answer = match action {
             Action::Answer(answer) => answer,
+            Action::Hold(hold) => hold.refusal,
             Action::Close(Close::Unauthenticated { last, reason }) => {
                 if let Some(last) = last {
                     framed.send(last).await.map_err(SessionError::Client)?;
