@@ -12,9 +12,10 @@ use streamward_api::config::WorkloadIdentity;
 use streamward_sidecar::audit::{self, Audit, AuditSettings, CollectorCa};
 use streamward_sidecar::client_auth::{ClientAuth, ClientAuthSettings, OidcSettings};
 use streamward_sidecar::config_map::{self, ConfigMapSource};
+use streamward_sidecar::listener::Listeners;
 use streamward_sidecar::metrics::Metrics;
 use streamward_sidecar::policy::ClientIdentity;
-use streamward_sidecar::proxy::{Settings, Shared, Upstream};
+use streamward_sidecar::shared::{Settings, Shared, Upstream};
 use streamward_sidecar::source::{self, Source, State};
 use tokio_util::sync::CancellationToken;
 
@@ -221,7 +222,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {} (admin)", flags.admin))?;
     tracing::info!(bootstrap = %flags.listen, admin = %flags.admin, "streamward-sidecar listening");
-    shared.serve(listener, Upstream::Bootstrap);
+    Listeners::new(shared.clone()).serve(listener, Upstream::Bootstrap);
     let admin_shutdown = shutdown.clone();
     tokio::spawn(async move {
         let app = streamward_sidecar::admin::router(state, metrics);

@@ -1,6 +1,11 @@
 //! The bridge between a request and the compiled policy: answers the authorizer's questions
 //! ("may this principal Read topic X?") from the current [`ProxyConfig`], or refuses everything
 //! when there is none (fail closed).
+//!
+//! [`crate::source::State::policy`] is the one place that chooses between the two: every
+//! question, on a request or on a response (topics hidden from Metadata), goes through the
+//! [`InForce`] it returns, so each is counted in the decision metric and none can skip the
+//! fail-closed answer.
 
 use std::collections::BTreeMap;
 
@@ -108,6 +113,9 @@ impl Policy for RequestPolicy<'_> {
                     decision.rule_name()
                 ));
                 verdict.requires_approval = true;
+                // Named even when not explaining: a held request needs its rule (and this is
+                // not the hot path).
+                verdict.rule = Some(decision.rule_name());
                 verdict
             }
         };
@@ -145,5 +153,50 @@ impl Policy for FailClosed<'_> {
             self.reason
         ))
         .by(Some("fail closed".to_string()))
+    }
+}
+
+/// The policy in force for one request or response: the loaded config's, or the fail-closed
+/// refusal when there is none. Made by [`crate::source::State::policy`].
+pub enum InForce<'a> {
+    /// A config is loaded.
+    Config(RequestPolicy<'a>),
+    /// No valid config is loaded: everything is refused.
+    FailClosed(FailClosed<'a>),
+}
+
+impl<'a> InForce<'a> {
+    /// The hash of the config that decides, for the audit (empty when failing closed).
+    pub fn config_hash(&self) -> &'a str {
+        match self {
+            InForce::Config(policy) => &policy.config.hash,
+            InForce::FailClosed(_) => "",
+        }
+    }
+
+    /// The guardrails that apply to the request's principal (none when failing closed:
+    /// everything is refused anyway).
+    pub fn guardrails(
+        &self,
+    ) -> impl Iterator<
+        Item = (
+            &'a streamward_api::config::CompiledPolicy,
+            &'a streamward_api::config::Guardrails,
+        ),
+    > {
+        let guardrails = match self {
+            InForce::Config(policy) => Some(policy.guardrails()),
+            InForce::FailClosed(_) => None,
+        };
+        guardrails.into_iter().flatten()
+    }
+}
+
+impl Policy for InForce<'_> {
+    fn check(&self, resource_type: ResourceType, name: &str, operation: Operation) -> Verdict {
+        match self {
+            InForce::Config(policy) => policy.check(resource_type, name, operation),
+            InForce::FailClosed(policy) => policy.check(resource_type, name, operation),
+        }
     }
 }

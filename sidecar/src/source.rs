@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use jiff::Timestamp;
 use streamward_api::config::{CompiledTarget, ProxyConfig, SaslMechanism, WorkloadIdentity};
 
 use crate::masking::MaskingPlans;
 use crate::metrics::Metrics;
+use crate::policy::{ClientIdentity, FailClosed, InForce, RequestPolicy};
 use crate::upstream::{Connector, UpstreamSasl, UpstreamSettings, UpstreamTls};
 
 /// Secret name → key → bytes.
@@ -112,6 +114,25 @@ impl State {
         match self {
             State::Ready(loaded) => Some(loaded),
             State::FailClosed { last_good, .. } => last_good.as_ref(),
+        }
+    }
+
+    /// The policy for a request of `client` at `now`: the loaded config's, or the fail-closed
+    /// refusal. Every decision goes through here, so every one is counted and none can skip
+    /// failing closed. `explain`: verdicts name the rule that decided (for the audit).
+    pub fn policy<'a>(
+        &'a self,
+        client: &'a ClientIdentity,
+        metrics: &'a Metrics,
+        now: Timestamp,
+        explain: bool,
+    ) -> InForce<'a> {
+        match self {
+            State::Ready(loaded) => InForce::Config(
+                RequestPolicy::new(&loaded.config, client, &loaded.target_name, now, metrics)
+                    .explained(explain),
+            ),
+            State::FailClosed { reason, .. } => InForce::FailClosed(FailClosed { reason, metrics }),
         }
     }
 

@@ -7,6 +7,8 @@ use std::sync::{PoisonError, RwLock};
 use kafka_protocol::messages::{MetadataResponse, TopicName};
 use uuid::Uuid;
 
+use crate::authorize::TopicNames;
+
 /// The id → name registry.
 #[derive(Default)]
 pub struct TopicIds {
@@ -34,5 +36,11 @@ impl TopicIds {
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
             .cloned()
+    }
+}
+
+impl TopicNames for TopicIds {
+    fn name_of(&self, id: &Uuid) -> Option<TopicName> {
+        TopicIds::name_of(self, id)
     }
 }

@@ -113,6 +113,22 @@ impl Emitter {
     pub fn identity(&self) -> &Identity {
         &self.identity
     }
+
+    /// An emitter whose events land in the returned queue (for tests of the data path).
+    #[cfg(test)]
+    pub(crate) fn to_queue(
+        identity: Identity,
+        metrics: Arc<Metrics>,
+    ) -> (Emitter, Receiver<Box<AuditEvent>>) {
+        let (queue, events) = std::sync::mpsc::sync_channel(1024);
+        let emitter = Emitter {
+            queue,
+            overflow: Arc::new(AtomicU64::new(0)),
+            metrics,
+            identity: Arc::new(identity),
+        };
+        (emitter, events)
+    }
 }
 
 /// The running pipeline: the writer thread and the sender task.

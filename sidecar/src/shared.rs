@@ -1,15 +1,14 @@
-//! The proxy as a whole: its listeners (one bootstrap listener, one per broker), the state all
-//! connections share, and the accept loops that hand each client to a [`crate::session`].
+//! What every connection of the proxy shares: the config in force, the broker routes, the topic
+//! ids learned so far, the metrics and the data-path settings. Read by sessions; knows nothing
+//! of listeners or sessions itself.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::brokers::{BrokerMap, ListenerFactory};
+use crate::brokers::BrokerMap;
 use crate::client_auth::ClientAuth;
 use crate::metrics::Metrics;
 use crate::policy::ClientIdentity;
@@ -60,7 +59,6 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Every session and accept loop, so shutdown can wait for them.
     pub tasks: TaskTracker,
-    this: Weak<Shared>,
 }
 
 impl Shared {
@@ -71,7 +69,7 @@ impl Shared {
         settings: Settings,
         shutdown: CancellationToken,
     ) -> Arc<Shared> {
-        Arc::new_cyclic(|this| Shared {
+        Arc::new(Shared {
             brokers: BrokerMap::new(&settings.advertised_host, settings.broker_port_base),
             state,
             topic_ids: TopicIds::default(),
@@ -79,47 +77,6 @@ impl Shared {
             settings,
             shutdown,
             tasks: TaskTracker::new(),
-            this: this.clone(),
         })
-    }
-
-    /// Starts accepting clients on `listener` for `upstream`.
-    pub fn serve(self: &Arc<Self>, listener: TcpListener, upstream: Upstream) {
-        let shared = self.clone();
-        self.tasks.spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = shared.shutdown.cancelled() => break,
-                    accepted = listener.accept() => accepted,
-                };
-                match accepted {
-                    Ok((stream, peer)) => {
-                        let session = crate::session::run(shared.clone(), stream, peer, upstream);
-                        shared.tasks.spawn(session);
-                    }
-                    Err(error) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        });
-    }
-}
-
-impl ListenerFactory for Shared {
-    fn open(&self, node_id: i32, port: u16) -> std::io::Result<SocketAddr> {
-        let std_listener =
-            std::net::TcpListener::bind((self.settings.advertised_host.as_str(), port))?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
-        let listener = TcpListener::from_std(std_listener)?;
-        let shared = self
-            .this
-            .upgrade()
-            .ok_or_else(|| std::io::Error::other("the proxy is shutting down"))?;
-        shared.serve(listener, Upstream::Broker(node_id));
-        Ok(addr)
     }
 }
