@@ -18,10 +18,10 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
-use streamward_api::config::CONFIG_KEY;
+use streamward_api::config::{CONFIG_KEY, SIGNATURE_KEY};
 
 use crate::metrics::Metrics;
-use crate::source::{self, LoadError, Loaded, Source, State};
+use crate::source::{self, ConfigKey, LoadError, Loaded, Source, State};
 
 /// Which ConfigMap to watch, and where its companions are mounted.
 #[derive(Clone, Debug)]
@@ -34,6 +34,8 @@ pub struct ConfigMapSource {
     pub secrets_dir: PathBuf,
     /// The same ConfigMap mounted as a file, served until the API server answers.
     pub fallback: Option<PathBuf>,
+    /// The operator's key every config must be signed with.
+    pub trust: Option<Arc<ConfigKey>>,
 }
 
 /// Watches the ConfigMap and publishes each version into `state`, forever.
@@ -49,6 +51,7 @@ pub async fn watch(
             Source::Compiled {
                 file,
                 secrets_dir: source.secrets_dir.clone(),
+                trust: source.trust.clone(),
             },
             target.clone(),
             state.clone(),
@@ -118,13 +121,20 @@ fn load(
     let origin = Path::new("configmap")
         .join(&source.namespace)
         .join(&source.name);
-    let text = map
-        .data
-        .as_ref()
+    let data = map.data.as_ref();
+    let text = data
         .and_then(|data| data.get(CONFIG_KEY))
         .ok_or_else(|| LoadError::Parse {
             path: origin.clone(),
             message: format!("it has no {CONFIG_KEY} key"),
         })?;
-    source::load_compiled(text, &origin, &source.secrets_dir, target)
+    let signature = data.and_then(|data| data.get(SIGNATURE_KEY));
+    source::load_compiled(
+        text,
+        signature.map(String::as_str),
+        source.trust.as_deref(),
+        &origin,
+        &source.secrets_dir,
+        target,
+    )
 }

@@ -16,7 +16,7 @@ use streamward_sidecar::listener::Listeners;
 use streamward_sidecar::metrics::Metrics;
 use streamward_sidecar::policy::ClientIdentity;
 use streamward_sidecar::shared::{Settings, Shared, Upstream};
-use streamward_sidecar::source::{self, Source, State};
+use streamward_sidecar::source::{self, ConfigKey, Source, State};
 use tokio_util::sync::CancellationToken;
 
 /// The Streamward Kafka proxy: enforces the compiled policy on every request of the clients
@@ -96,6 +96,15 @@ struct Flags {
     /// The pod this proxy runs in, named in audit events (the downward API's metadata.name).
     #[arg(long, env = "STREAMWARD_POD_NAME")]
     pod_name: Option<String>,
+    /// The operator's config-signing public key (hex): a compiled config (--config,
+    /// --config-map) it did not sign is refused and the proxy fails closed. The injected proxy
+    /// always gets it.
+    #[arg(
+        long,
+        env = "STREAMWARD_CONFIG_PUBLIC_KEY",
+        conflicts_with = "policies"
+    )]
+    config_public_key: Option<String>,
     /// The audit collector's base URL (http:// or https://); one event per client request is
     /// posted to its /v1/events. Without it no audit events are sent.
     #[arg(long, env = "STREAMWARD_AUDIT_URL")]
@@ -145,6 +154,13 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
     let reload_every = Duration::from_millis(flags.reload_interval_ms);
+    let trust = flags
+        .config_public_key
+        .as_deref()
+        .map(ConfigKey::from_hex)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--config-public-key: {e}"))?
+        .map(Arc::new);
     let source = match (&flags.policies, &flags.config, &flags.config_map) {
         (Some(dir), _, _) => ConfigSource::Poll(Source::Policies {
             dir: dir.clone(),
@@ -158,10 +174,12 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             name: name.clone(),
             secrets_dir: flags.secrets_dir.clone(),
             fallback: fallback.clone(),
+            trust: trust.clone(),
         }),
         (None, Some(file), None) => ConfigSource::Poll(Source::Compiled {
             file: file.clone(),
             secrets_dir: flags.secrets_dir.clone(),
+            trust: trust.clone(),
         }),
         (None, None, None) => {
             anyhow::bail!("pass --policies DIR, --config FILE or --config-map NAME")

@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use jiff::Timestamp;
-use streamward_api::config::{CompiledTarget, ProxyConfig, SaslMechanism, WorkloadIdentity};
+use streamward_api::config::{
+    CompiledTarget, ProxyConfig, SIGNATURE_KEY, SaslMechanism, WorkloadIdentity,
+};
 
 use crate::masking::MaskingPlans;
 use crate::metrics::Metrics;
@@ -36,11 +38,41 @@ pub enum Source {
     },
     /// A compiled config (JSON), with the target's Secrets mounted as `<dir>/<secret>/<key>`.
     Compiled {
-        /// The config file.
+        /// The config file (its signature, if any, beside it as [`SIGNATURE_KEY`]).
         file: PathBuf,
         /// Where Secrets are mounted.
         secrets_dir: PathBuf,
+        /// The operator's key the config must be signed with.
+        trust: Option<Arc<ConfigKey>>,
     },
+}
+
+/// The operator's config-signing public key: a config it did not sign is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigKey(Vec<u8>);
+
+impl ConfigKey {
+    /// The key from its hex form (`STREAMWARD_CONFIG_PUBLIC_KEY`), or why it is not one.
+    pub fn from_hex(text: &str) -> Result<ConfigKey, String> {
+        let bytes = hex::decode(text.trim()).map_err(|e| format!("not hex: {e}"))?;
+        if bytes.len() != 32 {
+            return Err(format!(
+                "an Ed25519 public key has 32 bytes, this one {}",
+                bytes.len()
+            ));
+        }
+        Ok(ConfigKey(bytes))
+    }
+
+    /// Whether `signature` (hex) signs exactly `config` with this key.
+    fn signed(&self, config: &str, signature: &str) -> bool {
+        let Ok(signature) = hex::decode(signature.trim()) else {
+            return false;
+        };
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.0)
+            .verify(config.as_bytes(), &signature)
+            .is_ok()
+    }
 }
 
 /// A config ready to serve: the compiled policy, the target this proxy serves, and a connector
@@ -98,6 +130,17 @@ pub enum LoadError {
     /// The target to serve is ambiguous or missing.
     #[error("{0}")]
     Target(String),
+    /// The config is not signed by the operator's key (someone else wrote it).
+    #[error(
+        "{path}: the config is not signed by the operator's key ({reason}); refusing it, since \
+         anyone who can edit the ConfigMap could have written it"
+    )]
+    Unsigned {
+        /// Where it came from.
+        path: PathBuf,
+        /// No signature, or one that does not verify.
+        reason: &'static str,
+    },
     /// The target's TLS or credentials could not be set up.
     #[error("setting up the connection to target {target}: {message}")]
     Upstream {
@@ -170,9 +213,24 @@ impl Source {
                     .map_err(|e| LoadError::Compile(e.to_string()))?;
                 (config, secrets)
             }
-            Source::Compiled { file, secrets_dir } => {
+            Source::Compiled {
+                file,
+                secrets_dir,
+                trust,
+            } => {
                 let text = read(file)?;
-                return load_compiled(&text, file, secrets_dir, target);
+                let signature = match trust {
+                    Some(_) => std::fs::read_to_string(file.with_file_name(SIGNATURE_KEY)).ok(),
+                    None => None,
+                };
+                return load_compiled(
+                    &text,
+                    signature.as_deref(),
+                    trust.as_deref(),
+                    file,
+                    secrets_dir,
+                    target,
+                );
             }
         };
         finish(config, &secrets, target)
@@ -197,7 +255,9 @@ impl Source {
                     stamp(&file);
                 }
             }
-            Source::Compiled { file, secrets_dir } => {
+            Source::Compiled {
+                file, secrets_dir, ..
+            } => {
                 stamp(file);
                 // Kubernetes swaps mounted volumes through a `..data` symlink.
                 stamp(&secrets_dir.join("..data"));
@@ -208,17 +268,37 @@ impl Source {
 }
 
 /// Reads a compiled config (JSON) whose target's Secrets are mounted under `secrets_dir`.
-/// `origin` names where the text came from (a file, or a ConfigMap) in errors.
+/// `origin` names where the text came from (a file, or a ConfigMap) in errors. With `trust`,
+/// `signature` must be the operator's signature of exactly `text`, and the config's own hash
+/// must match its content.
 pub fn load_compiled(
     text: &str,
+    signature: Option<&str>,
+    trust: Option<&ConfigKey>,
     origin: &Path,
     secrets_dir: &Path,
     target: Option<&str>,
 ) -> Result<Loaded, LoadError> {
+    if let Some(key) = trust {
+        let unsigned = |reason| LoadError::Unsigned {
+            path: origin.to_path_buf(),
+            reason,
+        };
+        let signature = signature.ok_or_else(|| unsigned("it has no signature"))?;
+        if !key.signed(text, signature) {
+            return Err(unsigned("its signature does not verify"));
+        }
+    }
     let config: ProxyConfig = serde_json::from_str(text).map_err(|e| LoadError::Parse {
         path: origin.to_path_buf(),
         message: e.to_string(),
     })?;
+    if trust.is_some() && !config.hash_is_valid() {
+        return Err(LoadError::Parse {
+            path: origin.to_path_buf(),
+            message: "the config's hash does not match its content".into(),
+        });
+    }
     let secrets = mounted_secrets(secrets_dir, &config)?;
     finish(config, &secrets, target)
 }
@@ -449,4 +529,41 @@ fn connector_for(
         }
     };
     Connector::new(UpstreamSettings { tls, sasl }).map_err(|e| fail(e.to_string()))
+}
+
+#[cfg(test)]
+mod signature_tests {
+    use super::*;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    #[test]
+    fn a_config_the_operator_did_not_sign_is_refused_before_it_is_read() {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let key = ConfigKey::from_hex(&hex::encode(pair.public_key().as_ref())).unwrap();
+        let config = "{\"not\": \"even a config\"}";
+        let good = hex::encode(pair.sign(config.as_bytes()).as_ref());
+        assert!(key.signed(config, &good));
+        assert!(!key.signed("{\"not\": \"even a config!\"}", &good));
+        assert!(!key.signed(config, "not hex"));
+        let origin = Path::new("configmap/shop/streamward-config-orders");
+        let secrets = Path::new("/nonexistent");
+        for signature in [None, Some("00")] {
+            let error = load_compiled(config, signature, Some(&key), origin, secrets, None)
+                .err()
+                .unwrap();
+            assert!(matches!(error, LoadError::Unsigned { .. }), "{error}");
+            assert!(
+                error.to_string().contains("not signed by the operator"),
+                "{error}"
+            );
+        }
+        // Signed, it goes on to be parsed (and fails there, as this is no config).
+        let error = load_compiled(config, Some(&good), Some(&key), origin, secrets, None)
+            .err()
+            .unwrap();
+        assert!(matches!(error, LoadError::Parse { .. }), "{error}");
+        assert!(ConfigKey::from_hex("abcd").is_err());
+    }
 }

@@ -24,6 +24,8 @@ use streamward_e2e::kube::KubeApiServer;
 use streamward_e2e::pki::Ca;
 use streamward_e2e::process::{Process, run};
 use streamward_e2e::{cache, net, wait_for, workspace_binary};
+use streamward_operator::configs;
+use streamward_operator::signing::ConfigSigner;
 use streamward_operator::webhook::inject::{self, AuditTarget, InjectSettings, PodContext};
 
 const NS: &str = "shop";
@@ -38,7 +40,7 @@ fn kubectl(server: &KubeApiServer, args: &[&str]) -> String {
 
 /// The injected proxy container of an opted-in pod, as the API server would store it, for an
 /// operator whose collector's certificate chains to `collector_ca`.
-fn injected_proxy(collector_ca: &str) -> Value {
+fn injected_proxy(collector_ca: &str, config_public_key: &str) -> Value {
     let mut pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -57,6 +59,7 @@ fn injected_proxy(collector_ca: &str) -> Value {
             ca_pem: Some(collector_ca.to_owned()),
             spool_bytes: 8 * 1024 * 1024,
         }),
+        config_public_key: Some(config_public_key.to_owned()),
         ..InjectSettings::default()
     };
     let patch = inject::plan(&typed, &ctx, &settings).unwrap();
@@ -97,12 +100,10 @@ spec:
         service_account: SA.into(),
     };
     let config = compile::compile(&inputs, &identity).unwrap();
-    let map = json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": config_map_name(SA), "namespace": NS},
-        "data": {CONFIG_KEY: serde_json::to_string(&config).unwrap()},
-    });
+    // Signed by the operator's key, as the operator writes it.
+    let (signer, _) = ConfigSigner::generate().unwrap();
+    let map = configs::build_config_map(&config, &inputs, Some(&signer)).unwrap();
+    let map = serde_json::to_value(&map).unwrap();
     let file = server.dir().join("config-map.json");
     std::fs::write(&file, map.to_string()).unwrap();
     kubectl(&server, &["apply", "-f", file.to_str().unwrap()]);
@@ -124,7 +125,7 @@ spec:
     .unwrap();
 
     // The kubelet's part.
-    let proxy = injected_proxy(collector_ca.cert_pem());
+    let proxy = injected_proxy(collector_ca.cert_pem(), signer.public_key_hex());
     for folder in [
         "etc/streamward/config",
         "etc/streamward/pod",
@@ -252,4 +253,39 @@ spec:
     assert_eq!(identity.namespace, NS);
     assert_eq!(identity.service_account, SA);
     assert_eq!(identity.pod.as_deref(), Some("orders-7d9f"));
+
+    // A namespace editor rewrites the config to allow everything (no operator runs here to
+    // put it back): the proxy cannot verify it, refuses it and fails closed.
+    let original = config_json(&map);
+    // The prefix `orders.` widened to every topic.
+    let forged = original.replace("\"name\": \"orders.\"", "\"name\": \"\"");
+    assert_ne!(forged, original, "the forgery must change the config");
+    let patch = json!({"data": {CONFIG_KEY: forged}}).to_string();
+    kubectl(
+        &server,
+        &[
+            "patch",
+            "configmap",
+            "-n",
+            NS,
+            &config_map_name(SA),
+            "--type=merge",
+            "-p",
+            &patch,
+        ],
+    );
+    wait_for(
+        "the forged config to be refused",
+        Duration::from_secs(30),
+        || {
+            process.check_running()?;
+            let (status, body) = net::http_get(&admin, "/readyz")?;
+            Ok((status == 503 && body.contains("not signed")).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", process.log_tail(20)));
+}
+
+fn config_json(map: &Value) -> String {
+    map["data"][CONFIG_KEY].as_str().unwrap().to_owned()
 }
