@@ -584,12 +584,10 @@ async fn target_exists(state: &Webhooks, namespace: &str, name: &str) -> Result<
 async fn validate_resource(
     State(state): State<Arc<Webhooks>>,
     Json(review): Json<AdmissionReview<DynamicObject>>,
-) -> Json<AdmissionReview<DynamicObject>> {
-    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+) -> Review {
+    let request: AdmissionRequest<DynamicObject> = match admission_request(review) {
         Ok(request) => request,
-        Err(error) => {
-            return Json(AdmissionResponse::invalid(format!("{error}")).into_review());
-        }
+        Err(invalid) => return *invalid,
     };
     let response = AdmissionResponse::from(&request);
     let (Some(object), Some(namespace)) = (&request.object, &request.namespace) else {
@@ -650,6 +648,29 @@ async fn validate_resource(
         tracing::info!(kind, %namespace, name = %request.name, reason = %response.result.message, "refused");
     }
     Json(response.into_review())
+}
+
+type Review = Json<AdmissionReview<DynamicObject>>;
+
+/// The request of an AdmissionReview, or the answer to one that holds none.
+fn admission_request<K>(review: AdmissionReview<K>) -> Result<AdmissionRequest<K>, Box<Review>>
+where
+    K: kube::Resource,
+    AdmissionReview<K>: TryInto<AdmissionRequest<K>, Error: std::fmt::Display>,
+{
+    review.try_into().map_err(|error| {
+        Box::new(Json(
+            AdmissionResponse::invalid(format!("{error}")).into_review(),
+        ))
+    })
+}
+
+/// `response` with `patch`, or refused if the patch cannot be encoded.
+fn patched(response: AdmissionResponse, patch: json_patch::Patch) -> Review {
+    match response.clone().with_patch(patch) {
+        Ok(response) => Json(response.into_review()),
+        Err(error) => Json(response.deny(error).into_review()),
+    }
 }
 
 /// The user the API server authenticated for an admission request.
@@ -755,14 +776,10 @@ async fn check_new_approval(
 }
 
 /// Refuses changes to an injected pod's proxy, and ephemeral containers that reach into it.
-async fn validate_pod(
-    Json(review): Json<AdmissionReview<Pod>>,
-) -> Json<AdmissionReview<DynamicObject>> {
-    let request: AdmissionRequest<Pod> = match review.try_into() {
+async fn validate_pod(Json(review): Json<AdmissionReview<Pod>>) -> Review {
+    let request: AdmissionRequest<Pod> = match admission_request(review) {
         Ok(request) => request,
-        Err(error) => {
-            return Json(AdmissionResponse::invalid(format!("{error}")).into_review());
-        }
+        Err(invalid) => return *invalid,
     };
     let response = AdmissionResponse::from(&request);
     let (Some(new), Some(old)) = (&request.object, &request.old_object) else {
@@ -787,12 +804,10 @@ async fn validate_pod(
 async fn stamp_resource(
     State(state): State<Arc<Webhooks>>,
     Json(review): Json<AdmissionReview<DynamicObject>>,
-) -> Json<AdmissionReview<DynamicObject>> {
-    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+) -> Review {
+    let request: AdmissionRequest<DynamicObject> = match admission_request(review) {
         Ok(request) => request,
-        Err(error) => {
-            return Json(AdmissionResponse::invalid(format!("{error}")).into_review());
-        }
+        Err(invalid) => return *invalid,
     };
     let response = AdmissionResponse::from(&request);
     let (Some(object), Some(namespace), Operation::Create) =
@@ -821,21 +836,16 @@ async fn stamp_resource(
         "AccessGrant" => approval::stamp_grant(&object, &caller),
         _ => return Json(response.into_review()),
     };
-    match response.clone().with_patch(patch) {
-        Ok(response) => Json(response.into_review()),
-        Err(error) => Json(response.deny(error).into_review()),
-    }
+    patched(response, patch)
 }
 
 async fn mutate_pod(
     State(state): State<Arc<Webhooks>>,
     Json(review): Json<AdmissionReview<Pod>>,
-) -> Json<AdmissionReview<DynamicObject>> {
-    let request: AdmissionRequest<Pod> = match review.try_into() {
+) -> Review {
+    let request: AdmissionRequest<Pod> = match admission_request(review) {
         Ok(request) => request,
-        Err(error) => {
-            return Json(AdmissionResponse::invalid(format!("{error}")).into_review());
-        }
+        Err(invalid) => return *invalid,
     };
     let response = AdmissionResponse::from(&request);
     let (Some(pod), Some(namespace), Operation::Create) =
@@ -912,10 +922,7 @@ async fn mutate_pod(
         return Json(response.into_review());
     }
     tracing::info!(%namespace, pod = %name, operations = patch.0.len(), "proxy injected");
-    match response.clone().with_patch(patch) {
-        Ok(response) => Json(response.into_review()),
-        Err(error) => Json(response.deny(error).into_review()),
-    }
+    patched(response, patch)
 }
 
 #[cfg(test)]
