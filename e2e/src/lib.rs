@@ -13,10 +13,11 @@
 pub mod bench;
 pub mod cache;
 pub mod clients;
+pub mod cluster;
 pub mod collector;
 pub mod data;
-pub mod image;
 pub mod helm;
+pub mod image;
 pub mod kafka;
 pub mod kube;
 pub mod net;
