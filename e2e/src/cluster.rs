@@ -230,7 +230,14 @@ spec:
         error.contains("webhook"),
         "the pod was refused, but not by the webhook: {error}"
     );
-    eprintln!("operator down: new pod refused: {}", tail(&error, 1));
+    eprintln!(
+        "operator down: new pod refused: {}",
+        error
+            .lines()
+            .find(|l| l.contains("webhook"))
+            .unwrap_or_default()
+            .trim()
+    );
     wait_for(
         "records while the operator is down",
         Duration::from_secs(30),
