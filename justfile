@@ -79,6 +79,11 @@ demo: provision
     cargo build -q -p streamward-sidecar -p streamward-collector
     cargo run -q -p streamward-e2e --bin demo -- --sidecar {{target_dir}}/debug/streamward-sidecar --collector {{target_dir}}/debug/streamward-collector
 
+# The demo in pods, on a one-node Kubernetes built here (root): helm install, config/samples/, injected kcat and Python clients; allowed/denied, masked/exempt, a grant and its revocation; ends with the audit trail.
+demo-cluster: provision
+    cargo build -q --release -p streamward-operator -p streamward-sidecar -p streamward-collector --bin streamward-operator --bin streamward-sidecar --bin streamward-collector
+    cargo run -q -p streamward-e2e --bin demo_cluster -- --binaries {{target_dir}}/release
+
 # Benchmark: Kafka's producer/consumer performance tools direct and through the proxy, same run.
 bench-proxy records="1000000": provision
     cargo build -q --release -p streamward-sidecar

@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod cache;
 pub mod clients;
+pub mod cluster;
 pub mod collector;
 pub mod data;
 pub mod helm;

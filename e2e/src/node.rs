@@ -852,10 +852,12 @@ podLogsDir: {pod_logs}
 serializeImagePulls: false
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
+# Absolute floors, not percentages: the node shares the disk with builds (a shared cargo
+# target dir), and 1% of a large disk can be more than is free while the tests need little.
 evictionHard:
   memory.available: 100Mi
-  nodefs.available: 1%
-  imagefs.available: 1%
+  nodefs.available: 256Mi
+  imagefs.available: 256Mi
   nodefs.inodesFree: 1%
 nodeStatusUpdateFrequency: 2s
 syncFrequency: 5s
