@@ -126,14 +126,9 @@ async fn query_sessions(
                 Ok(d) => quiet_after = d,
                 Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
             },
-            "limit" => match value.parse::<usize>() {
-                Ok(n) if n <= MAX_LIMIT => limit = n,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("limit is a number up to {MAX_LIMIT}"),
-                    );
-                }
+            "limit" => match parse_limit(value) {
+                Ok(n) => limit = n,
+                Err(message) => return error(StatusCode::BAD_REQUEST, message),
             },
             _ => {}
         }
@@ -191,14 +186,9 @@ async fn query_events(
                 Ok(f) => format = f,
                 Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
             },
-            "limit" => match value.parse::<usize>() {
-                Ok(n) if n <= MAX_LIMIT => limit = n,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("limit is a number up to {MAX_LIMIT}"),
-                    );
-                }
+            "limit" => match parse_limit(value) {
+                Ok(n) => limit = n,
+                Err(message) => return error(StatusCode::BAD_REQUEST, message),
             },
             _ => {}
         }
@@ -297,5 +287,13 @@ async fn reload_certificate(
             // A half-written pair is read again on the next round.
             Err(error) => tracing::warn!(%error, "reloading the TLS certificate"),
         }
+    }
+}
+
+/// The `limit` query parameter, or why it is refused.
+fn parse_limit(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n <= MAX_LIMIT => Ok(n),
+        _ => Err(format!("limit is a number up to {MAX_LIMIT}")),
     }
 }
