@@ -201,15 +201,41 @@ pub struct Masked {
     pub fields: u64,
 }
 
-/// An approval a request waited for.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a request held by a `RequireApproval` rule stands: one event when it is held, one
+/// when it is answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Approval {
-    /// The ApprovalRequest.
+    /// The ApprovalRequest (`<namespace>/<name>`).
     pub request: String,
-    /// Who decided, when someone did.
+    /// What happened.
+    pub step: ApprovalStep,
+    /// Who decided (the Kubernetes users the API server authenticated), when someone did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// The decision's comment (a denial's reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decided_by: Option<String>,
+    pub comment: Option<String>,
+}
+
+/// The steps of a held request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApprovalStep {
+    /// The request is held and its ApprovalRequest exists (created or reused).
+    Requested,
+    /// Approved while held: the request went to the broker.
+    Approved,
+    /// An identical request sent again after an approval went to the broker.
+    Released,
+    /// An approver denied it: answered with their comment.
+    Denied,
+    /// Nobody decided before the ApprovalRequest expired: refused.
+    Expired,
+    /// Nobody decided within the hold: answered with an error naming the ApprovalRequest;
+    /// its identical retry is released once it is approved.
+    Pending,
+    /// The ApprovalRequest could not be created or read: refused.
+    Failed,
 }
 
 /// The records of a request, as the policy's audit level asks.

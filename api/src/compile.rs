@@ -38,9 +38,9 @@ use serde::Deserialize;
 use crate::acl::{ResourcePattern, ResourceType};
 use crate::approval::ApprovalSettings;
 use crate::config::{
-    CompiledDetector, CompiledField, CompiledGrant, CompiledHeader, CompiledMaskingRule,
-    CompiledPolicy, CompiledRule, CompiledTarget, DEFAULT_PLACEHOLDER, DetectorType, MaskStrategy,
-    ProxyConfig, SecretKeyRef, Subjects, ValueFormat, WorkloadIdentity,
+    ApprovalTerms, CompiledDetector, CompiledField, CompiledGrant, CompiledHeader,
+    CompiledMaskingRule, CompiledPolicy, CompiledRule, CompiledTarget, DEFAULT_PLACEHOLDER,
+    DetectorType, MaskStrategy, ProxyConfig, SecretKeyRef, Subjects, ValueFormat, WorkloadIdentity,
 };
 use crate::crd::{
     self, AccessGrant, MaskingRule, PodSelector, RuleSpec, StrategySpec, StrategyType,
@@ -720,6 +720,7 @@ pub(crate) fn compile_policy(
             resources,
             operations,
             effect,
+            hold_seconds,
         } = rule;
         let name = name.clone().unwrap_or_else(|| format!("rule-{index}"));
         let missing = if resources.is_empty() {
@@ -754,8 +755,21 @@ pub(crate) fn compile_policy(
             resources: resources.clone(),
             operations: operations.clone(),
             effect: *effect,
+            hold_seconds: *hold_seconds,
         });
     }
+    let approval = spec
+        .approval
+        .as_ref()
+        .map_or_else(ApprovalTerms::default, |approval| ApprovalTerms {
+            required_approvals: u32::try_from(approval.required_approvals)
+                .unwrap_or(1)
+                .max(1),
+            expire_after_seconds: approval
+                .expire_after_seconds
+                .unwrap_or(ApprovalTerms::DEFAULT_EXPIRE_AFTER_SECONDS),
+            release_window_seconds: approval.release_window_seconds,
+        });
     Ok(CompiledPolicy {
         name: object.name,
         target: spec.target_ref.clone(),
@@ -764,6 +778,7 @@ pub(crate) fn compile_policy(
         mode: spec.mode,
         guardrails: spec.guardrails.clone(),
         audit_level: spec.audit_level,
+        approval,
     })
 }
 

@@ -185,6 +185,42 @@ pub struct CompiledPolicy {
     /// How much of each request the audit event carries.
     #[serde(default)]
     pub audit_level: AuditLevel,
+    /// What its `RequireApproval` rules ask of an approval.
+    #[serde(default, skip_serializing_if = "ApprovalTerms::is_default")]
+    pub approval: ApprovalTerms,
+}
+
+/// What a policy's `RequireApproval` rules ask of an approval (from its `spec.approval`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalTerms {
+    /// How many distinct approvers must approve.
+    pub required_approvals: u32,
+    /// How long a held request may be approved.
+    pub expire_after_seconds: u32,
+    /// How long after an approval the identical request is released; `None`: once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_window_seconds: Option<u32>,
+}
+
+impl ApprovalTerms {
+    /// A held request may be approved for an hour by default.
+    pub const DEFAULT_EXPIRE_AFTER_SECONDS: u32 = 3600;
+
+    fn is_default(&self) -> bool {
+        *self == ApprovalTerms::default()
+    }
+}
+
+impl Default for ApprovalTerms {
+    /// One approver, within an hour, releasing the request once.
+    fn default() -> ApprovalTerms {
+        ApprovalTerms {
+            required_approvals: 1,
+            expire_after_seconds: ApprovalTerms::DEFAULT_EXPIRE_AFTER_SECONDS,
+            release_window_seconds: None,
+        }
+    }
 }
 
 /// One rule of a policy.
@@ -199,6 +235,15 @@ pub struct CompiledRule {
     pub operations: Vec<Operation>,
     /// What it decides.
     pub effect: Effect,
+    /// With `RequireApproval`: how long the proxy holds a request for the approval (seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_seconds: Option<u32>,
+}
+
+impl CompiledRule {
+    /// How long a request is held when the rule does not say: below the 30 s request timeout
+    /// of Kafka's Java and librdkafka clients, so the client hears the answer.
+    pub const DEFAULT_HOLD_SECONDS: u32 = 20;
 }
 
 /// What a rule decides.

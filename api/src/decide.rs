@@ -360,6 +360,7 @@ mod tests {
             resources: vec![resource],
             operations: operations.to_vec(),
             effect,
+            hold_seconds: None,
         }
     }
 
@@ -387,6 +388,7 @@ mod tests {
             mode,
             guardrails: Guardrails::default(),
             audit_level: AuditLevel::Metadata,
+            approval: Default::default(),
         }
     }
 

@@ -150,6 +150,7 @@ mod tests {
             mode: Mode::Enforce,
             guardrails: limits,
             audit_level: Default::default(),
+            approval: Default::default(),
         }
     }
 

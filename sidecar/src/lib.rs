@@ -21,6 +21,7 @@
 //!   [`metrics`].
 
 pub mod admin;
+pub mod approval;
 pub mod audit;
 pub mod authorize;
 pub mod brokers;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::Parser;
 use streamward_api::config::WorkloadIdentity;
+use streamward_sidecar::approval::Approvals;
 use streamward_sidecar::audit::{self, Audit, AuditSettings, CollectorCa};
 use streamward_sidecar::client_auth::{ClientAuth, ClientAuthSettings, OidcSettings};
 use streamward_sidecar::config_map::{self, ConfigMapSource};
@@ -201,6 +202,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         last_good: None,
     }));
     let shutdown = CancellationToken::new();
+    // Held requests ask for approval through the API server the config comes from.
+    let approvals = match &source {
+        ConfigSource::ConfigMap(_) => Approvals::through_api_server(),
+        ConfigSource::Poll(_) => Approvals::unavailable(),
+    };
     let shared = Shared::new(
         state.clone(),
         metrics.clone(),
@@ -213,6 +219,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             client_auth,
             audit: audit.as_ref().map(Audit::emitter),
         },
+        approvals,
         shutdown.clone(),
     );
     let target = flags.target.clone();

@@ -171,6 +171,12 @@ pub struct Metrics {
     audit_events: Family<AuditOutcomeLabels, Counter>,
     audit_spool_bytes: Gauge,
     audit_delivery_errors: Family<AuditErrorLabels, Counter>,
+    approvals: Family<ApprovalLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApprovalLabels {
+    step: String,
 }
 
 impl Default for Metrics {
@@ -275,8 +281,15 @@ impl Metrics {
             "Failed attempts to deliver a batch of audit events to the collector, by reason",
             audit_delivery_errors.clone(),
         );
+        let approvals = Family::<ApprovalLabels, Counter>::default();
+        registry.register(
+            "approvals",
+            "Requests held for approval, by step: requested, approved, released, denied, expired, pending (the hold ended undecided), failed",
+            approvals.clone(),
+        );
         Metrics {
             registry,
+            approvals,
             requests,
             decisions,
             connections,
@@ -294,6 +307,15 @@ impl Metrics {
             audit_spool_bytes,
             audit_delivery_errors,
         }
+    }
+
+    /// Counts a held request reaching `step`.
+    pub fn approval(&self, step: streamward_api::audit::ApprovalStep) {
+        self.approvals
+            .get_or_create(&ApprovalLabels {
+                step: format!("{step:?}").to_ascii_lowercase(),
+            })
+            .inc();
     }
 
     /// Counts `n` audit events with `outcome`.

@@ -109,7 +109,7 @@ impl Policy for RequestPolicy<'_> {
             )),
             Effect::RequireApproval => {
                 let mut verdict = Verdict::policy_violation(format!(
-                    "{operation} on {resource_type} {name} requires approval ({}); the approval flow is not available in this proxy yet",
+                    "{operation} on {resource_type} {name} requires approval ({})",
                     decision.rule_name()
                 ));
                 verdict.requires_approval = true;

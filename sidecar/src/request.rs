@@ -34,7 +34,9 @@ use kafka_protocol::messages::{
     ResponseKind, SaslAuthenticateResponse, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use streamward_api::acl::{Operation, ResourceType};
 
+use crate::approval::held::{self, Asked, Resolution, Resolved};
 use crate::audit::session::{Draft, SessionAudit, audit_level};
 use crate::authorize::streams::{self, StreamsOutcome};
 use crate::authorize::{self, Access, Fixup, Outcome, TopicNames};
@@ -69,19 +71,15 @@ pub enum Action {
     Close(Close),
 }
 
-/// A request that a `requireApproval` rule holds for an approver's decision.
-///
-/// The approval flow is not built yet: the session answers at once with `refusal`
-/// (POLICY_VIOLATION naming the rule), which is what the proxy did before holds existed.
-/// Once it is built, an approved request is forwarded exactly as the client sent it.
+/// A request that a `requireApproval` rule holds for an approver's decision: the session asks
+/// for the approval ([`crate::approval`]), waits, and decides the same frame again with what
+/// the hold came to ([`Context::resolution`]).
 #[derive(Debug)]
 pub struct Hold {
     /// The client's frame, as sent.
     pub request: Bytes,
-    /// The rule that requires approval (`StreamPolicy/<name> rule <rule>`).
-    pub rule: String,
-    /// The answer when the request is not approved; `None` when no answer is due (acks=0).
-    pub refusal: Option<Bytes>,
+    /// What the approval is asked for.
+    pub asked: Asked,
 }
 
 /// Why the proxy ends a connection.
@@ -129,6 +127,8 @@ pub struct Context<'a> {
     pub now: Timestamp,
     /// The time login lifetimes are checked against.
     pub clock: Instant,
+    /// When deciding a held request again: what its hold came to.
+    pub resolution: Option<&'a Resolution>,
 }
 
 /// The client side of one connection: who it is, its login to the proxy, and its audit
@@ -152,6 +152,11 @@ impl Client {
                 .clone()
                 .map(|emitter| SessionAudit::new(emitter, peer)),
         }
+    }
+
+    /// Who the client is.
+    pub fn identity(&self) -> &ClientIdentity {
+        &self.identity
     }
 
     /// Starts the audit event of a request.
@@ -221,6 +226,9 @@ pub fn decide(context: &Context<'_>, client: &mut Client, frame: Bytes) -> Reque
                 event.refuse("client authentication", reason.clone());
             }
             _ => {}
+        }
+        if let Some(resolution) = context.resolution {
+            event.approval(resolution.audited());
         }
     }
     Request { action, event }
@@ -317,6 +325,7 @@ fn decide_action(
     let header_version = api_key.request_header_version(start.api_version);
     let header = RequestHeader::decode(&mut body, header_version)
         .map_err(|e| Malformed(format!("{api_key:?} header: {e}")))?;
+    let header_len = frame.len() - body.len();
     let request = RequestKind::decode(api_key, &mut body, start.api_version)
         .map_err(|e| Malformed(format!("{api_key:?} v{}: {e}", start.api_version)))?;
     let no_response = matches!(&request, RequestKind::Produce(p) if p.acks == 0);
@@ -353,7 +362,15 @@ fn decide_action(
         event.is_some(),
     );
     let violations = guardrails::violations(&request, policy.guardrails());
-    let guarded = Guarded::new(&policy, &violations);
+    let resolved = context.resolution.map(|resolution| Resolved {
+        inner: &policy,
+        resolution,
+    });
+    let in_force: &dyn authorize::Policy = match &resolved {
+        Some(resolved) => resolved,
+        None => &policy,
+    };
+    let guarded = Guarded::new(in_force, &violations);
     let inspection = authorize::inspect(
         &header,
         request,
@@ -409,34 +426,71 @@ fn decide_action(
         }
         Outcome::Respond(answer) => {
             let answer = encode_local(start, answer)?;
-            refusal(&inspection.accesses, frame, Some(answer))
+            refusal(&inspection.accesses, start, frame, header_len, Some(answer))
         }
-        Outcome::NoResponse => refusal(&inspection.accesses, frame, None),
+        Outcome::NoResponse => refusal(&inspection.accesses, start, frame, header_len, None),
     })
 }
 
 /// A refused request's action: held when every refusal in it is a `requireApproval` rule's,
-/// else answered with `answer`.
-fn refusal(accesses: &[Access], request: Bytes, answer: Option<Bytes>) -> Action {
-    match approval_rule(accesses) {
-        Some(rule) => Action::Hold(Hold {
-            request,
-            rule,
-            refusal: answer,
-        }),
-        None => Action::Answer(answer),
+/// else answered with `answer`. `header_len` is where the body starts in `frame`.
+fn refusal(
+    accesses: &[Access],
+    start: RequestStart,
+    frame: Bytes,
+    header_len: usize,
+    answer: Option<Bytes>,
+) -> Action {
+    let Some((policy, rule)) = approval_rule(accesses) else {
+        return Action::Answer(answer);
+    };
+    let Ok(api_key) = ApiKey::try_from(start.api_key) else {
+        return Action::Answer(answer);
+    };
+    // Decoded once more, rarely: the decision consumed the first decoding.
+    let digest = RequestKind::decode(api_key, &mut frame.slice(header_len..), start.api_version)
+        .map_err(|e| e.to_string())
+        .and_then(|request| held::digest(start.api_key, start.api_version, request));
+    let digest = match digest {
+        Ok(digest) => digest,
+        Err(error) => {
+            tracing::warn!(%error, "a held request has no digest: refused");
+            return Action::Answer(answer);
+        }
+    };
+    let mut resources: Vec<(ResourceType, String)> = Vec::new();
+    for access in accesses.iter().filter(|a| a.requires_approval) {
+        let resource = (access.resource_type, access.name.clone());
+        if !resources.contains(&resource) {
+            resources.push(resource);
+        }
     }
+    let operation = accesses
+        .iter()
+        .find(|a| a.requires_approval)
+        .map_or(Operation::All, |a| a.operation);
+    Action::Hold(Hold {
+        request: frame,
+        asked: Asked {
+            policy,
+            rule,
+            api: api_key_name(api_key),
+            operation,
+            resources,
+            digest,
+        },
+    })
 }
 
-/// The rule a request is held for: the first refused access's, when every refused access
-/// requires approval.
-fn approval_rule(accesses: &[Access]) -> Option<String> {
+/// The policy and rule a request is held for: the first refused access's, when every refused
+/// access requires approval.
+fn approval_rule(accesses: &[Access]) -> Option<(String, String)> {
     let mut refused = accesses.iter().filter(|access| !access.allowed);
     let first = refused.next()?;
     if !first.requires_approval || refused.any(|access| !access.requires_approval) {
         return None;
     }
-    first.rule.clone()
+    Asked::policy_and_rule(first.rule.as_deref()?)
 }
 
 const NO_CLIENT_AUTH: &str = "this Streamward proxy does not authenticate clients";
@@ -512,7 +566,8 @@ fn decide_streams(
             out.put_i32(start.correlation_id);
             out.put_u8(0);
             out.put(response);
-            refusal(&inspection.accesses, frame, Some(out.freeze()))
+            // Not held: these APIs are not modelled, so the request has no digest to approve.
+            Action::Answer(Some(out.freeze()))
         }
     })
 }
@@ -657,7 +712,7 @@ mod tests {
 
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{MetadataRequest, ProduceRequest, ProduceResponse, TopicName};
-    use streamward_api::audit::{AuditEvent, Identity, RequestRecord};
+    use streamward_api::audit::{ApprovalStep, AuditEvent, Identity, RequestRecord};
     use streamward_api::compile::{compile, parse_manifests};
     use streamward_api::config::WorkloadIdentity;
 
@@ -777,6 +832,15 @@ spec:
         }
 
         fn decide(&self, client: &mut Client, frame: &Bytes) -> Request {
+            self.decide_after(client, frame, None)
+        }
+
+        fn decide_after(
+            &self,
+            client: &mut Client,
+            frame: &Bytes,
+            resolution: Option<&Resolution>,
+        ) -> Request {
             let context = Context {
                 state: &self.state,
                 metrics: &self.metrics,
@@ -784,6 +848,7 @@ spec:
                 broker: self.broker,
                 now: Timestamp::now(),
                 clock: Instant::now(),
+                resolution,
             };
             decide(&context, client, frame.clone())
         }
@@ -1029,11 +1094,16 @@ spec:
             panic!("not held: {action:?}");
         };
         assert!(same_bytes(&hold.request, &frame));
-        assert_eq!(hold.rule, "StreamPolicy/orders-team rule payments-approval");
-        let refusal = hold.refusal.expect("acks=1: a refusal to answer with");
-        let errors = produce_errors(&produce_answer(&refusal));
-        assert_eq!(errors[0].1, ResponseError::PolicyViolation.code());
-        assert!(errors[0].2.contains("payments-approval"), "{errors:?}");
+        assert_eq!(
+            (hold.asked.policy.as_str(), hold.asked.rule.as_str()),
+            ("orders-team", "payments-approval")
+        );
+        assert_eq!(hold.asked.api, "Produce");
+        assert_eq!(hold.asked.operation, Operation::Write);
+        assert_eq!(
+            hold.asked.resources,
+            [(ResourceType::Topic, "payments".to_string())]
+        );
         assert_eq!(record.decision.effect, "RequireApproval");
 
         // Without an audit event the rule is named all the same.
@@ -1041,9 +1111,51 @@ spec:
         let Request { action, event } = proxy.decide(&mut client, &frame);
         assert!(event.is_none());
         assert!(
-            matches!(&action, Action::Hold(hold) if hold.rule.ends_with("payments-approval")),
+            matches!(&action, Action::Hold(hold) if hold.asked.rule == "payments-approval"),
             "{action:?}"
         );
+    }
+
+    #[test]
+    fn a_held_request_decided_again_is_forwarded_as_sent_or_refused_with_the_holds_message() {
+        let proxy = Proxy::new(ready());
+        let frame = produce(&["payments"]);
+        let released = Resolution::Release {
+            request: "demo/orders-app-produce-x1".into(),
+            step: ApprovalStep::Approved,
+            approvers: vec!["alice".into()],
+        };
+        let mut client = proxy.client();
+        let Request { action, event } = proxy.decide_after(&mut client, &frame, Some(&released));
+        assert!(
+            matches!(&action, Action::Forward { request, .. } if same_bytes(request, &frame)),
+            "{action:?}"
+        );
+        event.unwrap().finish();
+        let record = proxy.events.try_recv().unwrap().record().cloned().unwrap();
+        assert_eq!(record.decision.effect, "Allow");
+        let approval = record.approval.expect("the approval is in the event");
+        assert_eq!(approval.step, ApprovalStep::Approved);
+        assert_eq!(approval.approvers, ["alice"]);
+
+        let pending = Resolution::Refuse {
+            request: Some("demo/orders-app-produce-x1".into()),
+            step: ApprovalStep::Pending,
+            approvers: Vec::new(),
+            comment: None,
+            message: "held: ApprovalRequest demo/orders-app-produce-x1 not approved".into(),
+        };
+        let Request { action, event } = proxy.decide_after(&mut client, &frame, Some(&pending));
+        let Action::Answer(Some(answer)) = action else {
+            panic!("not answered: {action:?}");
+        };
+        let errors = produce_errors(&produce_answer(&answer));
+        assert_eq!(errors[0].1, ResponseError::PolicyViolation.code());
+        assert!(errors[0].2.contains("orders-app-produce-x1"), "{errors:?}");
+        event.unwrap().finish();
+        let record = proxy.events.try_recv().unwrap().record().cloned().unwrap();
+        assert_eq!(record.decision.effect, "Deny");
+        assert_eq!(record.approval.unwrap().step, ApprovalStep::Pending);
     }
 
     #[test]

@@ -23,12 +23,17 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tracing::Instrument;
 
+use streamward_api::audit::{Approval as AuditedApproval, ApprovalStep};
+
+use crate::approval::Ticket;
+use crate::approval::held::Resolution;
 use crate::audit::session::Draft;
 use crate::brokers::ListenerFactory;
 use crate::frame::{self, FrameWriter};
-use crate::request::{self, Action, Client, Close, Context, Request};
+use crate::request::{self, Action, Client, Close, Context, Hold, Request};
 use crate::response::{self, ResponseFix};
 use crate::shared::{Shared, Upstream};
+use crate::source::State;
 
 /// How many requests a client may have in flight before the proxy stops reading more.
 const PIPELINE_DEPTH: usize = 128;
@@ -177,7 +182,11 @@ where
             std::io::ErrorKind::InvalidData => SessionError::Malformed(e.to_string()),
             _ => SessionError::Client(e),
         })?;
-        let Request { action, event } = decide(shared, &mut client, frame.freeze(), true);
+        let mut request = decide(shared, &mut client, frame.freeze(), true, None);
+        if let Action::Hold(hold) = request.action {
+            request = hold_for_approval(shared, &mut client, hold, request.event).await;
+        }
+        let Request { action, event } = request;
         let (reply, to_send) = match action {
             Action::Forward {
                 request,
@@ -200,14 +209,8 @@ where
                 finish(event);
                 continue;
             }
-            // No approval flow yet: refused at once, as before holds existed.
-            Action::Hold(hold) => match hold.refusal {
-                Some(refusal) => (Reply::Local(refusal), None),
-                None => {
-                    finish(event);
-                    continue;
-                }
-            },
+            // Decided again with its resolution, a request is never held twice.
+            Action::Hold(_) => return Ok(()),
             Action::Close(Close::Unauthenticated { last, reason }) => {
                 // Read no more; the response half answers what is queued, then ends the session.
                 let _ = queue
@@ -237,8 +240,15 @@ where
     }
 }
 
-/// Decides one request against the config in force now.
-fn decide(shared: &Shared, client: &mut Client, frame: Bytes, broker: bool) -> Request {
+/// Decides one request against the config in force now; `resolution` when deciding a held
+/// request again.
+fn decide(
+    shared: &Shared,
+    client: &mut Client,
+    frame: Bytes,
+    broker: bool,
+    resolution: Option<&Resolution>,
+) -> Request {
     let state = shared.state.load();
     let context = Context {
         state: &state,
@@ -247,8 +257,51 @@ fn decide(shared: &Shared, client: &mut Client, frame: Bytes, broker: bool) -> R
         broker,
         now: Timestamp::now(),
         clock: Instant::now(),
+        resolution,
     };
     request::decide(&context, client, frame)
+}
+
+/// Holds a request for its approval: asks for it (its first audit event, `Requested`, names
+/// the ApprovalRequest), waits, and decides the frame again with what the hold came to. The
+/// connection reads nothing meanwhile (see [`crate::approval`] on ordering).
+async fn hold_for_approval(
+    shared: &Shared,
+    client: &mut Client,
+    hold: Hold,
+    event: Option<Draft>,
+) -> Request {
+    let state = shared.state.load_full();
+    let ticket = match &*state {
+        State::Ready(loaded) => {
+            let approvals = &shared.approvals;
+            approvals
+                .ask(
+                    &hold.asked,
+                    &loaded.config,
+                    client.identity(),
+                    &shared.metrics,
+                )
+                .await
+        }
+        State::FailClosed { reason, .. } => Ticket::Decided(Resolution::failed(reason.clone())),
+    };
+    drop(state);
+    if let Some(mut event) = event {
+        event.approval(AuditedApproval {
+            request: ticket.request().unwrap_or_default(),
+            step: ApprovalStep::Requested,
+            approvers: Vec::new(),
+            comment: None,
+        });
+        event.finish();
+    }
+    let resolution = shared
+        .approvals
+        .wait(ticket, &hold.asked, &shared.shutdown)
+        .await;
+    shared.metrics.approval(resolution.audited().step);
+    decide(shared, client, hold.request, true, Some(&resolution))
 }
 
 /// The request is done: its audit event, if any, is emitted.
@@ -324,10 +377,11 @@ async fn serve_without_config(
     let mut client = Client::new(&shared.settings, peer);
     while let Some(frame) = framed.next().await {
         let frame = frame.map_err(SessionError::Client)?.freeze();
-        let Request { action, event } = decide(shared, &mut client, frame, false);
+        let Request { action, event } = decide(shared, &mut client, frame, false, None);
         let answer = match action {
             Action::Answer(answer) => answer,
-            Action::Hold(hold) => hold.refusal,
+            // Only a loaded config holds requests, and here none is.
+            Action::Hold(_) => return Ok(()),
             Action::Close(Close::Unauthenticated { last, reason }) => {
                 if let Some(last) = last {
                     framed.send(last).await.map_err(SessionError::Client)?;

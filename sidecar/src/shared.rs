@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::approval::Approvals;
 use crate::brokers::BrokerMap;
 use crate::client_auth::ClientAuth;
 use crate::metrics::Metrics;
@@ -59,6 +60,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Every session and accept loop, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Where held requests ask for approval.
+    pub approvals: Approvals,
 }
 
 impl Shared {
@@ -67,6 +70,7 @@ impl Shared {
         state: Arc<ArcSwap<State>>,
         metrics: Arc<Metrics>,
         settings: Settings,
+        approvals: Approvals,
         shutdown: CancellationToken,
     ) -> Arc<Shared> {
         Arc::new(Shared {
@@ -77,6 +81,7 @@ impl Shared {
             settings,
             shutdown,
             tasks: TaskTracker::new(),
+            approvals,
         })
     }
 }

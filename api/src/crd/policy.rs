@@ -97,6 +97,17 @@ pub struct ApprovalPolicySpec {
     /// grant says. The requester does not choose.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub grants_require_approval: bool,
+    /// How long a request held by a `RequireApproval` rule may be approved, from when it was
+    /// first held (default one hour); its ApprovalRequest is `Expired` afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 604800))]
+    pub expire_after_seconds: Option<u32>,
+    /// After an approval, how long the identical request is released each time it is sent.
+    /// Unset: once — the approval releases one request (the held one, or its first identical
+    /// retry) and no other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub release_window_seconds: Option<u32>,
 }
 
 fn one() -> i32 {
@@ -131,6 +142,10 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 /// One rule: resource patterns × operations → effect.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.holdSeconds) || self.effect == 'RequireApproval'",
+    "message": "holdSeconds applies only to a RequireApproval rule"
+}]))]
 pub struct RuleSpec {
     /// A name that audit events and error messages cite; `rule-<index>` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,6 +159,13 @@ pub struct RuleSpec {
     pub operations: Vec<Operation>,
     /// `Allow`, `Deny` or `RequireApproval`.
     pub effect: Effect,
+    /// With `RequireApproval`: how long the proxy holds a request waiting for the approval
+    /// before it answers with an error naming its ApprovalRequest (default 20 s, below the
+    /// 30 s request timeout of Kafka's Java and librdkafka clients). A longer hold needs the
+    /// clients' `request.timeout.ms` raised to match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 600))]
+    pub hold_seconds: Option<u32>,
 }
 
 /// What the operator last observed about a StreamPolicy.

@@ -265,6 +265,13 @@ impl Draft {
         }
     }
 
+    /// Where the request stands in its approval.
+    pub fn approval(&mut self, approval: streamward_api::audit::Approval) {
+        if let Some(record) = self.record() {
+            record.approval = Some(approval);
+        }
+    }
+
     /// The request was answered by the proxy as refused, with `reason` (no policy access).
     pub fn refuse(&mut self, rule: &str, reason: String) {
         if let Some(record) = self.record() {
