@@ -240,6 +240,20 @@ pub struct CompiledRule {
     pub hold_seconds: Option<u32>,
 }
 
+impl ProxyConfig {
+    /// Whether a policy of this config holds requests for approval (its proxy then creates
+    /// ApprovalRequests).
+    pub fn holds_requests(&self) -> bool {
+        self.policies.iter().any(|policy| {
+            policy.mode == Mode::Enforce
+                && policy
+                    .rules
+                    .iter()
+                    .any(|rule| rule.effect == Effect::RequireApproval)
+        })
+    }
+}
+
 impl CompiledRule {
     /// How long a request is held when the rule does not say: below the 30 s request timeout
     /// of Kafka's Java and librdkafka clients, so the client hears the answer.

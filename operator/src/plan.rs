@@ -148,7 +148,11 @@ pub fn plan(namespace: &Namespace, now: Timestamp) -> Result<Plan, serde_json::E
                             &working,
                             namespace.signer.as_deref(),
                         )?),
-                        role: Box::new(rbac::build_role(&identity, &owners)?),
+                        role: Box::new(rbac::build_role(
+                            &identity,
+                            &owners,
+                            config.holds_requests(),
+                        )?),
                         binding: Box::new(rbac::build_role_binding(&identity, &owners)?),
                     },
                 );

@@ -1,6 +1,9 @@
 //! The Role and RoleBinding that let one workload identity's proxy read its own ConfigMap and
 //! nothing else: `get`, `list` and `watch` on `configmaps` with `resourceNames:
-//! [streamward-config-<sa>]`. The API server authorizes a list or watch against `resourceNames`
+//! [streamward-config-<sa>]`. When a policy of the identity holds requests for approval, the
+//! proxy may also create, read and annotate ApprovalRequests in its namespace (the admission
+//! webhook lets it create only ones that name its own service account, and never un-mark one
+//! released); never their status, which holds the decisions, and never Approvals. The API server authorizes a list or watch against `resourceNames`
 //! only when it is limited by the field selector `metadata.name=<name>`, which is how the proxy
 //! watches (`sidecar/src/config_map.rs`).
 
@@ -8,8 +11,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
 use sha2::{Digest, Sha256};
 use streamward_api::config::WorkloadIdentity;
+use streamward_api::crd::ApprovalRequest;
 
 use crate::configs::{MANAGED_BY, MANAGED_BY_LABEL, SERVICE_ACCOUNT_LABEL, config_map_name};
 
@@ -57,20 +62,33 @@ fn stamp<T: serde::Serialize>(meta: &mut ObjectMeta, body: &T) -> Result<(), ser
     Ok(())
 }
 
-/// The Role of `identity`'s proxy, owned like its ConfigMap.
+/// The Role of `identity`'s proxy, owned like its ConfigMap; `holds`: a policy of the
+/// identity has a `RequireApproval` rule.
 pub fn build_role(
     identity: &WorkloadIdentity,
     owners: &[OwnerReference],
+    holds: bool,
 ) -> Result<Role, serde_json::Error> {
+    let mut rules = vec![PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["configmaps".to_string()]),
+        resource_names: Some(vec![config_map_name(&identity.service_account)]),
+        verbs: vec!["get".into(), "list".into(), "watch".into()],
+        ..PolicyRule::default()
+    }];
+    if holds {
+        rules.push(PolicyRule {
+            api_groups: Some(vec![ApprovalRequest::group(&()).into_owned()]),
+            resources: Some(vec!["approvalrequests".to_string()]),
+            verbs: ["create", "get", "list", "watch", "patch"]
+                .map(String::from)
+                .to_vec(),
+            ..PolicyRule::default()
+        });
+    }
     let mut role = Role {
         metadata: metadata(identity, owners),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["configmaps".to_string()]),
-            resource_names: Some(vec![config_map_name(&identity.service_account)]),
-            verbs: vec!["get".into(), "list".into(), "watch".into()],
-            ..PolicyRule::default()
-        }]),
+        rules: Some(rules),
     };
     let body = role.clone();
     stamp(&mut role.metadata, &body)?;
@@ -111,7 +129,7 @@ mod tests {
             namespace: "demo".into(),
             service_account: "orders-app".into(),
         };
-        let role = build_role(&identity, &[]).unwrap();
+        let role = build_role(&identity, &[], false).unwrap();
         let rule = &role.rules.as_ref().unwrap()[0];
         assert_eq!(
             rule.resource_names.as_deref(),
@@ -126,14 +144,29 @@ mod tests {
         );
         assert_eq!(binding.role_ref.name, "streamward-config-orders-app");
         // Equal inputs give equal hashes, so an unchanged Role is never rewritten.
-        assert_eq!(build_role(&identity, &[]).unwrap(), role);
+        assert_eq!(build_role(&identity, &[], false).unwrap(), role);
         let other = WorkloadIdentity {
             namespace: "demo".into(),
             service_account: "billing".into(),
         };
         assert_ne!(
-            build_role(&other, &[]).unwrap().metadata.annotations,
+            build_role(&other, &[], false).unwrap().metadata.annotations,
             role.metadata.annotations
         );
+        // Holding requests adds ApprovalRequests, and only then.
+        let holding = build_role(&identity, &[], true).unwrap();
+        let rules = holding.rules.as_ref().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(
+            rules[1].resources.as_deref(),
+            Some(&["approvalrequests".to_string()][..])
+        );
+        assert!(
+            !rules[1]
+                .verbs
+                .iter()
+                .any(|v| v == "delete" || v == "update")
+        );
+        assert_ne!(holding.metadata.annotations, role.metadata.annotations);
     }
 }

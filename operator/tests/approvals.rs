@@ -14,15 +14,19 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{
     LEASE_NAMESPACE, Operator, condition, get_json, has_condition, kubectl, kubectl_apply,
     wait_json,
 };
+use streamward_api::audit::{Approval, ApprovalStep, AuditEvent, EventData};
 use streamward_api::config::ProxyConfig;
+use streamward_e2e::collector::Collector;
+use streamward_e2e::kafka::KafkaCluster;
 use streamward_e2e::kube::KubeApiServer;
-use streamward_e2e::{net, wait_for};
+use streamward_e2e::sidecar::Sidecar;
+use streamward_e2e::{cache, net, wait_for, workspace_binary};
 
 const NS: &str = "payments";
 
@@ -440,7 +444,21 @@ fn grants_need_two_real_approvers_and_approvals_cannot_be_forged_or_reused() {
 #[test]
 fn a_held_request_is_decided_by_others_before_it_expires() {
     let (server, _operator, people) = setup();
-    kubectl_apply(&server, &request("delete-ledger", "2099-01-01T00:00:00Z"));
+    // Only the workload's own service account (its proxy) may ask in its name.
+    for who in [&people.mallory, &people.alice, server.kubeconfig()] {
+        refused(
+            &server,
+            who,
+            &request("forged", "2099-01-01T00:00:00Z"),
+            "created by the Streamward proxy of the workload",
+        );
+    }
+    create(
+        &server,
+        &people.ledger,
+        &request("delete-ledger", "2099-01-01T00:00:00Z"),
+    )
+    .unwrap();
     let on = |name: &str, decision: &str, extra: &str| {
         approval(name, "ApprovalRequest", "delete-ledger", decision, extra)
     };
@@ -484,7 +502,12 @@ fn a_held_request_is_decided_by_others_before_it_expires() {
     );
 
     // An expired request cannot be approved any more.
-    kubectl_apply(&server, &request("too-late", "2020-01-01T00:00:00Z"));
+    create(
+        &server,
+        &people.ledger,
+        &request("too-late", "2020-01-01T00:00:00Z"),
+    )
+    .unwrap();
     refused(
         &server,
         &people.alice,
@@ -497,5 +520,449 @@ fn a_held_request_is_decided_by_others_before_it_expires() {
         &people.alice,
         &approval("ghost", "ApprovalRequest", "no-such-request", "Approve", ""),
         "does not exist",
+    );
+}
+
+/// The workload whose deletes wait for people: its own policy next to the ledger's. Deletes
+/// under `ledger.` need two approvers (alice, carol or a kafka-admin) within a 15 s hold, once
+/// each; deletes under `scratch.` are held 3 s and may be approved for 10 s only.
+const JANITOR: &str = "apiVersion: streamward.io/v1alpha1
+kind: StreamPolicy
+metadata: {name: janitor, namespace: payments}
+spec:
+  subjects: {serviceAccounts: [janitor]}
+  rules:
+  - name: use
+    resources: [{resourceType: Topic, name: ledger., patternType: Prefixed}]
+    operations: [Read, Write, Describe]
+    effect: Allow
+  - name: deletes-need-two
+    resources: [{resourceType: Topic, name: ledger., patternType: Prefixed}]
+    operations: [Delete]
+    effect: RequireApproval
+    holdSeconds: 15
+  approval:
+    approvers: {users: [alice, carol], groups: [kafka-admins]}
+    requiredApprovals: 2
+---
+apiVersion: streamward.io/v1alpha1
+kind: StreamPolicy
+metadata: {name: janitor-scratch, namespace: payments}
+spec:
+  subjects: {serviceAccounts: [janitor]}
+  rules:
+  - name: use
+    resources: [{resourceType: Topic, name: scratch., patternType: Prefixed}]
+    operations: [Describe]
+    effect: Allow
+  - name: quick-deletes
+    resources: [{resourceType: Topic, name: scratch., patternType: Prefixed}]
+    operations: [Delete]
+    effect: RequireApproval
+    holdSeconds: 3
+  approval:
+    approvers: {users: [alice]}
+    expireAfterSeconds: 10
+";
+
+/// Kafka's own topic tool against `bootstrap`: (succeeded, its output).
+fn topics_tool(kafka: &KafkaCluster, bootstrap: &str, args: &[&str]) -> (bool, String) {
+    let output = kafka
+        .dist()
+        .tool("org.apache.kafka.tools.TopicCommand")
+        .args(["--bootstrap-server", bootstrap])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// `kafka-topics --delete --topic <topic>` through the proxy, in the background.
+fn delete_in_background(
+    kafka: &KafkaCluster,
+    proxy: &str,
+    topic: &str,
+) -> std::thread::JoinHandle<(bool, String, Duration)> {
+    let mut command = kafka.dist().tool("org.apache.kafka.tools.TopicCommand");
+    command.args(["--bootstrap-server", proxy, "--delete", "--topic", topic]);
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let output = command.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text, started.elapsed())
+    })
+}
+
+/// Whether `topic` still exists, asked of the broker directly.
+fn exists(kafka: &KafkaCluster, topic: &str) -> bool {
+    let (ok, out) = topics_tool(kafka, &kafka.bootstrap(), &["--list"]);
+    assert!(ok, "{out}");
+    out.lines().any(|line| line.trim() == topic)
+}
+
+/// The ApprovalRequest the janitor's proxy made for deleting `topic`, once it exists.
+fn approval_request_for(server: &KubeApiServer, topic: &str) -> serde_json::Value {
+    wait_json(
+        server,
+        &format!("the ApprovalRequest for deleting {topic}"),
+        &["approvalrequests", "-n", NS],
+        Duration::from_secs(30),
+        |list| {
+            list["items"]
+                .as_array()?
+                .iter()
+                .find(|r| r["spec"]["resources"][0]["name"] == topic)
+                .cloned()
+        },
+    )
+}
+
+/// The audit events of the janitor's proxy that record an approval step, in order.
+fn approval_events(collector_binary: &Path, collector: &Collector) -> Vec<(String, Approval)> {
+    let out = std::process::Command::new(collector_binary)
+        .arg("query")
+        .arg("--data")
+        .arg(collector.data())
+        .args(["--namespace", NS, "--format", "ndjson"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|line| {
+            let event: AuditEvent = serde_json::from_str(line).unwrap();
+            let EventData::Request(record) = event.data else {
+                return None;
+            };
+            let topic = record.resources.first()?.name.clone();
+            record.approval.map(|approval| (topic, approval))
+        })
+        .collect()
+}
+
+#[test]
+fn a_topic_delete_through_the_proxy_waits_for_two_people_approving_with_kubectl() {
+    let (server, _operator, people) = setup();
+    let kafka = KafkaCluster::start(1).unwrap();
+    for topic in [
+        "ledger.old-1",
+        "ledger.old-2",
+        "ledger.old-3",
+        "scratch.tmp",
+    ] {
+        let (ok, out) = topics_tool(
+            &kafka,
+            &kafka.bootstrap(),
+            &["--create", "--topic", topic, "--partitions", "1"],
+        );
+        assert!(ok, "{out}");
+    }
+    kubectl(&server, &["create", "serviceaccount", "-n", NS, "janitor"]);
+    // A careless admin lets the workload decide too: the webhook still refuses it.
+    kubectl(
+        &server,
+        &[
+            "create",
+            "rolebinding",
+            "-n",
+            NS,
+            "janitor-decides",
+            "--role=streamward-people",
+            "--serviceaccount=payments:janitor",
+        ],
+    );
+    kubectl_apply(
+        &server,
+        &format!(
+            "apiVersion: streamward.io/v1alpha1
+kind: StreamTarget
+metadata: {{name: kafka, namespace: payments}}
+spec: {{bootstrapServers: ['{}']}}
+---
+{JANITOR}",
+            kafka.bootstrap()
+        ),
+    );
+    wait_json(
+        &server,
+        "the janitor's config with its right to ask",
+        &["role", "-n", NS, "streamward-config-janitor"],
+        Duration::from_secs(30),
+        |role| {
+            role["rules"]
+                .as_array()?
+                .iter()
+                .any(|r| r["resources"][0] == "approvalrequests")
+                .then_some(())
+        },
+    );
+
+    // The proxy as injected: its ConfigMap through the API server with the janitor's own
+    // token (so only the rights the operator gave it), auditing to a collector.
+    let dir = cache::run_dir("held").unwrap();
+    let collector_binary =
+        workspace_binary("streamward-collector", "streamward-collector").unwrap();
+    let collector = Collector::start(
+        &collector_binary,
+        dir.path(),
+        "janitor-token",
+        "payments/janitor",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("token"), "janitor-token").unwrap();
+    let janitor = common::service_account_kubeconfig(&server, NS, "janitor");
+    let audit_url = format!("http://{}", collector.addr());
+    let spool = dir.path().join("spool");
+    let proxy = Sidecar::start_with_source(
+        &workspace_binary("streamward-sidecar", "streamward-sidecar").unwrap(),
+        NS,
+        "janitor",
+        &[
+            "--config-map",
+            "streamward-config-janitor",
+            "--audit-url",
+            &audit_url,
+            "--audit-token-file",
+            dir.path().join("token").to_str().unwrap(),
+            "--audit-spool",
+            spool.to_str().unwrap(),
+        ],
+        &[("KUBECONFIG", janitor.to_str().unwrap())],
+    )
+    .unwrap();
+    let on = |request: &str, decision: &str, extra: &str| {
+        approval(
+            &streamward_e2e::unique_name("decision"),
+            "ApprovalRequest",
+            request,
+            decision,
+            extra,
+        )
+    };
+
+    // 1. Approved while held: the command itself deletes the topic.
+    let deleting = delete_in_background(&kafka, &proxy.bootstrap, "ledger.old-1");
+    let request = approval_request_for(&server, "ledger.old-1");
+    let name = request["metadata"]["name"].as_str().unwrap().to_owned();
+    assert_eq!(request["spec"]["apiKey"], "DeleteTopics");
+    assert_eq!(request["spec"]["operation"], "Delete");
+    assert_eq!(request["spec"]["requester"]["serviceAccount"], "janitor");
+    assert_eq!(request["spec"]["requiredApprovals"], 2);
+    // Refused: the requester itself, a non-approver, a non-approver writing someone else's
+    // name into the approver field.
+    refused(
+        &server,
+        &janitor,
+        &on(&name, "Approve", ""),
+        "made the request",
+    );
+    refused(
+        &server,
+        &people.mallory,
+        &on(&name, "Approve", ""),
+        "not an approver",
+    );
+    refused(
+        &server,
+        &people.bob,
+        &on(&name, "Approve", "  approver: {user: alice}\n"),
+        "not an approver",
+    );
+    create(&server, &people.alice, &on(&name, "Approve", "")).unwrap();
+    // One approval of two: still held. A second from alice does not count twice.
+    create(&server, &people.alice, &on(&name, "Approve", "")).unwrap();
+    assert!(exists(&kafka, "ledger.old-1"), "deleted with one approver");
+    create(&server, &people.dave, &on(&name, "Approve", "")).unwrap();
+    let (ok, out, took) = deleting.join().unwrap();
+    assert!(ok, "the approved delete failed: {out}\n{}", proxy.log());
+    assert!(
+        took < Duration::from_secs(15),
+        "answered after the hold: {took:?}"
+    );
+    assert!(!exists(&kafka, "ledger.old-1"));
+
+    // 2. Not approved within the hold: refused naming the ApprovalRequest and the command;
+    //    approved afterwards, the identical retry goes through.
+    let (ok, out, took) = delete_in_background(&kafka, &proxy.bootstrap, "ledger.old-2")
+        .join()
+        .unwrap();
+    assert!(!ok, "deleted without approval: {out}");
+    assert!(took >= Duration::from_secs(15), "not held: {took:?} {out}");
+    let request = approval_request_for(&server, "ledger.old-2");
+    let name = request["metadata"]["name"].as_str().unwrap().to_owned();
+    assert!(out.contains("PolicyViolationException"), "{out}");
+    assert!(
+        out.contains(&format!("ApprovalRequest payments/{name}")),
+        "{out}"
+    );
+    assert!(out.contains("kubectl -n payments create -f -"), "{out}");
+    assert!(exists(&kafka, "ledger.old-2"));
+    create(&server, &people.carol, &on(&name, "Approve", "")).unwrap();
+    create(&server, &people.dave, &on(&name, "Approve", "")).unwrap();
+    wait_json(
+        &server,
+        "the second request approved",
+        &["approvalrequest", "-n", NS, &name],
+        Duration::from_secs(30),
+        |r| has_condition(r, "Approved", "True").then_some(()),
+    );
+
+    // 3. That approval releases only its request: deleting another topic is held anew, and
+    //    a denial answers it at once with the approver's comment.
+    let other = delete_in_background(&kafka, &proxy.bootstrap, "ledger.old-3");
+    let other_request = approval_request_for(&server, "ledger.old-3");
+    let other_name = other_request["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(other_name, name);
+    create(
+        &server,
+        &people.carol,
+        &on(
+            &other_name,
+            "Deny",
+            "  comment: ledger.old-3 is still replayed by finance\n",
+        ),
+    )
+    .unwrap();
+    let (ok, out, took) = other.join().unwrap();
+    assert!(!ok, "a denied delete went through: {out}");
+    assert!(
+        took < Duration::from_secs(15),
+        "not answered at the denial: {took:?}"
+    );
+    assert!(
+        out.contains("ledger.old-3 is still replayed by finance"),
+        "{out}"
+    );
+    assert!(exists(&kafka, "ledger.old-3"));
+
+    // The identical retry of the approved request is released, once.
+    let (ok, out) = topics_tool(
+        &kafka,
+        &proxy.bootstrap,
+        &["--delete", "--topic", "ledger.old-2"],
+    );
+    assert!(ok, "the approved retry failed: {out}\n{}", proxy.log());
+    assert!(!exists(&kafka, "ledger.old-2"));
+    let used = get_json(&server, &["approvalrequest", "-n", NS, &name]).unwrap();
+    assert!(
+        used["metadata"]["annotations"]["streamward.io/released"].is_string(),
+        "{used}"
+    );
+    // The workload (same service account as its proxy) cannot make it release again.
+    let (ok, out) = kubectl_as(
+        &server,
+        &janitor,
+        &[
+            "annotate",
+            "approvalrequest",
+            "-n",
+            NS,
+            &name,
+            "streamward.io/released-",
+        ],
+        None,
+    );
+    assert!(!ok && out.contains("cannot be removed"), "{out}");
+
+    // 4. Expiry: a request nobody approved in time cannot be approved, and its retry is not
+    //    released by it.
+    let (ok, out, _) = delete_in_background(&kafka, &proxy.bootstrap, "scratch.tmp")
+        .join()
+        .unwrap();
+    assert!(!ok && out.contains("was not approved within 3s"), "{out}");
+    let scratch = approval_request_for(&server, "scratch.tmp");
+    let scratch_name = scratch["metadata"]["name"].as_str().unwrap().to_owned();
+    wait_json(
+        &server,
+        "the scratch request expired",
+        &["approvalrequest", "-n", NS, &scratch_name],
+        Duration::from_secs(40),
+        |r| has_condition(r, "Expired", "True").then_some(()),
+    );
+    refused(
+        &server,
+        &people.alice,
+        &on(&scratch_name, "Approve", ""),
+        "expired",
+    );
+    let (ok, out, _) = delete_in_background(&kafka, &proxy.bootstrap, "scratch.tmp")
+        .join()
+        .unwrap();
+    assert!(!ok, "{out}");
+    assert!(
+        !out.contains(&scratch_name),
+        "the expired request was reused: {out}"
+    );
+    assert!(exists(&kafka, "scratch.tmp"));
+
+    // Every step is in the collector, and the chain verifies.
+    let wanted = [
+        ("ledger.old-1", ApprovalStep::Requested),
+        ("ledger.old-1", ApprovalStep::Approved),
+        ("ledger.old-2", ApprovalStep::Requested),
+        ("ledger.old-2", ApprovalStep::Pending),
+        ("ledger.old-3", ApprovalStep::Requested),
+        ("ledger.old-3", ApprovalStep::Denied),
+        ("ledger.old-2", ApprovalStep::Requested),
+        ("ledger.old-2", ApprovalStep::Released),
+        ("scratch.tmp", ApprovalStep::Requested),
+        ("scratch.tmp", ApprovalStep::Pending),
+    ];
+    let steps = wait_for(
+        "every approval step audited",
+        Duration::from_secs(30),
+        || {
+            let steps = approval_events(&collector_binary, &collector);
+            let seen: Vec<(&str, ApprovalStep)> =
+                steps.iter().map(|(t, a)| (t.as_str(), a.step)).collect();
+            let all = wanted.iter().all(|w| seen.contains(w));
+            Ok(all.then_some(steps))
+        },
+    )
+    .unwrap();
+    let approved = steps
+        .iter()
+        .find(|(t, a)| t == "ledger.old-1" && a.step == ApprovalStep::Approved)
+        .unwrap();
+    assert_eq!(approved.1.approvers, ["alice", "dave"]);
+    let denied = steps
+        .iter()
+        .find(|(_, a)| a.step == ApprovalStep::Denied)
+        .unwrap();
+    assert_eq!(denied.1.approvers, ["carol"]);
+    assert_eq!(
+        denied.1.comment.as_deref(),
+        Some("ledger.old-3 is still replayed by finance")
+    );
+    let verify = std::process::Command::new(&collector_binary)
+        .arg("verify")
+        .arg("--data")
+        .arg(collector.data())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
     );
 }

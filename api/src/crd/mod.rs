@@ -45,6 +45,14 @@ pub const API_VERSION: &str = "streamward.io/v1alpha1";
 /// user who asked for it, who may not approve it. It cannot be changed afterwards.
 pub const REQUESTED_BY_ANNOTATION: &str = "streamward.io/requested-by";
 
+/// The annotation a proxy sets on an ApprovalRequest whose approval released its one request
+/// (`once`); the admission webhook refuses removing or changing it.
+pub const RELEASED_ANNOTATION: &str = "streamward.io/released";
+
+/// The label carrying the first 32 hex digits of an ApprovalRequest's `requestDigest`, so a
+/// proxy finds the identical request's ApprovalRequest without listing them all.
+pub const REQUEST_DIGEST_LABEL: &str = "streamward.io/request-digest";
+
 /// The condition types Streamward writes into `status.conditions` (PascalCase, as Kubernetes
 /// names them).
 pub mod condition {

@@ -13,7 +13,8 @@ use json_patch::{AddOperation, Patch, PatchOperation};
 use serde_json::{Value, json};
 use streamward_api::approval::ApprovalSettings;
 use streamward_api::crd::{
-    AccessGrant, Approval, ApprovalRequest, ApprovalTarget, Approver, REQUESTED_BY_ANNOTATION,
+    AccessGrant, Approval, ApprovalRequest, ApprovalTarget, Approver, RELEASED_ANNOTATION,
+    REQUESTED_BY_ANNOTATION,
 };
 
 /// What an Approval decides on, as the API server stores it now.
@@ -216,9 +217,81 @@ pub fn check_new_grant(object: &Value, caller: &Approver) -> Result<(), String> 
     Ok(())
 }
 
+/// Whether `caller` may create the ApprovalRequest `object` in `namespace`: only the proxy of
+/// the workload it names, as the service account the API server authenticated. Anyone else
+/// (a person, another workload) could otherwise ask for approval in a workload's name.
+pub fn check_new_request(object: &Value, caller: &Approver, namespace: &str) -> Result<(), String> {
+    let requester = object
+        .pointer("/spec/requester/serviceAccount")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let expected = format!("system:serviceaccount:{namespace}:{requester}");
+    if caller.user != expected {
+        return Err(format!(
+            "an ApprovalRequest is created by the Streamward proxy of the workload it names              ({expected}), not by {}",
+            caller.user
+        ));
+    }
+    if object
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(RELEASED_ANNOTATION))
+        .is_some()
+    {
+        return Err(format!(
+            "a new ApprovalRequest cannot carry {RELEASED_ANNOTATION}"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an update of an ApprovalRequest keeps its release mark: once an approval has
+/// released its one request, nobody (the workload shares its service account with the proxy)
+/// may make it release another.
+pub fn check_request_update(old: &Value, new: &Value) -> Result<(), String> {
+    let mark = |object: &Value| {
+        object
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(RELEASED_ANNOTATION))
+            .cloned()
+    };
+    match mark(old) {
+        Some(released) if mark(new).as_ref() != Some(&released) => Err(format!(
+            "{RELEASED_ANNOTATION} cannot be removed or changed: the approval has released its              request"
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_requesters_own_proxy_creates_an_approval_request_and_a_release_sticks() {
+        let request = serde_json::json!({
+            "metadata": {"name": "r"},
+            "spec": {"requester": {"serviceAccount": "orders"}}
+        });
+        let proxy = user("system:serviceaccount:shop:orders", &[]);
+        assert_eq!(check_new_request(&request, &proxy, "shop"), Ok(()));
+        for other in [
+            "system:serviceaccount:shop:billing",
+            "system:serviceaccount:other:orders",
+            "alice",
+        ] {
+            assert!(check_new_request(&request, &user(other, &[]), "shop").is_err());
+        }
+        let mut released = request.clone();
+        released["metadata"]["annotations"] =
+            serde_json::json!({RELEASED_ANNOTATION: "2026-12-06T10:00:00Z"});
+        assert!(check_new_request(&released, &proxy, "shop").is_err());
+        assert_eq!(check_request_update(&request, &released), Ok(()));
+        assert!(check_request_update(&released, &request).is_err());
+        let mut changed = released.clone();
+        changed["metadata"]["annotations"][RELEASED_ANNOTATION] = "later".into();
+        assert!(check_request_update(&released, &changed).is_err());
+        assert_eq!(check_request_update(&released, &released), Ok(()));
+    }
 
     fn user(name: &str, groups: &[&str]) -> Approver {
         Approver {

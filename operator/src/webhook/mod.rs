@@ -613,6 +613,13 @@ async fn validate_resource(
             }
             _ => Ok(()),
         },
+        ("ApprovalRequest", Operation::Create) => {
+            approval::check_new_request(&object, &caller, namespace)
+        }
+        ("ApprovalRequest", _) => match &old {
+            Some(old) => approval::check_request_update(old, &object),
+            None => Ok(()),
+        },
         ("AccessGrant", Operation::Create) => approval::check_new_grant(&object, &caller),
         ("AccessGrant", _) => match &old {
             Some(old) => approval::check_grant_update(old, &object),
@@ -624,7 +631,7 @@ async fn validate_resource(
         tracing::info!(kind, %namespace, name = %request.name, user = %caller.user, reason = %message, "refused");
         return Json(response.deny(message).into_review());
     }
-    if kind == "Approval" {
+    if kind == "Approval" || kind == "ApprovalRequest" {
         return Json(response.into_review());
     }
     let verdict = validate::check(kind, namespace, &object, old.as_ref(), Timestamp::now());

@@ -315,7 +315,7 @@ mod tests {
         assert_eq!(hook.client_config.ca_bundle.as_ref().unwrap().0, b"PEM");
         assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
         let rules = &hook.rules.as_ref().unwrap()[0];
-        assert_eq!(rules.resources.as_ref().unwrap().len(), 5);
+        assert_eq!(rules.resources.as_ref().unwrap().len(), 6);
         assert!(
             !rules
                 .operations

@@ -14,12 +14,13 @@ use streamward_api::crd::{AccessGrant, MaskingRule, StreamPolicy, StreamTarget};
 use streamward_api::validate::{check_grant, check_masking_rule, check_policy, check_target};
 
 /// The custom resources the validating webhook checks, by their plural resource names.
-pub const RESOURCES: [&str; 5] = [
+pub const RESOURCES: [&str; 6] = [
     "streamtargets",
     "streampolicies",
     "accessgrants",
     "maskingrules",
     "approvals",
+    "approvalrequests",
 ];
 
 /// What the webhook answers.

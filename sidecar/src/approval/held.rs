@@ -9,18 +9,12 @@ use streamward_api::acl::{Operation, ResourceType};
 use streamward_api::audit::{Approval as AuditedApproval, ApprovalStep};
 use streamward_api::config::{ApprovalTerms, ProxyConfig};
 use streamward_api::crd::{
-    ApprovalRequest, ApprovalRequestSpec, Decision, RequestedResource, RequesterSpec, condition,
+    ApprovalRequest, ApprovalRequestSpec, Decision, RELEASED_ANNOTATION, RequestedResource,
+    RequesterSpec, condition,
 };
 
 use crate::authorize::{Policy, Verdict};
 use crate::policy::ClientIdentity;
-
-/// The annotation the proxy sets on an ApprovalRequest whose approval released its one
-/// request (`once`); the admission webhook refuses removing or changing it.
-pub const RELEASED_ANNOTATION: &str = "streamward.io/released";
-/// The label carrying the first 32 hex digits of the request digest, to find an identical
-/// request's ApprovalRequest without listing them all.
-pub const DIGEST_LABEL: &str = "streamward.io/request-digest";
 
 /// What a held request asks approval for, taken from the decision.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -34,11 +34,13 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 use streamward_api::audit::ApprovalStep;
 use streamward_api::config::ProxyConfig;
-use streamward_api::crd::{ApprovalRequest, ApprovalRequestSpec};
+use streamward_api::crd::{
+    ApprovalRequest, ApprovalRequestSpec, RELEASED_ANNOTATION, REQUEST_DIGEST_LABEL,
+};
 use tokio::sync::{Mutex, OnceCell};
 use tokio_util::sync::CancellationToken;
 
-use self::held::{Asked, DIGEST_LABEL, RELEASED_ANNOTATION, Resolution, Standing};
+use self::held::{Asked, Resolution, Standing};
 use crate::metrics::Metrics;
 use crate::policy::ClientIdentity;
 
@@ -361,7 +363,7 @@ async fn find_or_create(
     wanted: &ApprovalRequestSpec,
     window: Option<u32>,
 ) -> Result<Found, String> {
-    let label = format!("{DIGEST_LABEL}={}", &asked.digest[..32]);
+    let label = format!("{REQUEST_DIGEST_LABEL}={}", &asked.digest[..32]);
     let found = requests
         .list(&ListParams::default().labels(&label))
         .await
@@ -400,7 +402,13 @@ async fn find_or_create(
                     truncate(&wanted.requester.service_account, 30),
                     asked.api.to_ascii_lowercase()
                 )),
-                labels: Some([(DIGEST_LABEL.to_owned(), asked.digest[..32].to_owned())].into()),
+                labels: Some(
+                    [(
+                        REQUEST_DIGEST_LABEL.to_owned(),
+                        asked.digest[..32].to_owned(),
+                    )]
+                    .into(),
+                ),
                 ..ObjectMeta::default()
             };
             let created = requests
