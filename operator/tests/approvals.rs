@@ -721,11 +721,11 @@ spec: {{bootstrapServers: ['{}']}}
     let collector = Collector::start(
         &collector_binary,
         dir.path(),
-        "janitor-token",
+        "janitor-audit-token-1234",
         "payments/janitor",
     )
     .unwrap();
-    std::fs::write(dir.path().join("token"), "janitor-token").unwrap();
+    std::fs::write(dir.path().join("token"), "janitor-audit-token-1234").unwrap();
     let janitor = common::service_account_kubeconfig(&server, NS, "janitor");
     let audit_url = format!("http://{}", collector.addr());
     let spool = dir.path().join("spool");

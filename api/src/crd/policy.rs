@@ -100,7 +100,7 @@ pub struct ApprovalPolicySpec {
     /// How long a request held by a `RequireApproval` rule may be approved, from when it was
     /// first held (default one hour); its ApprovalRequest is `Expired` afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 60, max = 604800))]
+    #[schemars(range(min = 10, max = 604800))]
     pub expire_after_seconds: Option<u32>,
     /// After an approval, how long the identical request is released each time it is sent.
     /// Unset: once — the approval releases one request (the held one, or its first identical

@@ -88,7 +88,7 @@ impl Asked {
             rule: self.rule.clone(),
             request_digest: self.digest.clone(),
             expiry_time: now
-                + SignedDuration::from_secs(i64::from(terms.expire_after_seconds.max(60))),
+                + SignedDuration::from_secs(i64::from(terms.expire_after_seconds.max(10))),
             required_approvals: i32::try_from(terms.required_approvals.clamp(1, 10)).unwrap_or(1),
         }
     }
@@ -172,13 +172,20 @@ pub fn standing(request: &ApprovalRequest, window: Option<u32>, now: Timestamp) 
             .iter()
             .find(|c| c.type_ == kind && c.status == "True")
     };
+    // Each person once, in the order they decided (an approver may approve twice).
     let by = |decision: Decision| -> Vec<String> {
-        status
+        let mut people: Vec<String> = Vec::new();
+        for approver in status
             .decisions
             .iter()
             .filter(|d| d.decision == decision)
-            .filter_map(|d| d.approver.clone())
-            .collect()
+            .filter_map(|d| d.approver.as_ref())
+        {
+            if !people.contains(approver) {
+                people.push(approver.clone());
+            }
+        }
+        people
     };
     if condition(condition::DENIED).is_some() {
         let comment = status
@@ -417,7 +424,10 @@ mod tests {
         let approved_at = "2026-12-06T11:00:00Z".parse::<Timestamp>().unwrap();
         let mut approved = request(
             &[("Approved", approved_at.as_second())],
-            vec![decided("alice", Decision::Approve, None)],
+            vec![
+                decided("alice", Decision::Approve, None),
+                decided("alice", Decision::Approve, None),
+            ],
         );
         let soon = approved_at + SignedDuration::from_secs(30);
         assert_eq!(
