@@ -120,33 +120,34 @@ impl Serving {
     /// Puts `published` in force, or the stale form of it. Cheap when nothing changed.
     pub fn serve(&mut self, published: Arc<State>) {
         let stale = self.freshness.as_ref().and_then(|f| f.stale());
-        if let Some(freshness) = &self.freshness {
-            self.metrics
-                .config_staleness(freshness.age(), stale.is_some());
-        }
         let is_stale = stale.is_some();
-        if let Some((last, was_stale)) = &self.last
-            && Arc::ptr_eq(last, &published)
-            && *was_stale == is_stale
-        {
-            return;
+        let unchanged = matches!(&self.last, Some((last, was_stale))
+            if Arc::ptr_eq(last, &published) && *was_stale == is_stale);
+        if !unchanged {
+            let was_stale = self.last.as_ref().is_some_and(|(_, was)| *was);
+            let next = match (&stale, &self.freshness) {
+                (Some(reason), Some(freshness)) => {
+                    if !was_stale {
+                        tracing::error!(%reason, "config stale");
+                    }
+                    stale_state(&published, reason, freshness.limit().scope)
+                }
+                _ => {
+                    if was_stale {
+                        tracing::info!(
+                            "the API server confirmed the config again: no longer stale"
+                        );
+                    }
+                    published.clone()
+                }
+            };
+            self.served.store(next);
+            self.last = Some((published, is_stale));
         }
-        let next = match (&stale, &self.freshness) {
-            (Some(reason), Some(freshness)) => {
-                if self.last.as_ref().is_none_or(|(_, was)| !was) {
-                    tracing::error!(%reason, "config stale");
-                }
-                stale_state(&published, reason, freshness.limit().scope)
-            }
-            _ => {
-                if self.last.as_ref().is_some_and(|(_, was)| *was) {
-                    tracing::info!("the API server confirmed the config again: no longer stale");
-                }
-                published.clone()
-            }
-        };
-        self.served.store(next);
-        self.last = Some((published, is_stale));
+        // After the store: once the metric says stale, the stale state is in force.
+        if let Some(freshness) = &self.freshness {
+            self.metrics.config_staleness(freshness.age(), is_stale);
+        }
     }
 }
 
