@@ -380,6 +380,27 @@ current-context: {service_account}
         self.apiserver.check_running()
     }
 
+    /// Freezes the API server (SIGSTOP): connections to it, open or new, hang without an
+    /// answer, as in a network partition. [`KubeApiServer::resume`] thaws it; dropping the
+    /// server kills it either way.
+    pub fn pause(&self) -> Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Thaws an API server [`KubeApiServer::pause`] froze (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.apiserver.pid().to_string();
+        run(
+            &format!("kill -{signal} {pid}"),
+            Command::new("kill").args([&format!("-{signal}"), &pid]),
+        )?;
+        Ok(())
+    }
+
     /// The folder with the logs, certificates and etcd data of this run.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -20,6 +20,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use streamward_api::config::{CONFIG_KEY, SIGNATURE_KEY};
 
+use crate::freshness::{Freshness, Serving};
 use crate::metrics::Metrics;
 use crate::source::{self, ConfigKey, LoadError, Loaded, Source, State};
 
@@ -38,14 +39,21 @@ pub struct ConfigMapSource {
     pub trust: Option<Arc<ConfigKey>>,
 }
 
-/// Watches the ConfigMap and publishes each version into `state`, forever.
+/// Watches the ConfigMap and puts each version in force in `state`, forever. With
+/// `freshness`, the ConfigMap is also read whenever the watch has been quiet for a third of the
+/// staleness limit, every answer of the API server counts as a confirmation, and a config left
+/// unconfirmed past the limit is served in its stale form ([`crate::freshness`]).
 pub async fn watch(
     source: ConfigMapSource,
     target: Option<String>,
     state: Arc<ArcSwap<State>>,
     metrics: Arc<Metrics>,
     fallback_every: Duration,
+    freshness: Option<Arc<Freshness>>,
 ) {
+    // What the sources published; `serving` derives what is in force from it.
+    let published = Arc::new(ArcSwap::new(state.load_full()));
+    let mut serving = Serving::new(freshness.clone(), state, metrics.clone());
     let fallback = source.fallback.clone().map(|file| {
         tokio::spawn(source::watch(
             Source::Compiled {
@@ -54,62 +62,152 @@ pub async fn watch(
                 trust: source.trust.clone(),
             },
             target.clone(),
-            state.clone(),
+            published.clone(),
             metrics.clone(),
             fallback_every,
         ))
     });
+    let mut tick = tokio::time::interval(fallback_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let client = loop {
         match Client::try_default().await {
             Ok(client) => break client,
             Err(error) => {
                 metrics.config_source_error();
                 tracing::warn!(%error, "no Kubernetes API client yet; retrying in 5 s");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                let retry = tokio::time::sleep(Duration::from_secs(5));
+                tokio::pin!(retry);
+                loop {
+                    tokio::select! {
+                        () = &mut retry => break,
+                        _ = tick.tick() => serving.serve(published.load_full()),
+                    }
+                }
             }
         }
     };
     let api: Api<ConfigMap> = Api::namespaced(client, &source.namespace);
     let selector = watcher::Config::default().fields(&format!("metadata.name={}", source.name));
-    let mut events = watcher::watcher(api, selector).default_backoff().boxed();
+    let mut events = watcher::watcher(api.clone(), selector)
+        .default_backoff()
+        .boxed();
+    let (probe_results, mut probes) = tokio::sync::mpsc::channel(1);
+    let probe_task = freshness.clone().map(|freshness| {
+        tokio::spawn(probe(
+            api,
+            source.name.clone(),
+            freshness,
+            metrics.clone(),
+            probe_results,
+        ))
+    });
     let mut fallback = fallback;
     let mut seen_in_listing = false;
-    let mut last_version: Option<String> = None;
-    while let Some(event) = events.next().await {
-        let loaded = match event {
-            Ok(Event::Init) => {
-                seen_in_listing = false;
-                continue;
+    let mut last_version: Option<Result<String, String>> = None;
+    let missing = || {
+        Err(LoadError::Target(format!(
+            "ConfigMap {}/{} does not exist: no policy selects this workload yet",
+            source.namespace, source.name
+        )))
+    };
+    loop {
+        let loaded = tokio::select! {
+            event = events.next() => {
+                let Some(event) = event else { break };
+                match event {
+                    Ok(Event::Init) => {
+                        seen_in_listing = false;
+                        continue;
+                    }
+                    Ok(Event::InitApply(map)) => {
+                        seen_in_listing = true;
+                        load(&source, &map, target.as_deref())
+                    }
+                    Ok(Event::InitDone) if seen_in_listing => {
+                        // The relist is complete: what it listed is current.
+                        if let Some(freshness) = &freshness {
+                            freshness.heard();
+                        }
+                        serving.serve(published.load_full());
+                        continue;
+                    }
+                    Ok(Event::InitDone) | Ok(Event::Delete(_)) => missing(),
+                    Ok(Event::Apply(map)) => load(&source, &map, target.as_deref()),
+                    Err(error) => {
+                        // The backoff retries; what is in force stays in force meanwhile.
+                        metrics.config_source_error();
+                        tracing::warn!(%error, configmap = %source.name, "watching the ConfigMap");
+                        continue;
+                    }
+                }
             }
-            Ok(Event::InitApply(map)) => {
-                seen_in_listing = true;
-                load(&source, &map, target.as_deref())
-            }
-            Ok(Event::InitDone) if seen_in_listing => continue,
-            Ok(Event::InitDone) | Ok(Event::Delete(_)) => Err(LoadError::Target(format!(
-                "ConfigMap {}/{} does not exist: no policy selects this workload yet",
-                source.namespace, source.name
-            ))),
-            Ok(Event::Apply(map)) => load(&source, &map, target.as_deref()),
-            Err(error) => {
-                // The backoff retries; what is in force stays in force meanwhile.
-                metrics.config_source_error();
-                tracing::warn!(%error, configmap = %source.name, "watching the ConfigMap");
+            Some(map) = probes.recv() => match map {
+                Some(map) => load(&source, &map, target.as_deref()),
+                None => missing(),
+            },
+            _ = tick.tick() => {
+                serving.serve(published.load_full());
                 continue;
             }
         };
         // The API server has answered: it alone decides from now on.
+        if let Some(freshness) = &freshness {
+            freshness.heard();
+        }
         if let Some(task) = fallback.take() {
             task.abort();
             tracing::info!(configmap = %source.name, "serving the ConfigMap from the API server");
         }
-        let version = loaded.as_ref().ok().map(|l| l.config.hash.clone());
-        if version.is_some() && version == last_version && matches!(**state.load(), State::Ready(_))
-        {
-            continue; // same content (a resync, or a metadata-only change)
+        // The same content again (a resync, a confirming read, a metadata-only change), or the
+        // same failure, is not published again; unless the fallback published meanwhile.
+        let version = match &loaded {
+            Ok(loaded) => Ok(loaded.config.hash.clone()),
+            Err(error) => Err(error.to_string()),
+        };
+        let in_force = matches!(**published.load(), State::Ready(_));
+        let unchanged = last_version.as_ref() == Some(&version) && in_force == version.is_ok();
+        if !unchanged {
+            last_version = Some(version);
+            source::publish(&published, &metrics, loaded);
         }
-        last_version = version;
-        source::publish(&state, &metrics, loaded);
+        serving.serve(published.load_full());
+    }
+    if let Some(task) = probe_task {
+        task.abort();
+    }
+}
+
+/// Reads the ConfigMap whenever nothing has been heard from the API server for a third of the
+/// staleness limit (a quiet watch says nothing, not even that it is alive), and hands what it
+/// read to the watch loop. A read that fails or hangs is given up after that third.
+async fn probe(
+    api: Api<ConfigMap>,
+    name: String,
+    freshness: Arc<Freshness>,
+    metrics: Arc<Metrics>,
+    results: tokio::sync::mpsc::Sender<Option<ConfigMap>>,
+) {
+    let every = (freshness.limit().max / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every / 4).await;
+        if freshness.age() < every {
+            continue;
+        }
+        match tokio::time::timeout(every, api.get_opt(&name)).await {
+            Ok(Ok(map)) => {
+                if results.send(map).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Err(error)) => {
+                metrics.config_source_error();
+                tracing::warn!(%error, configmap = %name, "reading the ConfigMap to confirm the config");
+            }
+            Err(_) => {
+                metrics.config_source_error();
+                tracing::warn!(configmap = %name, timeout_ms = every.as_millis() as u64, "the API server did not answer a read of the ConfigMap in time");
+            }
+        }
     }
 }
 

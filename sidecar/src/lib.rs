@@ -17,8 +17,8 @@
 //!   [`versions`];
 //! - [`audit`]: one event per request, spooled to disk and delivered to the collector;
 //! - around the path: [`source`], where the config comes from and reloading it;
-//!   [`config_map`], the operator's ConfigMap watched through the API server; [`admin`],
-//!   [`metrics`].
+//!   [`config_map`], the operator's ConfigMap watched through the API server; [`freshness`],
+//!   how long an unconfirmed config still counts; [`admin`], [`metrics`].
 
 pub mod admin;
 pub mod approval;
@@ -28,6 +28,7 @@ pub mod brokers;
 pub mod client_auth;
 pub mod config_map;
 pub mod frame;
+pub mod freshness;
 pub mod guardrails;
 pub mod listener;
 pub mod mask;

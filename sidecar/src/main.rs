@@ -13,6 +13,7 @@ use streamward_sidecar::approval::Approvals;
 use streamward_sidecar::audit::{self, Audit, AuditSettings, CollectorCa};
 use streamward_sidecar::client_auth::{ClientAuth, ClientAuthSettings, OidcSettings};
 use streamward_sidecar::config_map::{self, ConfigMapSource};
+use streamward_sidecar::freshness::{Freshness, StaleScope, StalenessLimit};
 use streamward_sidecar::listener::Listeners;
 use streamward_sidecar::metrics::Metrics;
 use streamward_sidecar::policy::ClientIdentity;
@@ -46,6 +47,22 @@ struct Flags {
     /// The service account of the workload this proxy serves (local mode).
     #[arg(long, env = "STREAMWARD_SERVICE_ACCOUNT", default_value = "default")]
     service_account: String,
+    /// With --config-map: the longest the proxy serves a config the API server has not
+    /// confirmed (a watch event, a relist, or a read of the ConfigMap, which the proxy makes
+    /// whenever the watch has been quiet for a third of this). Past it, what --stale-config
+    /// says fails closed, /readyz says why, and the proxy recovers once the API server answers.
+    /// A duration such as `5m` or `30s`; `0` never lets the config go stale.
+    #[arg(long, env = "STREAMWARD_MAX_CONFIG_STALENESS", default_value = "5m", value_parser = parse_duration)]
+    max_config_staleness: Duration,
+    /// What fails closed once the config is stale: `grants` (AccessGrants stop counting; the
+    /// StreamPolicies' rules still apply) or `all` (every request is refused).
+    #[arg(
+        long,
+        env = "STREAMWARD_STALE_CONFIG",
+        value_enum,
+        default_value = "grants"
+    )]
+    stale_config: StaleScope,
     /// The StreamTarget to serve; needed when the config has more than one.
     #[arg(long, env = "STREAMWARD_TARGET")]
     target: Option<String>,
@@ -130,6 +147,16 @@ struct Flags {
     /// The spool's bound; events past it are dropped, counted and reported.
     #[arg(long, env = "STREAMWARD_AUDIT_SPOOL_MAX_BYTES", default_value_t = audit::DEFAULT_SPOOL_MAX_BYTES)]
     audit_spool_max_bytes: u64,
+    /// While the audit spool is full: `continue` forwards traffic and drops (counts, reports)
+    /// the events that do not fit; `refuse` answers new requests with POLICY_VIOLATION until
+    /// the spool drains, so nothing is forwarded unaudited (NIST SP 800-53 AU-5).
+    #[arg(
+        long,
+        env = "STREAMWARD_AUDIT_FULL",
+        value_enum,
+        default_value = "continue"
+    )]
+    audit_full: audit::AuditFull,
     /// Events the in-memory queue between connections and the spool holds.
     #[arg(long, env = "STREAMWARD_AUDIT_QUEUE", default_value_t = audit::DEFAULT_QUEUE)]
     audit_queue: usize,
@@ -223,6 +250,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let target = flags.target.clone();
+    let freshness = match (&source, flags.max_config_staleness.is_zero()) {
+        (ConfigSource::ConfigMap(_), false) => Some(Freshness::new(StalenessLimit {
+            max: flags.max_config_staleness,
+            scope: flags.stale_config,
+        })),
+        _ => None,
+    };
     match source {
         ConfigSource::Poll(source) => tokio::spawn(source::watch(
             source,
@@ -237,6 +271,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             state.clone(),
             metrics.clone(),
             reload_every,
+            freshness.clone(),
         )),
     };
 
@@ -250,7 +285,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     Listeners::new(shared.clone()).serve(listener, Upstream::Bootstrap);
     let admin_shutdown = shutdown.clone();
     tokio::spawn(async move {
-        let app = streamward_sidecar::admin::router(state, metrics);
+        let app = streamward_sidecar::admin::router(state, metrics, freshness);
         if let Err(error) = axum::serve(admin, app)
             .with_graceful_shutdown(admin_shutdown.cancelled_owned())
             .await
@@ -295,6 +330,7 @@ fn start_audit(flags: &Flags, metrics: Arc<Metrics>) -> anyhow::Result<Option<Au
         spool_dir: spool_dir.clone(),
         spool_max_bytes: flags.audit_spool_max_bytes,
         queue: flags.audit_queue,
+        full: flags.audit_full,
         identity: streamward_api::audit::Identity {
             namespace: flags.namespace.clone(),
             service_account: flags.service_account.clone(),
@@ -378,6 +414,18 @@ fn read_pod_labels(
             ))
         })
         .collect())
+}
+
+/// A duration flag: `5m`, `30s`, `1h 30m`, `500ms`, or `0`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let parsed: jiff::SignedDuration = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration such as 5m or 30s: {e}"))?;
+    Duration::try_from(parsed).map_err(|_| format!("{text:?} is negative"))
 }
 
 fn init_logging(json: bool) {

@@ -78,6 +78,14 @@ impl std::fmt::Debug for MaskingPlans {
 }
 
 impl MaskingPlans {
+    /// The same keys with no plans built yet, for a copy of the config they belong to.
+    pub fn fresh_copy(&self) -> MaskingPlans {
+        MaskingPlans {
+            keys: self.keys.clone(),
+            plans: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// The plans of `config`, whose rules take their keys from `secrets` (the Secrets of a local
     /// folder, or those mounted into the proxy). A key that is not there is not an error here:
     /// the topics of the rule that needs it fail closed, and say which key to mount.

@@ -163,6 +163,10 @@ pub struct Metrics {
     config_errors: Counter,
     upstream_errors: Counter,
     config_source_errors: Counter,
+    config_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    config_stale: Gauge,
+    audit_full: Gauge,
+    audit_full_refusals: Counter,
     client_authentications: Family<AuthenticationLabels, Counter>,
     masked_records: Family<FlowLabels, Counter>,
     masked_fields: Family<RuleLabels, Counter>,
@@ -233,6 +237,31 @@ impl Metrics {
             "Failures reaching the config source (the API server); the config in force stays",
             config_source_errors.clone(),
         );
+        let config_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register_with_unit(
+            "config_age",
+            "Time since the API server last confirmed the config in force (--config-map only)",
+            prometheus_client::registry::Unit::Seconds,
+            config_age.clone(),
+        );
+        let config_stale = Gauge::default();
+        registry.register(
+            "config_stale",
+            "1 when the config is older than --max-config-staleness (grants, or everything, refused)",
+            config_stale.clone(),
+        );
+        let audit_full = Gauge::default();
+        registry.register(
+            "audit_full",
+            "1 while the audit spool is full: with --audit-full=refuse, requests are refused",
+            audit_full.clone(),
+        );
+        let audit_full_refusals = Counter::default();
+        registry.register(
+            "audit_full_refusals",
+            "Requests refused because the audit spool was full (--audit-full=refuse)",
+            audit_full_refusals.clone(),
+        );
         let client_authentications = Family::<AuthenticationLabels, Counter>::default();
         registry.register(
             "client_authentications",
@@ -298,6 +327,10 @@ impl Metrics {
             config_errors,
             upstream_errors,
             config_source_errors,
+            config_age,
+            config_stale,
+            audit_full,
+            audit_full_refusals,
             client_authentications,
             masked_records,
             masked_fields,
@@ -413,6 +446,22 @@ impl Metrics {
     /// Counts a failure to reach the config source.
     pub fn config_source_error(&self) {
         self.config_source_errors.inc();
+    }
+
+    /// How old the config is (since the API server last confirmed it) and whether it is stale.
+    pub fn config_staleness(&self, age: std::time::Duration, stale: bool) {
+        self.config_age.set(age.as_secs_f64());
+        self.config_stale.set(i64::from(stale));
+    }
+
+    /// Whether the audit spool is full now.
+    pub fn audit_full(&self, full: bool) {
+        self.audit_full.set(i64::from(full));
+    }
+
+    /// Counts a request refused because the audit spool is full.
+    pub fn audit_full_refusal(&self) {
+        self.audit_full_refusals.inc();
     }
 
     /// Counts a client's authentication to the proxy (or re-authentication).

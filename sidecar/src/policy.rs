@@ -156,6 +156,26 @@ impl Policy for FailClosed<'_> {
     }
 }
 
+/// Every access refused for a reason that is not the policy's (the audit spool is full), as
+/// POLICY_VIOLATION naming it.
+pub struct Refused<'a> {
+    /// The rule the refusal names.
+    pub rule: &'static str,
+    /// Why, for the client's error message.
+    pub reason: &'static str,
+    /// The hash of the config in force (for the audit event).
+    pub config_hash: &'a str,
+    /// Where refusals are counted.
+    pub metrics: &'a Metrics,
+}
+
+impl Policy for Refused<'_> {
+    fn check(&self, _: ResourceType, _: &str, _: Operation) -> Verdict {
+        self.metrics.decision(Effect::Deny, false);
+        Verdict::policy_violation(self.reason).by(Some(self.rule.to_string()))
+    }
+}
+
 /// The policy in force for one request or response: the loaded config's, or the fail-closed
 /// refusal when there is none. Made by [`crate::source::State::policy`].
 pub enum InForce<'a> {
@@ -163,14 +183,36 @@ pub enum InForce<'a> {
     Config(RequestPolicy<'a>),
     /// No valid config is loaded: everything is refused.
     FailClosed(FailClosed<'a>),
+    /// Everything is refused for another reason, see [`InForce::unless_audit_full`].
+    Refused(Refused<'a>),
 }
 
 impl<'a> InForce<'a> {
+    /// This policy, or — when `full` (the audit spool is full and the proxy is told to refuse
+    /// then, `--audit-full=refuse`) — the refusal of every access.
+    pub fn unless_audit_full(self, full: bool) -> InForce<'a> {
+        if !full {
+            return self;
+        }
+        let (config_hash, metrics) = match &self {
+            InForce::Config(policy) => (policy.config.hash.as_str(), policy.metrics),
+            InForce::FailClosed(policy) => ("", policy.metrics),
+            InForce::Refused(_) => return self,
+        };
+        InForce::Refused(Refused {
+            rule: crate::audit::AUDIT_FULL_RULE,
+            reason: crate::audit::AUDIT_FULL_REASON,
+            config_hash,
+            metrics,
+        })
+    }
+
     /// The hash of the config that decides, for the audit (empty when failing closed).
     pub fn config_hash(&self) -> &'a str {
         match self {
             InForce::Config(policy) => &policy.config.hash,
             InForce::FailClosed(_) => "",
+            InForce::Refused(policy) => policy.config_hash,
         }
     }
 
@@ -186,7 +228,7 @@ impl<'a> InForce<'a> {
     > {
         let guardrails = match self {
             InForce::Config(policy) => Some(policy.guardrails()),
-            InForce::FailClosed(_) => None,
+            InForce::FailClosed(_) | InForce::Refused(_) => None,
         };
         guardrails.into_iter().flatten()
     }
@@ -197,6 +239,7 @@ impl Policy for InForce<'_> {
         match self {
             InForce::Config(policy) => policy.check(resource_type, name, operation),
             InForce::FailClosed(policy) => policy.check(resource_type, name, operation),
+            InForce::Refused(policy) => policy.check(resource_type, name, operation),
         }
     }
 }

@@ -355,12 +355,15 @@ fn decide_action(
             context.topics,
         );
     }
-    let policy = context.state.policy(
-        &client.identity,
-        context.metrics,
-        context.now,
-        event.is_some(),
-    );
+    let policy = context
+        .state
+        .policy(
+            &client.identity,
+            context.metrics,
+            context.now,
+            event.is_some(),
+        )
+        .unless_audit_full(client.audit.as_ref().is_some_and(SessionAudit::refuses));
     let violations = guardrails::violations(&request, policy.guardrails());
     let resolved = context.resolution.map(|resolution| Resolved {
         inner: &policy,
@@ -542,12 +545,15 @@ fn decide_streams(
     // Both are flexible versions only: request header v2.
     let mut body = frame.clone();
     RequestHeader::decode(&mut body, 2).map_err(|e| Malformed(format!("{api} header: {e}")))?;
-    let policy = context.state.policy(
-        &client.identity,
-        context.metrics,
-        context.now,
-        event.is_some(),
-    );
+    let policy = context
+        .state
+        .policy(
+            &client.identity,
+            context.metrics,
+            context.now,
+            event.is_some(),
+        )
+        .unless_audit_full(client.audit.as_ref().is_some_and(SessionAudit::refuses));
     let inspection = streams::inspect(start.api_key, start.api_version, &body, &policy)
         .map_err(|e| Malformed(format!("{api} v{}: {e}", start.api_version)))?;
     log_refusals(start, api, &inspection.accesses);

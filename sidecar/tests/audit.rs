@@ -75,6 +75,10 @@ impl Collector {
 }
 
 fn sidecar(collector: &Collector, dir: &Path) -> Sidecar {
+    sidecar_with(collector, dir, &[])
+}
+
+fn sidecar_with(collector: &Collector, dir: &Path, extra: &[&str]) -> Sidecar {
     std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
     let url = format!("http://{}", collector.0.addr());
     let token = dir.join("token").display().to_string();
@@ -93,7 +97,10 @@ fn sidecar(collector: &Collector, dir: &Path) -> Sidecar {
             &token,
             "--audit-spool",
             &spool,
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
     )
 }
 
@@ -360,5 +367,153 @@ fn killing_the_collector_for_30_seconds_under_load_loses_no_event() {
             .unwrap()
             > 0.0,
         "the outage was not noticed"
+    );
+}
+
+/// Records the proxy forwarded to the broker, by the events of allowed Produce requests.
+fn produced_records(events: &[AuditEvent], topic: &str) -> u64 {
+    events
+        .iter()
+        .filter_map(AuditEvent::record)
+        .filter(|r| r.request.api_key == "Produce" && r.decision.effect == "Allow")
+        .flat_map(|r| &r.resources)
+        .filter(|r| r.name == topic)
+        .filter_map(|r| r.records)
+        .sum()
+}
+
+/// Records in `topic`, read straight from the broker.
+fn records_in(topic: &str, expected: usize) -> usize {
+    consume(
+        &kafka().bootstrap(),
+        topic,
+        &unique_name("count"),
+        expected,
+        &["--timeout", "20"],
+    )
+    .count
+}
+
+/// The spool of the AU-5 tests: a few dozen events.
+const TINY_SPOOL: &str = "32768";
+
+#[test]
+fn with_audit_full_refuse_a_full_spool_refuses_requests_and_loses_no_forwarded_event() {
+    let run = cache::run_dir("audit-full-refuse").unwrap();
+    let mut collector = Collector::start(run.path());
+    let proxy = sidecar_with(
+        &collector,
+        run.path(),
+        &[
+            "--audit-spool-max-bytes",
+            TINY_SPOOL,
+            "--audit-full",
+            "refuse",
+        ],
+    );
+    let topic = unique_name("orders.au5");
+    create_topic(kafka(), &topic, 1, 1);
+    collector.kill();
+
+    // Produce in small runs until the proxy starts refusing.
+    let mut delivered = 0;
+    let mut refusal = None;
+    for run in 0..200 {
+        let report = produce(&proxy.bootstrap, &topic, &format!("r{run}"), 5, &[]);
+        delivered += report.delivered;
+        if report.delivered < 5 {
+            refusal = Some(report);
+            break;
+        }
+    }
+    let refusal = refusal.expect("the proxy never refused although the collector is away");
+    assert!(
+        refusal
+            .errors
+            .iter()
+            .chain(&refusal.client_errors)
+            .any(|e| e.contains("POLICY_VIOLATION") || e.contains("olicy violation")),
+        "{refusal:?}"
+    );
+    assert!(delivered > 0);
+    assert_eq!(proxy.metric("streamward_sidecar_audit_full ").unwrap(), 1.0);
+    let refusals = proxy
+        .metric("streamward_sidecar_audit_full_refusals_total")
+        .unwrap();
+    assert!(refusals >= 1.0, "{refusals}");
+    // Still full, still refused.
+    let again = produce(&proxy.bootstrap, &topic, "again", 2, &[]);
+    assert_eq!(again.delivered, 0, "{again:?}");
+
+    // The collector comes back: the spool drains and traffic resumes by itself.
+    collector.restart();
+    streamward_e2e::wait_for("the spool to drain", Duration::from_secs(60), || {
+        Ok((proxy.metric("streamward_sidecar_audit_full ")? == 0.0).then_some(()))
+    })
+    .unwrap();
+    let resumed = produce(&proxy.bootstrap, &topic, "resumed", 5, &[]);
+    assert_eq!(resumed.delivered, 5, "{resumed:?}");
+    delivered += 5;
+
+    // Nothing forwarded is unaudited: every record in the topic is in an allowed Produce
+    // event the collector stored, and only refusals' events were dropped.
+    assert_eq!(records_in(&topic, delivered), delivered);
+    let events = streamward_e2e::wait_for(
+        "the events of every forwarded record",
+        Duration::from_secs(60),
+        || {
+            let events = collector.events();
+            Ok((produced_records(&events, &topic) >= delivered as u64).then_some(events))
+        },
+    )
+    .unwrap();
+    assert_eq!(produced_records(&events, &topic), delivered as u64);
+    let dropped = proxy
+        .metric("streamward_sidecar_audit_events_total{outcome=\"dropped\"}")
+        .unwrap();
+    let refusals = proxy
+        .metric("streamward_sidecar_audit_full_refusals_total")
+        .unwrap();
+    assert!(dropped <= refusals, "dropped {dropped}, refused {refusals}");
+    let reported: u64 = events
+        .iter()
+        .map(|e| match &e.data {
+            EventData::Dropped(d) => d.dropped,
+            EventData::Request(_) => 0,
+        })
+        .sum();
+    assert_eq!(reported as f64, dropped, "every loss is reported");
+    eprintln!(
+        "refused after {delivered} records with a {TINY_SPOOL}-byte spool; {refusals} requests \
+         refused, {dropped} refusal events dropped (and reported)"
+    );
+}
+
+#[test]
+fn with_audit_full_continue_a_full_spool_drops_events_and_traffic_continues() {
+    let run = cache::run_dir("audit-full-continue").unwrap();
+    let mut collector = Collector::start(run.path());
+    let proxy = sidecar_with(
+        &collector,
+        run.path(),
+        &["--audit-spool-max-bytes", TINY_SPOOL],
+    );
+    let topic = unique_name("orders.au5c");
+    create_topic(kafka(), &topic, 1, 1);
+    collector.kill();
+    // Far more than the spool holds: everything is delivered, events are dropped.
+    for run in 0..15 {
+        let report = produce(&proxy.bootstrap, &topic, &format!("c{run}"), 5, &[]);
+        assert_eq!(report.delivered, 5, "{report:?}");
+    }
+    let dropped = proxy
+        .metric("streamward_sidecar_audit_events_total{outcome=\"dropped\"}")
+        .unwrap();
+    assert!(dropped > 0.0, "{}", proxy.log());
+    assert_eq!(
+        proxy
+            .metric("streamward_sidecar_audit_full_refusals_total")
+            .unwrap(),
+        0.0
     );
 }

@@ -216,3 +216,181 @@ fn a_revoked_grant_reaches_an_open_connection_and_a_deleted_config_map_fails_clo
         3
     );
 }
+
+fn write_grant_yaml(topic: &str) -> String {
+    let now = jiff::Timestamp::now();
+    format!(
+        "apiVersion: streamward.io/v1alpha1
+kind: AccessGrant
+metadata: {{name: incident-write, namespace: {NS}, creationTimestamp: '{now}'}}
+spec:
+  subjects:
+    serviceAccounts: [{SA}]
+  resources: [{{resourceType: Topic, name: {topic}}}]
+  operations: [Write, Describe]
+  startTime: '{}'
+  expiryTime: '{}'
+  reason: incident 8
+",
+        now - jiff::SignedDuration::from_secs(60),
+        now + jiff::SignedDuration::from_secs(3600),
+    )
+}
+
+fn readyz(proxy: &Sidecar) -> (u16, String) {
+    net::http_get(&proxy.admin, "/readyz").unwrap()
+}
+
+fn refused_as_unauthorized(report: &common::ProduceReport) -> bool {
+    report.delivered == 0
+        && report.errors.iter().chain(&report.client_errors).any(|e| {
+            e.contains("TOPIC_AUTHORIZATION_FAILED") || e.contains("Topic authorization failed")
+        })
+}
+
+/// The limit the proxies of the staleness test get: short, so the test is.
+const STALENESS: Duration = Duration::from_secs(6);
+
+#[test]
+fn a_config_the_api_server_stops_confirming_goes_stale_and_recovers_by_itself() {
+    let server = KubeApiServer::start().unwrap();
+    let kafka = KafkaCluster::start(1).unwrap();
+    let direct = kafka.bootstrap();
+    let granted = unique_name("incident");
+    let ruled = unique_name("ledger.stale");
+    for topic in [&granted, &ruled] {
+        let (created, output) = kafka_tool(
+            &kafka,
+            "org.apache.kafka.tools.TopicCommand",
+            &["--bootstrap-server", &direct, "--create", "--topic", topic],
+        );
+        assert!(created, "{output}");
+    }
+    kubectl(&server, &["create", "namespace", NS]);
+    let config = compiled(&[
+        target_yaml(NS, &direct),
+        policy_yaml(),
+        write_grant_yaml(&granted),
+    ]);
+    apply_config_map(&server, &config);
+
+    let kubeconfig = server.kubeconfig().to_str().unwrap().to_string();
+    let name = config_map_name(SA);
+    let limit = format!("{}s", STALENESS.as_secs());
+    let start = |scope: &str| {
+        Sidecar::start_with_source(
+            Path::new(env!("CARGO_BIN_EXE_streamward-sidecar")),
+            NS,
+            SA,
+            &[
+                "--config-map",
+                &name,
+                "--max-config-staleness",
+                &limit,
+                "--stale-config",
+                scope,
+            ],
+            &[("KUBECONFIG", &kubeconfig)],
+        )
+        .unwrap()
+    };
+    let grants_only = start("grants");
+    let everything = start("all");
+
+    // A quiet but healthy watch (the ConfigMap does not change) keeps the config fresh well
+    // past the limit: the proxy confirms it with the API server itself.
+    let quiet = Instant::now();
+    while quiet.elapsed() < STALENESS * 2 {
+        for proxy in [&grants_only, &everything] {
+            let (status, body) = readyz(proxy);
+            assert_eq!(status, 200, "after {:?}: {body}", quiet.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let age = grants_only
+        .metric("streamward_sidecar_config_age_seconds")
+        .unwrap();
+    assert!(age < STALENESS.as_secs_f64(), "config age {age}");
+    assert_eq!(
+        grants_only
+            .metric("streamward_sidecar_config_stale ")
+            .unwrap(),
+        0.0
+    );
+    assert_eq!(
+        produce(&grants_only.bootstrap, &granted, "healthy", 3, &[]).delivered,
+        3
+    );
+
+    // The API server stops answering (a partition: connections hang). Before the limit the
+    // grant still works.
+    server.pause().unwrap();
+    let paused = Instant::now();
+    let before = produce(&grants_only.bootstrap, &granted, "before", 3, &[]);
+    assert_eq!(before.delivered, 3, "{before:?}");
+    assert_eq!(
+        grants_only
+            .metric("streamward_sidecar_config_stale ")
+            .unwrap(),
+        0.0,
+        "the produce before the limit took {:?}",
+        paused.elapsed()
+    );
+
+    // After it, /readyz says stale and the grant no longer counts; the rules still do.
+    let stale = |proxy: &Sidecar| -> anyhow::Result<Option<()>> {
+        // The metric flips once the stale state is in force.
+        let flagged = proxy.metric("streamward_sidecar_config_stale ")? == 1.0;
+        Ok((flagged && readyz(proxy).0 == 503).then_some(()))
+    };
+    wait_for("the grants proxy to go stale", STALENESS * 3, || {
+        stale(&grants_only)
+    })
+    .unwrap();
+    let went_stale = paused.elapsed();
+    let (_, body) = readyz(&grants_only);
+    assert!(body.contains("stale"), "{body}");
+    assert!(body.contains("AccessGrants are not honoured"), "{body}");
+    let age = grants_only
+        .metric("streamward_sidecar_config_age_seconds")
+        .unwrap();
+    assert!(age > STALENESS.as_secs_f64(), "config age {age}");
+    let refused = produce(&grants_only.bootstrap, &granted, "after", 1, &[]);
+    assert!(refused_as_unauthorized(&refused), "{refused:?}");
+    assert_eq!(
+        produce(&grants_only.bootstrap, &ruled, "ruled", 2, &[]).delivered,
+        2
+    );
+    // With --stale-config=all, the rules stop counting too.
+    wait_for("the all proxy to go stale", STALENESS * 3, || {
+        stale(&everything)
+    })
+    .unwrap();
+    let (_, body) = readyz(&everything);
+    assert!(body.contains("every request is refused"), "{body}");
+    let refused = produce(&everything.bootstrap, &ruled, "ruled", 1, &[]);
+    assert!(refused_as_unauthorized(&refused), "{refused:?}");
+
+    // The API server answers again: both recover by themselves.
+    server.resume().unwrap();
+    let resumed = Instant::now();
+    wait_for(
+        "both proxies to be fresh again",
+        Duration::from_secs(30),
+        || Ok((readyz(&grants_only).0 == 200 && readyz(&everything).0 == 200).then_some(())),
+    )
+    .unwrap();
+    let recovered = resumed.elapsed();
+    assert_eq!(
+        produce(&grants_only.bootstrap, &granted, "again", 3, &[]).delivered,
+        3
+    );
+    assert_eq!(
+        produce(&everything.bootstrap, &ruled, "again", 3, &[]).delivered,
+        3
+    );
+    eprintln!(
+        "stale {went_stale:?} after the API server stopped (limit {STALENESS:?}); fresh again \
+         {recovered:?} after it resumed"
+    );
+}

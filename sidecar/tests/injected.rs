@@ -58,6 +58,7 @@ fn injected_proxy(collector_ca: &str, config_public_key: &str) -> Value {
             audience: "streamward-collector".into(),
             ca_pem: Some(collector_ca.to_owned()),
             spool_bytes: 8 * 1024 * 1024,
+            full: "refuse".into(),
         }),
         config_public_key: Some(config_public_key.to_owned()),
         ..InjectSettings::default()
@@ -176,6 +177,15 @@ spec:
         })
         .collect();
     assert!(args.contains(&config_map_name(SA)), "{args:?}");
+    // The staleness limit and the AU-5 choice reach the proxy (the operator's defaults, and
+    // --proxy-audit-full=refuse).
+    for pair in [
+        ["--max-config-staleness", "5m"],
+        ["--stale-config", "grants"],
+        ["--audit-full", "refuse"],
+    ] {
+        assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
+    }
     let mut command = Command::new(env!("CARGO_BIN_EXE_streamward-sidecar"));
     command
         .args(&args)
@@ -209,6 +219,16 @@ spec:
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", process.log_tail(30)));
     }
+    // The staleness of the config it watches is measured, and it is fresh.
+    let (_, metrics) = net::http_get(&admin, "/metrics").unwrap();
+    assert!(
+        metrics.contains("streamward_sidecar_config_stale 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("streamward_sidecar_audit_full 0"),
+        "{metrics}"
+    );
     let log = process.log_tail(50);
     assert!(
         log.contains(&config.hash),

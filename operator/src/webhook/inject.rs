@@ -85,6 +85,11 @@ pub struct InjectSettings {
     pub memory_request: String,
     /// Memory limit of the proxy.
     pub memory_limit: String,
+    /// How long the proxy serves a config the API server has not confirmed
+    /// (`--max-config-staleness`).
+    pub max_config_staleness: String,
+    /// What fails closed past it (`--stale-config`: `grants` or `all`).
+    pub stale_config: String,
     /// Where the proxy sends audit events; `None` when audit is off (`--audit-disabled`).
     pub audit: Option<AuditTarget>,
     /// The operator's config-signing public key (hex): the proxy refuses a config it did not
@@ -104,6 +109,8 @@ pub struct AuditTarget {
     pub ca_pem: Option<String>,
     /// The bound of the proxy's spool, in bytes.
     pub spool_bytes: u64,
+    /// What the proxy does while the spool is full (`--audit-full`: `continue` or `refuse`).
+    pub full: String,
 }
 
 impl AuditTarget {
@@ -128,6 +135,8 @@ impl Default for InjectSettings {
             cpu_request: "20m".into(),
             memory_request: "32Mi".into(),
             memory_limit: "128Mi".into(),
+            max_config_staleness: "5m".into(),
+            stale_config: "grants".into(),
             audit: None,
             config_public_key: None,
         }
@@ -599,6 +608,10 @@ fn proxy_container(
         "--admin".to_owned(),
         format!("0.0.0.0:{}", settings.admin_port),
         "--log-json".to_owned(),
+        "--max-config-staleness".to_owned(),
+        settings.max_config_staleness.clone(),
+        "--stale-config".to_owned(),
+        settings.stale_config.clone(),
     ];
     if let Some(audit) = &settings.audit {
         args.extend([
@@ -610,6 +623,8 @@ fn proxy_container(
             SPOOL_DIR.to_owned(),
             "--audit-spool-max-bytes".to_owned(),
             audit.spool_bytes.to_string(),
+            "--audit-full".to_owned(),
+            audit.full.clone(),
         ]);
     }
     let mut env = vec![
@@ -898,6 +913,7 @@ mod tests {
                 audience: "streamward-collector".into(),
                 ca_pem: Some("-----BEGIN CERTIFICATE-----\nCA\n".into()),
                 spool_bytes: 48 * 1024 * 1024,
+                full: "refuse".into(),
             }),
             ..InjectSettings::default()
         };
@@ -923,6 +939,9 @@ mod tests {
         );
         assert_eq!(flag("--audit-spool"), "/var/run/streamward/spool");
         assert_eq!(flag("--audit-spool-max-bytes"), "50331648");
+        assert_eq!(flag("--audit-full"), "refuse");
+        assert_eq!(flag("--max-config-staleness"), "5m");
+        assert_eq!(flag("--stale-config"), "grants");
         assert_eq!(
             env(proxy, "STREAMWARD_AUDIT_CA_PEM").unwrap(),
             "-----BEGIN CERTIFICATE-----\nCA\n"
@@ -1032,6 +1051,7 @@ mod tests {
                 audience: "streamward-collector".into(),
                 ca_pem: None,
                 spool_bytes: 1 << 20,
+                full: "continue".into(),
             }),
             ..InjectSettings::default()
         };

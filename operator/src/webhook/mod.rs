@@ -164,6 +164,20 @@ pub struct WebhookFlags {
     /// The bound of each proxy's audit spool in bytes; the spool's emptyDir gets a quarter more.
     #[arg(long, default_value_t = 48 * 1024 * 1024)]
     pub proxy_audit_spool_bytes: u64,
+    /// What an injected proxy does while its audit spool is full: `continue` (forward, drop
+    /// the events that do not fit, count and report the loss) or `refuse` (answer new requests
+    /// with POLICY_VIOLATION until the spool drains: NIST SP 800-53 AU-5).
+    #[arg(long, default_value = "continue", value_parser = ["continue", "refuse"])]
+    pub proxy_audit_full: String,
+    /// The longest an injected proxy serves a config the API server has not confirmed (e.g.
+    /// `5m`, `30s`; `0` never lets it go stale). Past it, what --proxy-stale-config says fails
+    /// closed and the proxy's /readyz says why, until the API server answers again.
+    #[arg(long, default_value = "5m")]
+    pub proxy_max_config_staleness: String,
+    /// What fails closed in a proxy whose config is stale: `grants` (AccessGrants stop
+    /// counting) or `all` (every request is refused).
+    #[arg(long, default_value = "grants", value_parser = ["grants", "all"])]
+    pub proxy_stale_config: String,
     /// Inject proxies that send no audit events.
     #[arg(long)]
     pub audit_disabled: bool,
@@ -233,6 +247,7 @@ enum AuditWiring {
         audience: String,
         ca: CollectorCa,
         spool_bytes: u64,
+        full: String,
     },
 }
 
@@ -274,6 +289,7 @@ impl AuditWiring {
             audience: flags.collector_audience.clone(),
             ca,
             spool_bytes: flags.proxy_audit_spool_bytes,
+            full: flags.proxy_audit_full.clone(),
         };
         Ok((wiring, sender))
     }
@@ -293,6 +309,7 @@ impl AuditWiring {
                 audience,
                 ca,
                 spool_bytes,
+                full,
             } => {
                 let ca_pem = match ca {
                     CollectorCa::System => None,
@@ -308,6 +325,7 @@ impl AuditWiring {
                     audience: audience.clone(),
                     ca_pem,
                     spool_bytes: *spool_bytes,
+                    full: full.clone(),
                 }))
             }
         }
@@ -346,6 +364,8 @@ pub async fn run(
         cpu_request: flags.proxy_cpu_request.clone(),
         memory_request: flags.proxy_memory_request.clone(),
         memory_limit: flags.proxy_memory_limit.clone(),
+        max_config_staleness: flags.proxy_max_config_staleness.clone(),
+        stale_config: flags.proxy_stale_config.clone(),
         audit: None,
         config_public_key: Some(config_public_key),
     };

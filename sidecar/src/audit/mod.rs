@@ -10,6 +10,10 @@
 //! - The writer (a thread of its own, so disk writes and fsyncs never run on the data path's
 //!   workers) appends events to the [`spool::Spool`] in order, and writes a
 //!   [`streamward_api::audit::DroppedEvents`] report of anything lost once there is room.
+//! - With `--audit-full=refuse` ([`AuditFull::Refuse`]) the [`AuditGate`] closes while the
+//!   spool is at its bound (or the queue half full): new requests are refused with
+//!   POLICY_VIOLATION instead of being forwarded unaudited (NIST SP 800-53 AU-5). Events of
+//!   requests already forwarded still fit: the spool may pass its bound by an eighth for them.
 //! - The sender ([`sender`]) posts batches from the spool's head and forgets a batch only when
 //!   the collector answers 200; while the collector is away the spool grows (up to its bound)
 //!   and is delivered, in order, when it is back — or by the next run of the proxy.
@@ -21,7 +25,7 @@ pub mod spool;
 pub use sender::CollectorCa;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +46,72 @@ pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
 /// How often the writer makes appended events durable.
 const SYNC_EVERY: Duration = Duration::from_millis(200);
 
+/// What the proxy does while the audit spool is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditFull {
+    /// Traffic continues; events past the bound are dropped, counted and reported
+    /// (availability first).
+    #[default]
+    Continue,
+    /// New requests are refused until the spool drains, so nothing is forwarded unaudited
+    /// (AU-5: respond to an audit logging failure).
+    Refuse,
+}
+
+/// The rule an audit-full refusal names (in the client's error message and the event).
+pub const AUDIT_FULL_RULE: &str = "audit spool full";
+/// What a client refused because the spool is full is told.
+pub const AUDIT_FULL_REASON: &str = "the audit spool of this Streamward proxy is full (the \
+     collector is not taking events): requests are refused until it drains (--audit-full=refuse)";
+
+/// Whether the pipeline can take more events: read by every request under
+/// [`AuditFull::Refuse`], kept current by the writer and the sender.
+pub struct AuditGate {
+    refuse: bool,
+    /// The spool's bound: at or above it, the gate is closed.
+    threshold: u64,
+    spool_bytes: AtomicU64,
+    /// Events in the queue, not yet taken by the writer.
+    queued: AtomicUsize,
+    queue_capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl AuditGate {
+    fn new(mode: AuditFull, threshold: u64, queue: usize, metrics: Arc<Metrics>) -> AuditGate {
+        AuditGate {
+            refuse: mode == AuditFull::Refuse,
+            threshold,
+            spool_bytes: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            queue_capacity: queue.max(1),
+            metrics,
+        }
+    }
+
+    /// Whether the spool is at its bound, or the queue half full.
+    pub fn full(&self) -> bool {
+        self.spool_bytes.load(Ordering::Relaxed) >= self.threshold
+            || self.queued.load(Ordering::Relaxed) * 2 >= self.queue_capacity
+    }
+
+    /// With `--audit-full=refuse`, whether a new request must be refused now (counted when it
+    /// is).
+    pub fn refuses(&self) -> bool {
+        let refuses = self.refuse && self.full();
+        if refuses {
+            self.metrics.audit_full_refusal();
+        }
+        refuses
+    }
+
+    /// The spool holds `bytes` now.
+    fn spool_bytes(&self, bytes: u64) {
+        self.spool_bytes.store(bytes, Ordering::Relaxed);
+        self.metrics.audit_full(self.full());
+    }
+}
+
 /// Where and how to deliver audit events.
 #[derive(Clone, Debug)]
 pub struct AuditSettings {
@@ -59,6 +129,8 @@ pub struct AuditSettings {
     pub spool_max_bytes: u64,
     /// The in-memory queue's length, in events.
     pub queue: usize,
+    /// What happens to traffic while the spool is full.
+    pub full: AuditFull,
     /// The workload this proxy serves (for reports of dropped events).
     pub identity: Identity,
 }
@@ -86,6 +158,7 @@ pub struct Emitter {
     overflow: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     identity: Arc<Identity>,
+    gate: Arc<AuditGate>,
 }
 
 impl std::fmt::Debug for Emitter {
@@ -100,13 +173,34 @@ impl Emitter {
     /// Queues `event`, or drops and counts it when the queue is full (the writer reports the
     /// loss as an event of its own).
     pub fn emit(&self, event: AuditEvent) {
+        // A request refused because the pipeline is full has no room: its event is lost and
+        // reported as such, so the room left stays for requests already forwarded.
+        if self.gate.refuse
+            && self.gate.full()
+            && event
+                .record()
+                .is_some_and(|record| record.decision.rule == AUDIT_FULL_RULE)
+        {
+            self.overflow.fetch_add(1, Ordering::Relaxed);
+            self.metrics.audit_events(AuditOutcome::Dropped, 1);
+            return;
+        }
         match self.queue.try_send(Box::new(event)) {
-            Ok(()) => self.metrics.audit_events(AuditOutcome::Queued, 1),
+            Ok(()) => {
+                self.gate.queued.fetch_add(1, Ordering::Relaxed);
+                self.metrics.audit_events(AuditOutcome::Queued, 1);
+            }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.overflow.fetch_add(1, Ordering::Relaxed);
                 self.metrics.audit_events(AuditOutcome::Dropped, 1);
             }
         }
+    }
+
+    /// Whether new requests must be refused because the pipeline is full
+    /// (`--audit-full=refuse`).
+    pub fn refuses(&self) -> bool {
+        self.gate.refuses()
     }
 
     /// The workload identity events name.
@@ -121,11 +215,18 @@ impl Emitter {
         metrics: Arc<Metrics>,
     ) -> (Emitter, Receiver<Box<AuditEvent>>) {
         let (queue, events) = std::sync::mpsc::sync_channel(1024);
+        let gate = Arc::new(AuditGate::new(
+            AuditFull::Continue,
+            u64::MAX,
+            1024,
+            metrics.clone(),
+        ));
         let emitter = Emitter {
             queue,
             overflow: Arc::new(AtomicU64::new(0)),
             metrics,
             identity: Arc::new(identity),
+            gate,
         };
         (emitter, events)
     }
@@ -147,13 +248,28 @@ impl Audit {
     pub fn start(settings: AuditSettings, metrics: Arc<Metrics>) -> Result<Audit, AuditError> {
         let collector = Collector::new(&settings.url, settings.token_file.clone(), &settings.ca)?;
         let instance = session::new_uuid();
+        // Refusing at the bound, the spool keeps room above it for the events of requests
+        // already forwarded when the gate closed (the injected emptyDir allows a quarter more).
+        let hard_bound = match settings.full {
+            AuditFull::Continue => settings.spool_max_bytes,
+            AuditFull::Refuse => settings
+                .spool_max_bytes
+                .saturating_add(settings.spool_max_bytes / 8),
+        };
         let spool = Spool::open(
             &settings.spool_dir,
-            settings.spool_max_bytes,
+            hard_bound,
             settings.identity.clone(),
             instance,
         )?;
         metrics.audit_spool_bytes(spool.bytes());
+        let gate = Arc::new(AuditGate::new(
+            settings.full,
+            settings.spool_max_bytes,
+            settings.queue,
+            metrics.clone(),
+        ));
+        gate.spool_bytes(spool.bytes());
         if spool.bytes() > 0 {
             tracing::info!(
                 bytes = spool.bytes(),
@@ -171,9 +287,12 @@ impl Audit {
             let notify = notify.clone();
             let metrics = metrics.clone();
             let stop = stop_writer.clone();
+            let gate = gate.clone();
             std::thread::Builder::new()
                 .name("audit-writer".into())
-                .spawn(move || write_loop(events, &spool, &overflow, &notify, &metrics, &stop))
+                .spawn(move || {
+                    write_loop(events, &spool, &overflow, &notify, &metrics, &gate, &stop)
+                })
                 .map_err(AuditError::Thread)?
         };
         let stop_sender = CancellationToken::new();
@@ -182,6 +301,7 @@ impl Audit {
             notify,
             collector,
             metrics.clone(),
+            gate.clone(),
             stop_sender.clone(),
         ));
         tracing::info!(collector = %settings.url, spool = %settings.spool_dir.display(), "audit events are sent to the collector");
@@ -191,6 +311,7 @@ impl Audit {
                 overflow,
                 metrics,
                 identity: Arc::new(settings.identity),
+                gate,
             },
             spool,
             stop_writer,
@@ -248,6 +369,7 @@ fn write_loop(
     overflow: &AtomicU64,
     notify: &Notify,
     metrics: &Metrics,
+    gate: &AuditGate,
     stop: &AtomicBool,
 ) {
     let mut batch = Vec::with_capacity(1024);
@@ -269,6 +391,10 @@ fn write_loop(
             Err(RecvTimeoutError::Timeout) => idle = true,
             Err(RecvTimeoutError::Disconnected) => ended = true,
         }
+        gate.queued.fetch_sub(
+            batch.len().min(gate.queued.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
         let overflowed = overflow.swap(0, Ordering::Relaxed);
         {
             let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
@@ -288,6 +414,7 @@ fn write_loop(
                     }
                 }
                 metrics.audit_spool_bytes(spool.bytes());
+                gate.spool_bytes(spool.bytes());
                 dirty = true;
                 batch.clear();
                 notify.notify_one();
@@ -379,6 +506,7 @@ mod tests {
             spool_dir: dir.join("spool"),
             spool_max_bytes: 64 << 20,
             queue: 100_000,
+            full: AuditFull::Continue,
             identity: identity(),
         }
     }
@@ -522,6 +650,12 @@ mod tests {
             overflow: Arc::new(AtomicU64::new(0)),
             metrics: metrics.clone(),
             identity: Arc::new(identity()),
+            gate: Arc::new(AuditGate::new(
+                AuditFull::Continue,
+                u64::MAX,
+                2,
+                metrics.clone(),
+            )),
         };
         for sequence in 1..=5 {
             emitter.emit(event(sequence));

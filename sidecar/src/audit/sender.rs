@@ -248,6 +248,7 @@ pub async fn deliver(
     appended: Arc<Notify>,
     collector: Collector,
     metrics: Arc<Metrics>,
+    gate: Arc<super::AuditGate>,
     stop: CancellationToken,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -295,7 +296,7 @@ pub async fn deliver(
                     failing = false;
                 }
                 metrics.audit_events(AuditOutcome::Delivered, events as u64);
-                acknowledge(&spool, batch.end, 0, &metrics).await;
+                acknowledge(&spool, batch.end, 0, &metrics, &gate).await;
                 backoff = BACKOFF_MIN;
                 max_events = MAX_BATCH_EVENTS;
             }
@@ -312,12 +313,12 @@ pub async fn deliver(
                 tracing::error!(
                     "the audit collector refused a single event as too large: it is dropped and the loss reported"
                 );
-                acknowledge(&spool, batch.end, 1, &metrics).await;
+                acknowledge(&spool, batch.end, 1, &metrics, &gate).await;
             }
             Answer::Rejected(reason) => {
                 metrics.audit_delivery_error(AuditDeliveryError::Rejected);
                 tracing::error!(%reason, events, "the audit collector refused a batch as unreadable: it is dropped and the loss reported");
-                acknowledge(&spool, batch.end, events as u64, &metrics).await;
+                acknowledge(&spool, batch.end, events as u64, &metrics, &gate).await;
             }
             Answer::Retry(kind, reason) => {
                 metrics.audit_delivery_error(kind);
@@ -340,8 +341,10 @@ async fn acknowledge(
     end: spool::Position,
     dropped: u64,
     metrics: &Arc<Metrics>,
+    gate: &Arc<super::AuditGate>,
 ) {
     let metrics = metrics.clone();
+    let gate = gate.clone();
     let done = with_spool(spool, move |spool| {
         if dropped > 0 {
             metrics.audit_events(AuditOutcome::Dropped, dropped);
@@ -349,6 +352,7 @@ async fn acknowledge(
         }
         let result = spool.ack(end);
         metrics.audit_spool_bytes(spool.bytes());
+        gate.spool_bytes(spool.bytes());
         result
     })
     .await;

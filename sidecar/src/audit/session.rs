@@ -76,6 +76,12 @@ impl SessionAudit {
         &self.session_id
     }
 
+    /// Whether a new request must be refused because the audit pipeline is full
+    /// (`--audit-full=refuse`).
+    pub fn refuses(&self) -> bool {
+        self.emitter.refuses()
+    }
+
     /// The client library, from an ApiVersions request (v3+).
     pub fn learn_software(&mut self, name: &str, version: &str) {
         if !name.is_empty() {
