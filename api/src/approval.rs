@@ -78,6 +78,14 @@ impl ApprovalSettings {
     }
 }
 
+/// The command an approver runs to approve the ApprovalRequest `name` in `namespace`: an
+/// Approval, which the admission webhook stamps with who they are.
+pub fn approve_command(namespace: &str, name: &str) -> String {
+    format!(
+        "printf 'apiVersion: streamward.io/v1alpha1\\nkind: Approval\\nmetadata: {{generateName: {name}-}}\\nspec: {{requestRef: {{kind: ApprovalRequest, name: {name}}}, decision: Approve}}\\n' | kubectl -n {namespace} create -f -"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,9 @@
 //! caFile: /etc/ssl/extra-ca.pem   # optional, trusted besides the system roots
 //! ```
 //!
-//! Each alert is `POST`ed as JSON `{"sink", "reasons", "event"}` (a conflict adds
+//! Each alert is `POST`ed as JSON `{"sink", "reasons", "event"}` (an event of a held request
+//! adds `"approval": {"step", "request", "who", "what", "why", "approvers", "comment",
+//! "approve"}`, `approve` being the command that approves it while it waits; a conflict adds
 //! `"conflict": {"identity", "storedSha256", "refusedSha256"}`, and `event` is the refused one) with
 //! `X-Streamward-Signature: sha256=<hex HMAC-SHA-256 of the body with the sink's secret>` and
 //! `X-Streamward-Event-Id` (a retried alert may arrive twice; the id tells).
@@ -38,7 +40,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use sha2::Sha256;
-use streamward_api::audit::{AuditEvent, EventData};
+use streamward_api::audit::{ApprovalStep, AuditEvent, EventData};
 use tokio::sync::mpsc;
 
 use crate::ingest::{Conflicting, Notice};
@@ -87,6 +89,50 @@ pub fn reasons(event: &AuditEvent) -> Vec<Reason> {
         }
     }
     reasons
+}
+
+/// For an event of a held request, what a person deciding needs in one place: who asked, for
+/// what, under which rule, where it stands, and (while it waits) the command that approves it.
+pub fn approval_summary(event: &AuditEvent) -> Option<serde_json::Value> {
+    let EventData::Request(record) = &event.data else {
+        return None;
+    };
+    let approval = record.approval.as_ref()?;
+    let identity = &record.identity;
+    let mut who = format!("{}/{}", identity.namespace, identity.service_account);
+    if let Some(pod) = &identity.pod {
+        who.push_str(&format!(" (pod {pod})"));
+    }
+    if let Some(user) = &identity.user {
+        who.push_str(&format!(" as {user}"));
+    }
+    let what: Vec<String> = record
+        .resources
+        .iter()
+        .map(|r| format!("{} on {} {}", r.operation, r.resource_type, r.name))
+        .collect();
+    let mut summary = serde_json::json!({
+        "step": approval.step,
+        "request": approval.request,
+        "who": who,
+        "what": format!("{} ({})", what.join(", "), record.request.api_key),
+        "why": record.decision.rule,
+    });
+    if !approval.approvers.is_empty() {
+        summary["approvers"] = serde_json::json!(approval.approvers);
+    }
+    if let Some(comment) = &approval.comment {
+        summary["comment"] = serde_json::json!(comment);
+    }
+    let waiting = matches!(
+        approval.step,
+        ApprovalStep::Requested | ApprovalStep::Pending
+    );
+    if waiting && let Some((namespace, name)) = approval.request.split_once('/') {
+        summary["approve"] =
+            serde_json::json!(streamward_api::approval::approve_command(namespace, name));
+    }
+    Some(summary)
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,6 +372,9 @@ async fn deliver(
             "reasons": reasons,
             "event": &*event,
         });
+        if let Some(approval) = approval_summary(&event) {
+            body["approval"] = approval;
+        }
         if let Some(conflict) = conflict {
             body["conflict"] = serde_json::json!({
                 "identity": conflict.identity,

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use common::{About, Collector, event};
 use hmac::{KeyInit, Mac};
+use streamward_api::audit::{Approval, ApprovalStep, AuditEvent, EventData};
 use streamward_e2e::{net, wait_for};
 
 const SECOPS_SECRET: &str = "secops-hmac-secret-0123456789";
@@ -184,6 +185,87 @@ fn alerts_reach_the_webhook_signed_retried_filtered_and_rate_limited() {
         *signature,
         hmac_hex(PII_SECRET, &body.replace("b:1", "b:9"))
     );
+}
+
+/// An event of a held request at `step`.
+fn held(sequence: u64, step: ApprovalStep, approvers: &[&str]) -> AuditEvent {
+    let mut event = event("held", sequence, &About::default());
+    let EventData::Request(record) = &mut event.data else {
+        unreachable!("a request event")
+    };
+    record.request.api_key = "DeleteTopics".into();
+    record.resources[0].operation = "Delete".into();
+    record.decision.effect = "RequireApproval".into();
+    record.decision.rule = "StreamPolicy/janitor rule deletes-need-two".into();
+    record.approval = Some(Approval {
+        request: "shop/orders-app-deletetopics-x7k2p".into(),
+        step,
+        approvers: approvers.iter().map(|a| (*a).to_string()).collect(),
+        comment: (step == ApprovalStep::Denied).then(|| "not during the freeze".into()),
+    });
+    event
+}
+
+#[test]
+fn approvers_hear_of_a_held_request_with_the_command_that_approves_it_and_of_its_decision() {
+    let shared: Shared = Arc::default();
+    let hooks = receiver(shared.clone());
+    let dir = streamward_e2e::cache::run_dir("collector-approval-alerts").unwrap();
+    let key = dir.path().join("approvers.key");
+    std::fs::write(&key, SECOPS_SECRET).unwrap();
+    let alerts = dir.path().join("alerts.yaml");
+    std::fs::write(
+        &alerts,
+        format!(
+            "sinks:\n- name: approvers\n  url: http://{hooks}/approvers\n  secretFile: {}\n  on: [approval]\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let collector = Collector::start_in(dir.path(), &["--alerts", alerts.to_str().unwrap()]);
+    collector.send(&[
+        event("held", 1, &About::default()),
+        held(2, ApprovalStep::Requested, &[]),
+        held(3, ApprovalStep::Denied, &["carol"]),
+    ]);
+    let bodies = wait_for("both approval alerts", Duration::from_secs(20), || {
+        let received = shared.lock().unwrap();
+        let bodies: Vec<serde_json::Value> = received
+            .calls
+            .iter()
+            .map(|call| serde_json::from_str(&call.3).unwrap())
+            .collect();
+        Ok((bodies.len() >= 2).then_some(bodies))
+    })
+    .unwrap();
+    assert_eq!(
+        bodies.len(),
+        2,
+        "only the held request's events: {bodies:?}"
+    );
+    let requested = &bodies[0]["approval"];
+    assert_eq!(requested["step"], "Requested");
+    assert_eq!(requested["request"], "shop/orders-app-deletetopics-x7k2p");
+    assert_eq!(requested["who"], "shop/orders-app (pod orders-7d9f)");
+    assert_eq!(
+        requested["what"],
+        "Delete on Topic orders.created (DeleteTopics)"
+    );
+    assert_eq!(
+        requested["why"],
+        "StreamPolicy/janitor rule deletes-need-two"
+    );
+    let approve = requested["approve"].as_str().unwrap();
+    assert!(
+        approve.contains("name: orders-app-deletetopics-x7k2p")
+            && approve.ends_with("kubectl -n shop create -f -"),
+        "{approve}"
+    );
+    let denied = &bodies[1]["approval"];
+    assert_eq!(denied["step"], "Denied");
+    assert_eq!(denied["approvers"], serde_json::json!(["carol"]));
+    assert_eq!(denied["comment"], "not during the freeze");
+    assert!(denied.get("approve").is_none(), "{denied}");
 }
 
 #[test]

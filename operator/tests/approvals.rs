@@ -811,9 +811,36 @@ spec: {{bootstrapServers: ['{}']}}
         out.contains(&format!("ApprovalRequest payments/{name}")),
         "{out}"
     );
-    assert!(out.contains("kubectl -n payments create -f -"), "{out}");
     assert!(exists(&kafka, "ledger.old-2"));
-    create(&server, &people.carol, &on(&name, "Approve", "")).unwrap();
+    // Carol runs the command the message gives, as it is.
+    let command = out
+        .lines()
+        .find_map(|line| line.split_once("an approver runs: ").map(|(_, c)| c.trim()))
+        .unwrap_or_else(|| panic!("no command in {out}"));
+    assert!(
+        command.ends_with("kubectl -n payments create -f -"),
+        "{command}"
+    );
+    let kubectl_dir = Path::new(server.kubectl().get_program())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        kubectl_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let ran = std::process::Command::new("sh")
+        .args(["-c", command])
+        .env("PATH", path)
+        .env("KUBECONFIG", &people.carol)
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
     create(&server, &people.dave, &on(&name, "Approve", "")).unwrap();
     wait_json(
         &server,

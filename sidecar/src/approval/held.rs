@@ -296,14 +296,6 @@ impl Resolution {
     }
 }
 
-/// The command an approver runs to approve `name` in `namespace` (until the kubectl plugin
-/// does it in one word): an Approval the admission webhook stamps with who they are.
-pub fn approve_command(namespace: &str, name: &str) -> String {
-    format!(
-        "printf 'apiVersion: streamward.io/v1alpha1\\nkind: Approval\\nmetadata: {{generateName: {name}-}}\\nspec: {{requestRef: {{kind: ApprovalRequest, name: {name}}}, decision: Approve}}\\n' | kubectl -n {namespace} create -f -"
-    )
-}
-
 /// The policy of a held request decided again: the accesses its rule held are allowed when
 /// the hold released it, refused with the resolution's message otherwise (no longer held, so
 /// the request is answered, not held again). Other verdicts are the policy's own.

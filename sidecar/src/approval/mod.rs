@@ -206,7 +206,7 @@ impl Approvals {
                 asked.policy,
                 asked.rule,
                 hold.as_secs(),
-                held::approve_command(&namespace, &name),
+                streamward_api::approval::approve_command(&namespace, &name),
             ),
         };
         let decided = async {
