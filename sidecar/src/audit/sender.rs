@@ -207,24 +207,45 @@ impl Collector {
             Ok(Ok(body)) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
             _ => String::new(),
         };
-        match status {
-            StatusCode::OK => Answer::Stored,
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Answer::Retry(
-                AuditDeliveryError::Unauthorized,
-                format!("{status}: {text}"),
-            ),
-            StatusCode::BAD_REQUEST => Answer::Rejected(format!("{status}: {text}")),
-            StatusCode::PAYLOAD_TOO_LARGE => Answer::TooLarge,
-            _ => Answer::Retry(AuditDeliveryError::Server, format!("{status}: {text}")),
-        }
+        answer(status, &text)
+    }
+}
+
+/// What the collector's answer means for the batch.
+fn answer(status: StatusCode, text: &str) -> Answer {
+    match status {
+        StatusCode::OK => Answer::Stored,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Answer::Retry(
+            AuditDeliveryError::Unauthorized,
+            format!("{status}: {text}"),
+        ),
+        StatusCode::BAD_REQUEST => Answer::Rejected(format!("{status}: {text}")),
+        StatusCode::PAYLOAD_TOO_LARGE => Answer::TooLarge,
+        // The rest of the batch is stored; the ids it names hold other events there for good,
+        // so sending them again can never succeed and would hold up every later event.
+        StatusCode::CONFLICT => Answer::Conflict {
+            refused: serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|body| Some(body.get("conflicts")?.as_array()?.len() as u64))
+                .unwrap_or(1)
+                .max(1),
+            reason: text.chars().take(512).collect(),
+        },
+        _ => Answer::Retry(AuditDeliveryError::Server, format!("{status}: {text}")),
     }
 }
 
 /// What became of one attempt.
+#[derive(Debug, PartialEq)]
 enum Answer {
     Stored,
     Rejected(String),
     TooLarge,
+    /// Stored, except `refused` events whose ids the collector holds with other content.
+    Conflict {
+        refused: u64,
+        reason: String,
+    },
     Retry(AuditDeliveryError, String),
 }
 
@@ -320,6 +341,20 @@ pub async fn deliver(
                 tracing::error!(%reason, events, "the audit collector refused a batch as unreadable: it is dropped and the loss reported");
                 acknowledge(&spool, batch.end, events as u64, &metrics, &gate).await;
             }
+            Answer::Conflict { refused, reason } => {
+                metrics.audit_delivery_error(AuditDeliveryError::Rejected);
+                let refused = refused.min(events as u64);
+                metrics.audit_events(AuditOutcome::Delivered, events as u64 - refused);
+                tracing::error!(
+                    %reason,
+                    refused,
+                    "the audit collector already holds other events under some of these ids \
+                     (someone else sent events with this proxy's identity): the rest were \
+                     stored, those are reported as lost"
+                );
+                acknowledge(&spool, batch.end, refused, &metrics, &gate).await;
+                backoff = BACKOFF_MIN;
+            }
             Answer::Retry(kind, reason) => {
                 metrics.audit_delivery_error(kind);
                 if !failing {
@@ -360,5 +395,32 @@ async fn acknowledge(
         // The position is only remembered in memory: a restart may deliver this batch again,
         // which the collector stores once.
         tracing::warn!(%error, "recording the audit delivery position failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_is_final_for_the_events_it_names_and_only_those() {
+        let body = r#"{"error":"events [\"s:3\",\"s:4\"] were stored before with other content","accepted":6,"duplicates":0,"conflicts":["s:3","s:4"]}"#;
+        match answer(StatusCode::CONFLICT, body) {
+            Answer::Conflict { refused, reason } => {
+                assert_eq!(refused, 2);
+                assert!(reason.contains("stored before"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // An unreadable conflict still moves on, counting one loss.
+        assert!(matches!(
+            answer(StatusCode::CONFLICT, "<html>"),
+            Answer::Conflict { refused: 1, .. }
+        ));
+        assert!(matches!(
+            answer(StatusCode::BAD_GATEWAY, ""),
+            Answer::Retry(AuditDeliveryError::Server, _)
+        ));
+        assert_eq!(answer(StatusCode::OK, ""), Answer::Stored);
     }
 }
