@@ -19,6 +19,7 @@ pub mod data;
 pub mod helm;
 pub mod image;
 pub mod kafka;
+pub mod kroxylicious;
 pub mod kube;
 pub mod net;
 pub mod node;
