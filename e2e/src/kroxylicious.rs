@@ -56,15 +56,23 @@ pub enum Filters {
 pub struct Kroxylicious {
     /// The bootstrap address clients use.
     pub bootstrap: String,
+    upstream_ports: Vec<i32>,
     process: Process,
     _dir: tempfile::TempDir,
 }
 
 impl Kroxylicious {
     /// Starts a proxy for the cluster at `upstream` whose brokers have node ids
-    /// `node_ids.0..=node_ids.1`, and waits until a Metadata request through it is answered
-    /// with the proxy's own broker addresses.
+    /// `node_ids.0..=node_ids.1`, and waits until it is ready (see [`Kroxylicious::wait_ready`]).
     pub fn start(upstream: &str, node_ids: (i32, i32), filters: Filters) -> Result<Kroxylicious> {
+        let mut proxy = Kroxylicious::spawn(upstream, node_ids, filters)?;
+        proxy.wait_ready()?;
+        Ok(proxy)
+    }
+
+    /// Like [`Kroxylicious::start`] without waiting: a JVM takes seconds to start, and several
+    /// can start side by side.
+    pub fn spawn(upstream: &str, node_ids: (i32, i32), filters: Filters) -> Result<Kroxylicious> {
         let dist = install()?;
         let dir = cache::run_dir("kroxylicious")?;
         let bootstrap = format!("127.0.0.1:{}", net::free_port()?);
@@ -90,14 +98,26 @@ impl Kroxylicious {
             .arg(format!("{}/*", dist.home.join("lib").display()))
             .arg(cache::source_root().join("e2e/kroxylicious/Launcher.java"))
             .arg(&config);
-        let mut process = Process::spawn("kroxylicious", command, &dir.path().join("proxy.log"))?;
-        let upstream_ports = ports_of(upstream);
+        let process = Process::spawn("kroxylicious", command, &dir.path().join("proxy.log"))?;
+        Ok(Kroxylicious {
+            bootstrap,
+            upstream_ports: ports_of(upstream),
+            process,
+            _dir: dir,
+        })
+    }
+
+    /// Waits until a Metadata request through the proxy is answered with the proxy's own
+    /// broker addresses.
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let (bootstrap, upstream_ports) = (&self.bootstrap, &self.upstream_ports);
+        let process = &mut self.process;
         wait_for(
             "Kroxylicious to serve Metadata with its own broker addresses",
             Duration::from_secs(90),
             || {
                 process.check_running()?;
-                let metadata = crate::kafka::wire::metadata(&bootstrap)?;
+                let metadata = crate::kafka::wire::metadata(bootstrap)?;
                 Ok((!metadata.brokers.is_empty()
                     && metadata
                         .brokers
@@ -105,12 +125,7 @@ impl Kroxylicious {
                         .all(|b| !upstream_ports.contains(&b.port)))
                 .then_some(()))
             },
-        )?;
-        Ok(Kroxylicious {
-            bootstrap,
-            process,
-            _dir: dir,
-        })
+        )
     }
 
     /// The proxy's process id (the JVM's).

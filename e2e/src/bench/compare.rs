@@ -129,7 +129,7 @@ pub struct Throughput {
 /// Everything measured of one column.
 #[derive(Clone, Debug, Serialize)]
 pub struct Column {
-    pub path: Route,
+    pub route: Route,
     pub label: String,
     pub description: String,
     pub throughput: Vec<Throughput>,
@@ -151,7 +151,7 @@ enum Peer {
 }
 
 struct Lane {
-    path: Route,
+    route: Route,
     bootstrap: String,
     peer: Peer,
 }
@@ -179,7 +179,7 @@ const TOKEN: &str = "bench-compare-token-0123456789";
 /// Distinct orders the producer draws from.
 const DISTINCT: u64 = 1_000;
 
-/// Runs the comparison and returns every column measured. Fails if any path did not carry
+/// Runs the comparison and returns every column measured. Fails if any proxy did not carry
 /// its traffic.
 pub fn run(options: &Options) -> Result<Report> {
     ensure!(options.rounds > 0, "at least one round");
@@ -200,9 +200,14 @@ pub fn run(options: &Options) -> Result<Report> {
 
     // The collector must outlive the auditing proxies' last delivery.
     let (lanes, _collector) = start_lanes(options, &kafka, run.path())?;
+    eprintln!(
+        "[{:5.1} s] Kafka, the collector and {} proxies ready",
+        started.elapsed().as_secs_f64(),
+        lanes.len() - 1
+    );
     for lane in &lanes {
         if lane.pid().is_some() {
-            check_routes_through(&lane.bootstrap, &direct, lane.path)?;
+            check_routes_through(&lane.bootstrap, &direct, lane.route)?;
         }
     }
 
@@ -235,14 +240,14 @@ pub fn run(options: &Options) -> Result<Report> {
             let index = (step + round) % lanes.len();
             let lane = &lanes[index];
             for (c, compression) in options.compressions.iter().enumerate() {
-                let prefix = if lane.path == Route::StreamwardMasked {
+                let prefix = if lane.route == Route::StreamwardMasked {
                     super::MASKED_PREFIX
                 } else {
                     "bench."
                 };
                 let topic = format!(
                     "{prefix}{}-{compression}-{run_id}-{round}",
-                    lane.path.slug()
+                    lane.route.slug()
                 );
                 super::create_topic(&direct, &topic)?;
                 let cpu_before = lane.pid().map(cpu_seconds).transpose()?;
@@ -253,9 +258,9 @@ pub fn run(options: &Options) -> Result<Report> {
                     throughput: -1,
                 };
                 let produced = produce_load(dist, &lane.bootstrap, &topic, &load)
-                    .with_context(|| format!("producing through {}", lane.path.label()))?;
+                    .with_context(|| format!("producing through {}", lane.route.label()))?;
                 let consumed = consume(dist, &lane.bootstrap, &topic, options.records)
-                    .with_context(|| format!("consuming through {}", lane.path.label()))?;
+                    .with_context(|| format!("consuming through {}", lane.route.label()))?;
                 let cpu = match (lane.pid(), cpu_before) {
                     (Some(pid), Some(before)) => cpu_seconds(pid)? - before,
                     _ => 0.0,
@@ -264,7 +269,7 @@ pub fn run(options: &Options) -> Result<Report> {
                     ensure!(
                         cpu > 0.0,
                         "{} used no CPU while {} records went through it: did the clients bypass it?\n{}",
-                        lane.path.label(),
+                        lane.route.label(),
                         options.records,
                         lane.log()
                     );
@@ -272,8 +277,9 @@ pub fn run(options: &Options) -> Result<Report> {
                 super::delete_topic(&direct, &topic)?;
                 let produced_mb = options.records as f64 * record_bytes as f64 / 1e6;
                 eprintln!(
-                    "round {round} {:>24} {compression:>5}: produce {:.1} MB/s, consume {:.1} MB/s, proxy CPU {cpu:.2} s",
-                    lane.path.label(),
+                    "[{:5.1} s] round {round} {:>24} {compression:>5}: produce {:.1} MB/s, consume {:.1} MB/s, proxy CPU {cpu:.2} s",
+                    started.elapsed().as_secs_f64(),
+                    lane.route.label(),
                     produced.mb_per_sec,
                     consumed.mb_per_sec
                 );
@@ -300,7 +306,7 @@ pub fn run(options: &Options) -> Result<Report> {
                 options.probe_requests,
                 record_bytes,
             )
-            .with_context(|| format!("timing round trips through {}", lane.path.label()))?;
+            .with_context(|| format!("timing round trips through {}", lane.route.label()))?;
             if block > 0 {
                 round_trips[index].extend(times);
             }
@@ -318,9 +324,9 @@ pub fn run(options: &Options) -> Result<Report> {
             (c + t.proxy_cpu_seconds, m + t.mb_moved)
         });
         columns.push(Column {
-            path: lane.path,
-            label: lane.path.label().to_string(),
-            description: lane.path.describe(),
+            route: lane.route,
+            label: lane.route.label().to_string(),
+            description: lane.route.describe(),
             throughput,
             round_trip_p50_us: percentile(times, 0.50),
             round_trip_p99_us: percentile(times, 0.99),
@@ -364,11 +370,11 @@ fn start_lanes(
             (lo.min(id), hi.max(id))
         });
     let mut lanes = vec![Lane {
-        path: Route::Direct,
+        route: Route::Direct,
         bootstrap: direct.clone(),
         peer: Peer::Direct,
     }];
-    for path in [
+    for route in [
         Route::Streamward,
         Route::StreamwardAudit,
         Route::StreamwardMasked,
@@ -377,10 +383,10 @@ fn start_lanes(
             ("target.yaml", target.clone()),
             ("policy.yaml", policy.clone()),
         ];
-        if path == Route::StreamwardMasked {
+        if route == Route::StreamwardMasked {
             files.push(("masking.yaml", super::MASKING.to_string()));
         }
-        let spool = dir.join(format!("spool-{}", path.slug()));
+        let spool = dir.join(format!("spool-{}", route.slug()));
         let spool = spool.display().to_string();
         let audit = [
             "--audit-url",
@@ -390,25 +396,30 @@ fn start_lanes(
             "--audit-spool",
             spool.as_str(),
         ];
-        let args: &[&str] = if path == Route::Streamward {
+        let args: &[&str] = if route == Route::Streamward {
             &[]
         } else {
             &audit
         };
         let proxy = Sidecar::start_for_benchmark(&options.sidecar, &files, "bench", "bench", args)?;
         lanes.push(Lane {
-            path,
+            route,
             bootstrap: proxy.bootstrap.clone(),
             peer: Peer::Streamward(proxy),
         });
     }
-    for (path, filters) in [
+    // Both JVMs start side by side.
+    let mut peers = [
         (Route::Kroxylicious, Filters::Passthrough),
         (Route::KroxyliciousTransform, Filters::UpperCaseOnFetch),
-    ] {
-        let proxy = Kroxylicious::start(&direct, node_ids, filters)?;
+    ]
+    .into_iter()
+    .map(|(route, filters)| Ok((route, Kroxylicious::spawn(&direct, node_ids, filters)?)))
+    .collect::<Result<Vec<_>>>()?;
+    for (route, mut proxy) in peers.drain(..) {
+        proxy.wait_ready()?;
         lanes.push(Lane {
-            path,
+            route,
             bootstrap: proxy.bootstrap.clone(),
             peer: Peer::Kroxylicious(proxy),
         });
@@ -418,7 +429,7 @@ fn start_lanes(
 
 /// Fails unless Metadata through `bootstrap` names only addresses other than the brokers'
 /// (`direct`): a proxy that passed the brokers' own addresses on would carry only the bootstrap.
-fn check_routes_through(bootstrap: &str, direct: &str, path: Route) -> Result<()> {
+fn check_routes_through(bootstrap: &str, direct: &str, route: Route) -> Result<()> {
     let metadata = crate::kafka::wire::metadata(bootstrap)?;
     let brokers: Vec<String> = metadata
         .brokers
@@ -428,7 +439,7 @@ fn check_routes_through(bootstrap: &str, direct: &str, path: Route) -> Result<()
     ensure!(
         !brokers.is_empty() && brokers.iter().all(|b| !direct.split(',').any(|d| d == b)),
         "{} hands clients the brokers' own addresses {brokers:?}: traffic would bypass it",
-        path.label()
+        route.label()
     );
     Ok(())
 }
@@ -440,17 +451,17 @@ fn verify_audit_and_masking(lanes: &[Lane], options: &Options) -> Result<()> {
         let Peer::Streamward(proxy) = &lane.peer else {
             continue;
         };
-        if lane.path == Route::Streamward {
+        if lane.route == Route::Streamward {
             continue;
         }
         let queued = proxy.metric("streamward_sidecar_audit_events_total{outcome=\"queued\"}")?;
-        ensure!(queued > 0.0, "{} queued no audit event", lane.path.label());
+        ensure!(queued > 0.0, "{} queued no audit event", lane.route.label());
         wait_for("the audit spool to drain", Duration::from_secs(300), || {
             let delivered =
                 proxy.metric("streamward_sidecar_audit_events_total{outcome=\"delivered\"}")?;
             Ok((delivered >= queued).then_some(()))
         })?;
-        if lane.path == Route::StreamwardMasked {
+        if lane.route == Route::StreamwardMasked {
             let masked = proxy.metric("streamward_sidecar_masked_records_total")?;
             let served = (options.records
                 * options.rounds as u64

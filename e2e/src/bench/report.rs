@@ -151,7 +151,7 @@ impl Report {
 
     /// The column of `route`.
     pub fn column(&self, route: Route) -> Option<&Column> {
-        self.columns.iter().find(|c| c.path == route)
+        self.columns.iter().find(|c| c.route == route)
     }
 
     /// Writes `results.md`, `results.json` and `throughput.svg` into `dir`.
@@ -321,7 +321,7 @@ fn escape(text: &str) -> String {
 
 /// The goals of issue 14, as ratios between the columns of one run.
 fn targets(columns: &[Column]) -> Vec<Target> {
-    let of = |route: Route| columns.iter().find(|c| c.path == route);
+    let of = |route: Route| columns.iter().find(|c| c.route == route);
     let mut targets = Vec::new();
     let mut ratio = |what: String, measured: f64, goal: f64| {
         if measured.is_finite() {
