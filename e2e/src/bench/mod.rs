@@ -371,7 +371,22 @@ pub fn create_topic(bootstrap: &str, topic: &str) -> Result<()> {
     let response = Connection::connect(bootstrap)?.send(&request, 5)?;
     let code = response.topics.first().map_or(-1, |t| t.error_code);
     ensure!(code == 0, "creating {topic}: error code {code}");
-    Ok(())
+    // The controller answers before the broker has the partition: a request sent at once can
+    // meet UNKNOWN_TOPIC_OR_PARTITION. Wait until Metadata shows it led.
+    crate::wait_for(
+        &format!("{topic} to have a leader"),
+        std::time::Duration::from_secs(30),
+        || {
+            let metadata = crate::kafka::wire::metadata(bootstrap)?;
+            let led = metadata.topics.iter().any(|t| {
+                t.name.as_ref().is_some_and(|n| n.as_str() == topic)
+                    && t.error_code == 0
+                    && !t.partitions.is_empty()
+                    && t.partitions.iter().all(|p| p.leader_id.0 >= 0)
+            });
+            Ok(led.then_some(()))
+        },
+    )
 }
 
 /// Deletes `topic` through the broker at `bootstrap`, so a long benchmark does not fill the disk.
