@@ -50,7 +50,7 @@ manifests:
 manifests-check:
     cargo run -q -p streamward-e2e --bin manifests -- --check
 
-# Install and cache what the e2e tests run: Kafka jars, kube-apiserver/etcd/kubectl, helm, the test node (kubelet & co, containerd, CoreDNS, images), kcat, confluent-kafka.
+# Install and cache what the e2e tests run: Kafka jars, Kroxylicious jars (a benchmark peer), kube-apiserver/etcd/kubectl, helm, the test node (kubelet & co, containerd, CoreDNS, images), kcat, confluent-kafka.
 provision:
     cargo run -q -p streamward-e2e --bin provision
 
@@ -83,6 +83,11 @@ demo: provision
 demo-cluster: provision
     cargo build -q --release -p streamward-operator -p streamward-sidecar -p streamward-collector --bin streamward-operator --bin streamward-sidecar --bin streamward-collector
     cargo run -q -p streamward-e2e --bin demo_cluster -- --binaries {{target_dir}}/release
+
+# Benchmark side by side, one run on one broker: direct, Streamward (policy; +audit; +audit +masking), Kroxylicious (passthrough; +record rewrite). Writes results.md, results.json, throughput.svg to `out`.
+bench records="200000" rounds="2" out=(target_dir / "bench-results"): provision
+    cargo build -q --release -p streamward-sidecar -p streamward-collector --bin streamward-sidecar --bin streamward-collector
+    cargo run -q --release -p streamward-e2e --bin bench -- --sidecar {{target_dir}}/release/streamward-sidecar --collector {{target_dir}}/release/streamward-collector --records {{records}} --rounds {{rounds}} --out {{out}}
 
 # Benchmark: Kafka's producer/consumer performance tools direct and through the proxy, same run.
 bench-proxy records="1000000": provision

@@ -19,6 +19,7 @@ pub mod data;
 pub mod helm;
 pub mod image;
 pub mod kafka;
+pub mod kroxylicious;
 pub mod kube;
 pub mod net;
 pub mod node;
@@ -28,6 +29,8 @@ pub mod provision;
 pub mod sidecar;
 
 pub use process::wait_for;
+
+use anyhow::Context as _;
 
 /// A name no other test run uses (topics, namespaces, groups): `prefix-<pid>-<n>-<nanos>`.
 pub fn unique_name(prefix: &str) -> String {
@@ -48,25 +51,36 @@ pub fn unique_name(prefix: &str) -> String {
 /// caller's `CARGO_TARGET_DIR`, for tests that run another crate's binary (the sidecar's tests
 /// run the collector). Cargo only lends `CARGO_BIN_EXE_*` for the package's own binaries.
 pub fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<std::path::PathBuf> {
-    use anyhow::Context;
+    let mut paths = workspace_binaries(&[(package, bin)])?;
+    paths.pop().context("one binary asked for")
+}
+
+/// Like [`workspace_binary`] for several `(package, bin)` at once, in one cargo build: building
+/// them one by one makes cargo rebuild each whenever the packages' feature sets differ.
+pub fn workspace_binaries(wanted: &[(&str, &str)]) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("the e2e crate lives in the workspace")?
         .to_path_buf();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "-q", "-p", package, "--bin", bin])
-        .current_dir(&root)
+    let mut command = std::process::Command::new(cargo);
+    command.args(["build", "-q"]).current_dir(&root);
+    for (package, bin) in wanted {
+        command.args(["-p", package, "--bin", bin]);
+    }
+    let status = command
         .status()
-        .with_context(|| format!("running cargo build -p {package} --bin {bin}"))?;
-    anyhow::ensure!(
-        status.success(),
-        "cargo build -p {package} --bin {bin} failed"
-    );
+        .with_context(|| format!("running cargo build for {wanted:?}"))?;
+    anyhow::ensure!(status.success(), "cargo build of {wanted:?} failed");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let path = target.join("debug").join(bin);
-    anyhow::ensure!(path.exists(), "{} was not built", path.display());
-    Ok(path)
+    wanted
+        .iter()
+        .map(|(_, bin)| {
+            let path = target.join("debug").join(bin);
+            anyhow::ensure!(path.exists(), "{} was not built", path.display());
+            Ok(path)
+        })
+        .collect()
 }

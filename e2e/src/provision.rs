@@ -5,14 +5,21 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::{clients, helm, kafka, kube, node};
+use crate::{clients, helm, kafka, kroxylicious, kube, node};
 
-/// Installs Kafka, the Kubernetes binaries, Helm, the clients and the test node's programs and
+/// Installs Kafka, Kroxylicious (a benchmark peer), the Kubernetes binaries, Helm, the clients and the test node's programs and
 /// images, printing one line per step.
 pub fn all() -> Result<()> {
     step(
         &format!("Apache Kafka {} jars", kafka::KAFKA_VERSION),
         || kafka::install().map(drop),
+    )?;
+    step(
+        &format!(
+            "Kroxylicious {} jars (benchmark peer)",
+            kroxylicious::KROXYLICIOUS_VERSION
+        ),
+        || kroxylicious::install().map(drop),
     )?;
     step(
         &format!(

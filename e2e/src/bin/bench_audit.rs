@@ -12,29 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use streamward_e2e::bench::{peak_rss_kib, percentile, probe, produce, target};
+use streamward_e2e::bench::{self, peak_rss_kib, percentile, probe, produce, target};
 use streamward_e2e::collector::Collector;
 use streamward_e2e::kafka::KafkaCluster;
 use streamward_e2e::sidecar::Sidecar;
 use streamward_e2e::{cache, wait_for};
 
-const POLICY: &str = "apiVersion: streamward.io/v1alpha1
-kind: StreamPolicy
-metadata: {name: bench, namespace: bench}
-spec:
-  subjects:
-    serviceAccounts: [bench]
-  auditLevel: PayloadDigest
-  rules:
-  - name: bench-topics
-    resources: [{resourceType: Topic, name: bench., patternType: Prefixed}]
-    operations: [Read, Write, Create, Describe]
-    effect: Allow
-  - name: idempotence
-    resources: [{resourceType: Cluster, name: kafka-cluster}]
-    operations: [IdempotentWrite]
-    effect: Allow
-";
 const TOKEN: &str = "bench-audit-token-0123456789";
 const ROUNDS: usize = 2;
 const PROBE_BLOCKS: usize = 6;
@@ -64,7 +47,10 @@ fn main() -> Result<()> {
     let direct = kafka.bootstrap();
     let collector = Collector::start(&args.collector, run.path(), TOKEN, "bench/bench")?;
     let target = target(&direct);
-    let files = [("target.yaml", target), ("policy.yaml", POLICY.to_string())];
+    let files = [
+        ("target.yaml", target),
+        ("policy.yaml", bench::policy("PayloadDigest")),
+    ];
     let off = Sidecar::start_for_benchmark(&args.sidecar, &files, "bench", "bench", &[])?;
     std::fs::write(run.path().join("token"), TOKEN)?;
     let url = format!("http://{}", collector.addr());

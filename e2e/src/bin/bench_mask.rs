@@ -12,61 +12,15 @@
 //! CPU-second: on a 2-core machine that the broker and the consumer share, this is the number
 //! to compare with the engine's per-core target.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use clap::Parser;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
-use streamward_e2e::bench;
+use streamward_e2e::bench::{self, Load, Payload, cpu_seconds, create_topic};
 use streamward_e2e::data::order;
-use streamward_e2e::kafka::wire::Connection;
-use streamward_e2e::kafka::{KafkaCluster, KafkaDist};
-use streamward_e2e::process;
+use streamward_e2e::kafka::KafkaCluster;
 use streamward_e2e::sidecar::Sidecar;
-
-const POLICY: &str = "apiVersion: streamward.io/v1alpha1
-kind: StreamPolicy
-metadata: {name: bench, namespace: bench}
-spec:
-  subjects:
-    serviceAccounts: [bench]
-  rules:
-  - name: bench-topics
-    resources: [{resourceType: Topic, name: bench., patternType: Prefixed}]
-    operations: [Read, Describe]
-    effect: Allow
-  - name: bench-groups
-    resources: [{resourceType: Group, name: '*'}]
-    operations: [Read, Describe]
-    effect: Allow
-";
-
-/// The rule of the engine's criterion benchmark (`sidecar/benches/mask.rs`), on the masked topics.
-const MASKING: &str = "apiVersion: streamward.io/v1alpha1
-kind: MaskingRule
-metadata: {name: orders-pii, namespace: bench}
-spec:
-  topics: [{name: bench.masked., patternType: Prefixed}]
-  direction: Consume
-  fields:
-    - {path: customer.email, strategy: {type: Hmac, keySecretRef: {name: masking, key: key}}}
-    - {path: customer.phone, strategy: {type: KeepLast, count: 4}}
-    - {path: 'payment.card.number', strategy: {type: KeepLast, count: 4}}
-    - {path: '..iban'}
-  detectors:
-    - {type: CreditCard, strategy: {type: KeepLast, count: 4}}
-    - {type: Email}
-    - {type: Phone}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: masking, namespace: bench}
-stringData:
-  key: 0123456789abcdef0123456789abcdef
-";
 
 /// Distinct orders, cycled through.
 const DISTINCT: u64 = 1_000;
@@ -109,12 +63,18 @@ fn main() -> Result<()> {
     let dist = kafka.dist();
     let mut topics = Vec::new();
     for name in codecs {
-        let masked = format!("bench.masked.{name}-{run_id}");
+        let masked = format!("{}{name}-{run_id}", bench::MASKED_PREFIX);
         let plain = format!("bench.plain.{name}-{run_id}");
         for topic in [&masked, &plain] {
             create_topic(&direct, topic)?;
             let started = Instant::now();
-            produce(dist, &direct, topic, payloads.path(), args.records, name)?;
+            let load = Load {
+                records: args.records,
+                payload: Payload::Lines(payloads.path()),
+                compression: name,
+                throughput: -1,
+            };
+            bench::produce_load(dist, &direct, topic, &load)?;
             eprintln!(
                 "produced {} records to {topic} in {:.1} s",
                 args.records,
@@ -129,8 +89,8 @@ fn main() -> Result<()> {
         &args.sidecar,
         &[
             ("target.yaml", target),
-            ("policy.yaml", POLICY.to_string()),
-            ("masking.yaml", MASKING.to_string()),
+            ("policy.yaml", bench::policy("Metadata")),
+            ("masking.yaml", bench::MASKING.to_string()),
         ],
         "bench",
         "bench",
@@ -218,71 +178,4 @@ fn main() -> Result<()> {
     }
     println!("proxy masked {masked_records} records");
     Ok(())
-}
-
-fn create_topic(bootstrap: &str, topic: &str) -> Result<()> {
-    let mut connection = Connection::connect(bootstrap)?;
-    let request = CreateTopicsRequest::default()
-        .with_timeout_ms(30_000)
-        .with_topics(vec![
-            CreatableTopic::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_num_partitions(1)
-                .with_replication_factor(1),
-        ]);
-    let response = connection.send(&request, 5)?;
-    let code = response.topics.first().map_or(-1, |t| t.error_code);
-    ensure!(code == 0, "creating {topic}: error code {code}");
-    Ok(())
-}
-
-/// Produces `records` orders (drawn from the lines of `payloads`) to `topic` with Kafka's own
-/// ProducerPerformance, compressed with `codec`, acks=1.
-fn produce(
-    dist: &KafkaDist,
-    bootstrap: &str,
-    topic: &str,
-    payloads: &Path,
-    records: u64,
-    codec: &str,
-) -> Result<()> {
-    let output = process::run(
-        "ProducerPerformance",
-        dist.java("org.apache.kafka.tools.ProducerPerformance")
-            .args(["--topic", topic, "--num-records", &records.to_string()])
-            .args(["--throughput", "-1", "--payload-delimiter", "\n"])
-            .arg("--payload-file")
-            .arg(payloads)
-            .args([
-                "--producer-props",
-                &format!("bootstrap.servers={bootstrap}"),
-                "acks=1",
-                &format!("compression.type={codec}"),
-                "linger.ms=5",
-                "batch.size=262144",
-            ]),
-    )?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    ensure!(
-        text.contains(&format!("{records} records sent")),
-        "ProducerPerformance did not send {records} records to {topic}:\n{text}"
-    );
-    Ok(())
-}
-
-/// User plus system CPU time of `pid` so far, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("no ')' in /proc/<pid>/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    // SAFETY: sysconf reads a constant of the running system.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    ensure!(per_second > 0, "sysconf(_SC_CLK_TCK) failed");
-    Ok(ticks as f64 / per_second as f64)
 }

@@ -15,30 +15,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use streamward_e2e::bench::{consume, peak_rss_kib, percentile, probe, produce, target};
+use streamward_e2e::bench::{self, consume, peak_rss_kib, percentile, probe, produce, target};
 use streamward_e2e::kafka::KafkaCluster;
 use streamward_e2e::sidecar::Sidecar;
-
-const POLICY: &str = "apiVersion: streamward.io/v1alpha1
-kind: StreamPolicy
-metadata: {name: bench, namespace: bench}
-spec:
-  subjects:
-    serviceAccounts: [bench]
-  rules:
-  - name: bench-topics
-    resources: [{resourceType: Topic, name: bench., patternType: Prefixed}]
-    operations: [Read, Write, Create, Describe]
-    effect: Allow
-  - name: bench-groups
-    resources: [{resourceType: Group, name: '*'}]
-    operations: [Read, Describe]
-    effect: Allow
-  - name: idempotence
-    resources: [{resourceType: Cluster, name: kafka-cluster}]
-    operations: [IdempotentWrite]
-    effect: Allow
-";
 
 /// Measured rounds per path.
 const ROUNDS: usize = 2;
@@ -68,7 +47,10 @@ fn main() -> Result<()> {
     let target = target(&direct);
     let proxy = Sidecar::start_for_benchmark(
         &args.sidecar,
-        &[("target.yaml", target), ("policy.yaml", POLICY.to_string())],
+        &[
+            ("target.yaml", target),
+            ("policy.yaml", bench::policy("Metadata")),
+        ],
         "bench",
         "bench",
         &[],

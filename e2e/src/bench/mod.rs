@@ -1,10 +1,99 @@
-//! What the benchmarks share: Kafka's own performance tools driven and read, a probe that times
-//! single Produce round trips in microseconds, and the proxy's peak memory.
+//! What the benchmarks share: the policy and masking rule the proxies serve, Kafka's own
+//! performance tools driven and read, a probe that times single Produce round trips in
+//! microseconds, and a process's CPU time and peak memory. [`compare`] is `just bench`: every
+//! path side by side.
 
-use anyhow::{Context, Result};
+pub mod compare;
+pub mod report;
+
+use std::path::Path;
+
+use anyhow::{Context, Result, ensure};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::{CreateTopicsRequest, DeleteTopicsRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
 
 use crate::kafka::KafkaDist;
+use crate::kafka::wire::Connection;
 use crate::process;
+
+/// The benchmarks' StreamPolicy for service account `bench/bench`: the `bench.` topics may be
+/// written, read, created and described, any group read, and producers may be idempotent.
+/// `audit_level` (`Metadata`, `PayloadDigest`, ...) only matters to a proxy that audits.
+pub fn policy(audit_level: &str) -> String {
+    format!(
+        "apiVersion: streamward.io/v1alpha1
+kind: StreamPolicy
+metadata: {{name: bench, namespace: bench}}
+spec:
+  subjects:
+    serviceAccounts: [bench]
+  auditLevel: {audit_level}
+  rules:
+  - name: bench-topics
+    resources: [{{resourceType: Topic, name: bench., patternType: Prefixed}}]
+    operations: [Read, Write, Create, Describe]
+    effect: Allow
+  - name: bench-groups
+    resources: [{{resourceType: Group, name: '*'}}]
+    operations: [Read, Describe]
+    effect: Allow
+  - name: idempotence
+    resources: [{{resourceType: Cluster, name: kafka-cluster}}]
+    operations: [IdempotentWrite]
+    effect: Allow
+"
+    )
+}
+
+/// The topics [`MASKING`] covers: those whose names start with this.
+pub const MASKED_PREFIX: &str = "bench.masked.";
+
+/// The rule of the engine's criterion benchmark (`sidecar/benches/mask.rs`) on consume, for the
+/// topics named `bench.masked.*`: field paths, an HMAC pseudonym and detectors over every
+/// string of [`crate::data::order`] records.
+pub const MASKING: &str = "apiVersion: streamward.io/v1alpha1
+kind: MaskingRule
+metadata: {name: orders-pii, namespace: bench}
+spec:
+  topics: [{name: bench.masked., patternType: Prefixed}]
+  direction: Consume
+  fields:
+    - {path: customer.email, strategy: {type: Hmac, keySecretRef: {name: masking, key: key}}}
+    - {path: customer.phone, strategy: {type: KeepLast, count: 4}}
+    - {path: 'payment.card.number', strategy: {type: KeepLast, count: 4}}
+    - {path: '..iban'}
+  detectors:
+    - {type: CreditCard, strategy: {type: KeepLast, count: 4}}
+    - {type: Email}
+    - {type: Phone}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: masking, namespace: bench}
+stringData:
+  key: 0123456789abcdef0123456789abcdef
+";
+
+/// What ProducerPerformance sends.
+#[derive(Clone, Copy, Debug)]
+pub enum Payload<'a> {
+    /// Random values of this many bytes.
+    Random(u64),
+    /// Values drawn from the lines of this file.
+    Lines(&'a Path),
+}
+
+/// One ProducerPerformance run: how many records of what, compressed how.
+#[derive(Clone, Copy, Debug)]
+pub struct Load<'a> {
+    pub records: u64,
+    pub payload: Payload<'a>,
+    /// `compression.type`: none, gzip, snappy, lz4, zstd.
+    pub compression: &'a str,
+    /// Records per second, -1 for unthrottled.
+    pub throughput: i64,
+}
 
 /// One ProducerPerformance summary.
 #[derive(Debug)]
@@ -31,7 +120,8 @@ pub fn target(bootstrap: &str) -> String {
     )
 }
 
-/// Runs ProducerPerformance (acks=1) against `bootstrap`; `throughput` -1 is unthrottled.
+/// Runs ProducerPerformance (acks=1) with random values of `size` bytes against `bootstrap`;
+/// `throughput` -1 is unthrottled.
 pub fn produce(
     dist: &KafkaDist,
     bootstrap: &str,
@@ -40,24 +130,48 @@ pub fn produce(
     size: u64,
     throughput: i64,
 ) -> Result<Produced> {
-    let output = process::run(
-        "ProducerPerformance",
-        dist.java("org.apache.kafka.tools.ProducerPerformance")
-            .args(["--topic", topic, "--num-records", &records.to_string()])
-            .args([
-                "--record-size",
-                &size.to_string(),
-                "--throughput",
-                &throughput.to_string(),
-            ])
-            .args([
-                "--producer-props",
-                &format!("bootstrap.servers={bootstrap}"),
-                "acks=1",
-            ])
-            .args(["linger.ms=5", "batch.size=131072"]),
-    )?;
+    let load = Load {
+        records,
+        payload: Payload::Random(size),
+        compression: "none",
+        throughput,
+    };
+    produce_load(dist, bootstrap, topic, &load)
+}
+
+/// Runs ProducerPerformance (acks=1, batches of up to 256 KiB) as `load` says against
+/// `bootstrap`; fails unless every record was sent.
+pub fn produce_load(
+    dist: &KafkaDist,
+    bootstrap: &str,
+    topic: &str,
+    load: &Load,
+) -> Result<Produced> {
+    let mut command = dist.java("org.apache.kafka.tools.ProducerPerformance");
+    command
+        .args(["--topic", topic, "--num-records", &load.records.to_string()])
+        .args(["--throughput", &load.throughput.to_string()]);
+    match load.payload {
+        Payload::Random(size) => command.args(["--record-size", &size.to_string()]),
+        Payload::Lines(path) => command
+            .args(["--payload-delimiter", "\n", "--payload-file"])
+            .arg(path),
+    };
+    command.args([
+        "--producer-props",
+        &format!("bootstrap.servers={bootstrap}"),
+        "acks=1",
+        &format!("compression.type={}", load.compression),
+        "linger.ms=5",
+        "batch.size=262144",
+    ]);
+    let output = process::run("ProducerPerformance", &mut command)?;
     let text = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        text.contains(&format!("{} records sent", load.records)),
+        "ProducerPerformance did not send {} records to {topic}:\n{text}",
+        load.records
+    );
     let summary = text
         .lines()
         .rev()
@@ -224,6 +338,66 @@ pub fn probe(bootstrap: &str, topic: &str, requests: usize, size: usize) -> Resu
         }
     }
     Ok(times)
+}
+
+/// User plus system CPU time of `pid` so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("no ')' in /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    ensure!(fields.len() > 12, "/proc/{pid}/stat is too short");
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf reads a constant of the running system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ensure!(per_second > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok(ticks as f64 / per_second as f64)
+}
+
+/// Creates `topic` with one partition (replication 1) through the broker at `bootstrap`.
+pub fn create_topic(bootstrap: &str, topic: &str) -> Result<()> {
+    let request = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![
+            CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_num_partitions(1)
+                .with_replication_factor(1),
+        ]);
+    let response = Connection::connect(bootstrap)?.send(&request, 5)?;
+    let code = response.topics.first().map_or(-1, |t| t.error_code);
+    ensure!(code == 0, "creating {topic}: error code {code}");
+    // The controller answers before the broker has the partition: a request sent at once can
+    // meet UNKNOWN_TOPIC_OR_PARTITION. Wait until Metadata shows it led.
+    crate::wait_for(
+        &format!("{topic} to have a leader"),
+        std::time::Duration::from_secs(30),
+        || {
+            let metadata = crate::kafka::wire::metadata(bootstrap)?;
+            let led = metadata.topics.iter().any(|t| {
+                t.name.as_ref().is_some_and(|n| n.as_str() == topic)
+                    && t.error_code == 0
+                    && !t.partitions.is_empty()
+                    && t.partitions.iter().all(|p| p.leader_id.0 >= 0)
+            });
+            Ok(led.then_some(()))
+        },
+    )
+}
+
+/// Deletes `topic` through the broker at `bootstrap`, so a long benchmark does not fill the disk.
+pub fn delete_topic(bootstrap: &str, topic: &str) -> Result<()> {
+    let request = DeleteTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topic_names(vec![TopicName(StrBytes::from_string(topic.to_string()))]);
+    let response = Connection::connect(bootstrap)?.send(&request, 5)?;
+    let code = response.responses.first().map_or(-1, |t| t.error_code);
+    ensure!(code == 0, "deleting {topic}: error code {code}");
+    Ok(())
 }
 
 /// The `q` quantile of sorted `values`.
