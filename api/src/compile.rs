@@ -6,15 +6,18 @@
 //!
 //! - every StreamTarget of the namespace, by name;
 //! - every StreamPolicy of the namespace whose subjects could match the identity: it names the
-//!   service account, or it selects by pod labels, users or groups (which the proxy matches on
-//!   each request). Sorted by name; unnamed rules are called `rule-<index>`;
+//!   service account, users or groups (which the proxy matches on each request). A
+//!   `podSelector` only narrows those (the proxy checks its pod's labels); one that stands
+//!   alone is refused, since the pod's author chooses its labels. Sorted by name; unnamed rules
+//!   are called `rule-<index>`;
 //! - every AccessGrant of the namespace whose subjects could match, unless it is revoked
 //!   (`spec.revoked` or `Revoked=True`) or still waits for approval (`requireApproval` without `Approved=True`),
 //!   with its window `[startTime or creation, expiryTime or start + durationSeconds)`. Grants
 //!   outside their window stay in: the proxy checks the window on every request, so no
 //!   compile is needed when a grant starts or ends.
 //! - every MaskingRule of the namespace (they are about topics, so they may apply to any
-//!   workload), sorted by name, unless its `exemptSubjects` name the service account. Every
+//!   workload), sorted by name, unless its `exemptSubjects` name the service account without a
+//!   `podSelector` narrowing it (a narrowed exemption is matched by the proxy). Every
 //!   field path and every regex is checked here, so a rule the proxy could not apply is
 //!   refused at apply time, naming the rule, the field and the reason.
 //!
@@ -355,6 +358,14 @@ pub enum CompileError {
         /// What was written.
         value: String,
     },
+    /// Subjects that select by pod labels alone, which the pod's own author chooses.
+    #[error("{object}: {field}: {}", crd::SUBJECT_BY_LABELS_ONLY)]
+    SubjectByLabelsOnly {
+        /// The StreamPolicy, AccessGrant or MaskingRule.
+        object: ObjectRef,
+        /// The field, e.g. `spec.exemptSubjects`.
+        field: String,
+    },
     /// A rule covers no resources or no operations.
     #[error(
         "{object}: spec.rules[{index}] ({rule}) names no {missing}; list at least one, or remove \
@@ -477,11 +488,14 @@ pub fn compile(inputs: &Inputs, identity: &WorkloadIdentity) -> Result<ProxyConf
     let mut masking = Vec::new();
     for (object, rule) in in_namespace(&inputs.masking_rules, namespace)? {
         let compiled = compile_masking_rule(object, rule)?;
-        let exempt_here = compiled
-            .exempt
-            .service_accounts
-            .iter()
-            .any(|sa| is_service_account(sa, identity));
+        // Exempt whatever the request: the service account is named and no pod selector
+        // narrows it (a narrowed exemption is the proxy's to match, per pod).
+        let exempt_here = compiled.exempt.pod_labels.is_none()
+            && compiled
+                .exempt
+                .service_accounts
+                .iter()
+                .any(|sa| is_service_account(sa, identity));
         if !exempt_here {
             masking.push(compiled);
         }
@@ -619,12 +633,23 @@ fn is_host_port(server: &str) -> bool {
 }
 
 /// Subjects as the proxy matches them: service accounts as `namespace/name`; every list sorted
-/// and deduplicated, since they are sets.
+/// and deduplicated, since they are sets. A pod selector without service accounts, users or
+/// groups is refused: the pod's author chooses its labels, so they may only narrow.
 pub(crate) fn compile_subjects(
     object: &ObjectRef,
     spec: &SubjectsSpec,
     field: &str,
 ) -> Result<Subjects, CompileError> {
+    if spec.pod_selector.is_some()
+        && spec.service_accounts.is_empty()
+        && spec.users.is_empty()
+        && spec.groups.is_empty()
+    {
+        return Err(CompileError::SubjectByLabelsOnly {
+            object: object.clone(),
+            field: field.to_owned(),
+        });
+    }
     let mut service_accounts = BTreeSet::new();
     for (index, entry) in spec.service_accounts.iter().enumerate() {
         let qualified = match entry.split_once('/') {
@@ -688,10 +713,10 @@ fn is_name(s: &str) -> bool {
 }
 
 /// Whether subjects could match a request of `identity`'s proxy: they name its service
-/// account, or they select by something only known per request.
+/// account, or users or groups (known per request). Pod labels only narrow, so they do not
+/// make a match possible.
 fn could_match(subjects: &Subjects, identity: &WorkloadIdentity) -> bool {
-    subjects.pod_labels.is_some()
-        || !subjects.users.is_empty()
+    !subjects.users.is_empty()
         || !subjects.groups.is_empty()
         || subjects
             .service_accounts
@@ -1274,7 +1299,12 @@ spec:
         let yaml = [
             policy(
                 "by-label",
-                "{podSelector: {matchLabels: {team: orders}}}",
+                "{serviceAccounts: [orders-app], podSelector: {matchLabels: {team: orders}}}",
+                ALLOW_ORDERS,
+            ),
+            policy(
+                "billing-by-label",
+                "{serviceAccounts: [billing-app], podSelector: {matchLabels: {team: orders}}}",
                 ALLOW_ORDERS,
             ),
             policy("by-user", "{users: [alice]}", ALLOW_ORDERS),
@@ -1288,6 +1318,45 @@ spec:
         assert_eq!(
             config.policies[1].subjects.pod_labels,
             Some(BTreeMap::from([("team".to_owned(), "orders".to_owned())]))
+        );
+    }
+
+    #[test]
+    fn subjects_by_pod_labels_alone_are_refused_naming_the_object_and_field() {
+        let by_labels = "{podSelector: {matchLabels: {role: billing}}}";
+        let error = compile(
+            &inputs(&policy("labelled", by_labels, ALLOW_ORDERS)),
+            &identity(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("StreamPolicy demo/labelled: spec.subjects: podSelector alone"),
+            "{error}"
+        );
+        assert!(error.contains("name serviceAccounts"), "{error}");
+
+        let grant = grant("labelled", "").replace("{users: [alice]}", by_labels);
+        let error = compile(&inputs(&grant), &identity())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("AccessGrant demo/labelled: spec.subjects: podSelector alone"),
+            "{error}"
+        );
+
+        let rule = masking(
+            "labelled",
+            &format!(
+                "  topics: [{{name: t}}]\n  headers: [{{name: h}}]\n  exemptSubjects: {by_labels}\n"
+            ),
+        );
+        let error = compile(&inputs(&rule), &identity())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("MaskingRule demo/labelled: spec.exemptSubjects: podSelector alone"),
+            "{error}"
         );
     }
 
@@ -1946,6 +2015,26 @@ spec:
         assert_eq!(
             config.masking[0].exempt.service_accounts,
             ["demo/orders-app"]
+        );
+    }
+
+    #[test]
+    fn an_exemption_narrowed_by_labels_stays_in_for_the_proxy_to_match() {
+        let yaml = masking(
+            "m",
+            "  topics: [{name: t}]\n  headers: [{name: h}]\n  exemptSubjects: {serviceAccounts: [orders-app], podSelector: {matchLabels: {role: billing}}}\n",
+        );
+        let config = compile_masking(&yaml).unwrap();
+        assert_eq!(
+            config.masking.len(),
+            1,
+            "only the proxy knows the pod's labels"
+        );
+        let exempt = &config.masking[0].exempt;
+        assert_eq!(exempt.service_accounts, ["demo/orders-app"]);
+        assert_eq!(
+            exempt.pod_labels,
+            Some(BTreeMap::from([("role".to_owned(), "billing".to_owned())]))
         );
     }
 

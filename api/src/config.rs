@@ -145,15 +145,17 @@ pub enum SaslMechanism {
     OAuthBearer,
 }
 
-/// Who a policy or a grant is about. A request's principal matches when any listed subject
-/// matches it; an empty `Subjects` matches no one.
+/// Who a policy or a grant is about (or whom a masking rule exempts). A request's principal
+/// matches when it is a listed service account, user or group and, if `pod_labels` is set, its
+/// pod carries those labels; an empty `Subjects`, or one with pod labels alone, matches no one.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Subjects {
     /// Service accounts as `namespace/name` (the policy's namespace when written without one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_accounts: Vec<String>,
-    /// Pods whose labels carry all these key/values (the proxy knows its pod's labels).
+    /// Narrows the other subjects to pods whose labels carry all these key/values (the proxy
+    /// knows its pod's labels); never matches on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_labels: Option<BTreeMap<String, String>>,
     /// Users a client authenticated to the proxy as (SASL or OIDC).

@@ -111,22 +111,26 @@ impl Decision<'_> {
 }
 
 impl Subjects {
-    /// Whether any subject matches the principal: its service account is listed (as
-    /// `namespace/name`), its pod carries every listed label (when a pod selector is set), its
-    /// user is listed, or it shares a group with the list.
+    /// Whether the subjects match the principal: its service account is listed (as
+    /// `namespace/name`), its user is listed, or it shares a group with the list; and, when
+    /// a pod selector is set, its pod carries every listed label. The pod's author chooses its
+    /// labels, so they only narrow: subjects that list labels alone (a config compiled before
+    /// the compiler refused them) match no one.
     pub fn matches(&self, principal: &Principal<'_>) -> bool {
-        self.service_accounts
+        let named = self
+            .service_accounts
             .iter()
             .any(|sa| is_service_account(sa, principal.identity))
-            || self.pod_labels.as_ref().is_some_and(|wanted| {
+            || principal
+                .user
+                .is_some_and(|user| self.users.iter().any(|u| u == user))
+            || self.groups.iter().any(|g| principal.groups.contains(g));
+        named
+            && self.pod_labels.as_ref().is_none_or(|wanted| {
                 wanted
                     .iter()
                     .all(|(key, value)| principal.pod_labels.get(key) == Some(value))
             })
-            || principal
-                .user
-                .is_some_and(|user| self.users.iter().any(|u| u == user))
-            || self.groups.iter().any(|g| principal.groups.contains(g))
     }
 }
 
@@ -913,7 +917,7 @@ mod tests {
     }
 
     #[test]
-    fn subjects_match_service_accounts_labels_users_and_groups() {
+    fn subjects_match_service_accounts_users_and_groups_narrowed_by_labels() {
         let app = Who::app();
         assert!(for_app().matches(&app.principal()));
         assert!(!for_app().matches(&Who::other_app().principal()));
@@ -926,11 +930,14 @@ mod tests {
         };
         assert!(!for_app().matches(&other_ns.principal()));
 
+        // Labels narrow the service accounts, users or groups; they never select alone.
+        let labels = BTreeMap::from([
+            ("team".to_owned(), "orders".to_owned()),
+            ("tier".to_owned(), "api".to_owned()),
+        ]);
         let labelled = Subjects {
-            pod_labels: Some(BTreeMap::from([
-                ("team".into(), "orders".into()),
-                ("tier".into(), "api".into()),
-            ])),
+            service_accounts: vec!["demo/billing-app".into()],
+            pod_labels: Some(labels.clone()),
             ..Subjects::default()
         };
         let mut who = Who::other_app();
@@ -942,13 +949,48 @@ mod tests {
         who.labels.insert("tier".into(), "api".into());
         who.labels.insert("extra".into(), "x".into());
         assert!(labelled.matches(&who.principal()));
+        let mut impostor = Who::app();
+        impostor.labels = who.labels.clone();
+        assert!(
+            !labelled.matches(&impostor.principal()),
+            "labels do not make another service account a subject"
+        );
         who.labels.insert("tier".into(), "web".into());
         assert!(!labelled.matches(&who.principal()));
-        let everyone = Subjects {
+        let labels_only = Subjects {
+            pod_labels: Some(labels),
+            ..Subjects::default()
+        };
+        assert!(
+            !labels_only.matches(&impostor.principal()),
+            "labels alone match no one"
+        );
+        assert!(
+            !Subjects {
+                pod_labels: Some(BTreeMap::new()),
+                ..Subjects::default()
+            }
+            .matches(&Who::other_app().principal()),
+            "an empty selector alone matches no one"
+        );
+        let narrowed_by_nothing = Subjects {
+            service_accounts: vec!["demo/billing-app".into()],
             pod_labels: Some(BTreeMap::new()),
             ..Subjects::default()
         };
-        assert!(everyone.matches(&Who::other_app().principal()));
+        assert!(narrowed_by_nothing.matches(&Who::other_app().principal()));
+        let alice_on_api_pods = Subjects {
+            users: vec!["alice".into()],
+            pod_labels: Some(BTreeMap::from([("tier".into(), "api".into())])),
+            ..Subjects::default()
+        };
+        let mut alice = Who {
+            user: Some("alice"),
+            ..Who::app()
+        };
+        assert!(!alice_on_api_pods.matches(&alice.principal()));
+        alice.labels.insert("tier".into(), "api".into());
+        assert!(alice_on_api_pods.matches(&alice.principal()));
 
         let users = Subjects {
             users: vec!["alice".into()],
@@ -1088,6 +1130,19 @@ mod tests {
                     ..Subjects::default()
                 }
             }),
+            rule("not-for-labelled-billing", MaskDirection::Consume, {
+                Subjects {
+                    service_accounts: vec!["demo/billing-app".into()],
+                    pod_labels: Some(BTreeMap::from([("role".into(), "billing".into())])),
+                    ..Subjects::default()
+                }
+            }),
+            rule("labels-only", MaskDirection::Consume, {
+                Subjects {
+                    pod_labels: Some(BTreeMap::from([("role".into(), "billing".into())])),
+                    ..Subjects::default()
+                }
+            }),
         ];
         let names = |who: &Who, topic: &str, flow| -> Vec<String> {
             config
@@ -1096,15 +1151,32 @@ mod tests {
                 .collect()
         };
         let app = Who::app();
-        assert_eq!(
-            names(&app, "orders.eu", Flow::Consume),
-            ["both", "consume", "not-for-billing"]
-        );
+        let every_consume_rule = [
+            "both",
+            "consume",
+            "not-for-billing",
+            "not-for-labelled-billing",
+            "labels-only",
+        ];
+        assert_eq!(names(&app, "orders.eu", Flow::Consume), every_consume_rule);
         assert_eq!(names(&app, "orders.eu", Flow::Produce), ["both", "produce"]);
         assert!(names(&app, "payments", Flow::Consume).is_empty());
+        // The app labelled like billing is exempt from nothing.
+        let mut impostor = Who::app();
+        impostor.labels = BTreeMap::from([("role".into(), "billing".into())]);
         assert_eq!(
-            names(&Who::other_app(), "orders.eu", Flow::Consume),
-            ["both", "consume"]
+            names(&impostor, "orders.eu", Flow::Consume),
+            every_consume_rule
+        );
+        let mut billing = Who::other_app();
+        assert_eq!(
+            names(&billing, "orders.eu", Flow::Consume),
+            ["both", "consume", "not-for-labelled-billing", "labels-only"]
+        );
+        billing.labels = impostor.labels.clone();
+        assert_eq!(
+            names(&billing, "orders.eu", Flow::Consume),
+            ["both", "consume", "labels-only"]
         );
     }
 }

@@ -102,7 +102,7 @@ pub struct Plan {
 }
 
 /// The service-account name used to compile an object that names no service account of this
-/// namespace (a policy by pod labels, a MaskingRule, a StreamTarget).
+/// namespace (a policy for users or groups, a MaskingRule, a StreamTarget).
 const ANY_WORKLOAD: &str = "streamward-acceptance-check";
 
 /// Plans the reconcile of `namespace` at `now`.
@@ -249,7 +249,9 @@ pub fn plan(namespace: &Namespace, now: Timestamp) -> Result<Plan, serde_json::E
         };
         let accepted = accept(&one, &identity(ns, ANY_WORKLOAD));
         let exempt = rule.spec.exempt_subjects.clone().unwrap_or_default();
-        let (count, broken) = reach(&|sa| !names_by_account(&exempt, ns, sa));
+        // Exempt entirely only when no pod selector narrows the exemption.
+        let (count, broken) =
+            reach(&|sa| exempt.pod_selector.is_some() || !names_by_account(&exempt, ns, sa));
         let previous = rule.status.clone().unwrap_or_default();
         let mut conditions = Conditions::new(&previous.conditions, rule.metadata.generation, now);
         accepted_condition(&mut conditions, &accepted);
@@ -445,11 +447,10 @@ fn names_by_account(subjects: &SubjectsSpec, namespace: &str, service_account: &
         })
 }
 
-/// Whether subjects could match a workload of `service_account` (pod labels, users and groups
-/// are matched by the proxy, so they could match any workload).
+/// Whether subjects could match a workload of `service_account` (users and groups are
+/// matched by the proxy, so they could match any workload; pod labels only narrow).
 fn names(subjects: &SubjectsSpec, namespace: &str, service_account: &str) -> bool {
-    subjects.pod_selector.is_some()
-        || !subjects.users.is_empty()
+    !subjects.users.is_empty()
         || !subjects.groups.is_empty()
         || names_by_account(subjects, namespace, service_account)
 }
@@ -609,5 +610,71 @@ spec:
             (ready.status.as_str(), ready.reason.as_str()),
             ("False", "WorkloadNotCompiled")
         );
+    }
+
+    #[test]
+    fn a_stored_policy_by_pod_labels_alone_is_not_accepted_and_grants_nothing() {
+        // Stored before the CRD and the webhook refused it.
+        let labelled = POLICY
+            .replace("app-reads", "labelled")
+            .replace("uid: u1", "uid: u2")
+            .replace(
+                "serviceAccounts: [app]",
+                "podSelector: {matchLabels: {role: billing}}",
+            );
+        let mut ns = namespace(&format!("{POLICY}---\n{labelled}"));
+        let planned = plan(&ns, Timestamp::now()).unwrap();
+        let IdentityPlan::KeepLast { error } = &planned.identities["app"] else {
+            panic!("a config was compiled with a policy by labels alone");
+        };
+        assert!(error.contains("podSelector alone"), "{error}");
+        apply(&mut ns, &planned);
+        let labelled = ns
+            .inputs
+            .policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some("labelled"))
+            .unwrap();
+        let status = labelled.status.as_ref().unwrap();
+        let accepted = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Accepted")
+            .unwrap();
+        assert_eq!(accepted.status, "False");
+        assert!(
+            accepted
+                .message
+                .starts_with("StreamPolicy ns/labelled: spec.subjects: podSelector alone"),
+            "{}",
+            accepted.message
+        );
+        assert_eq!(status.workloads, Some(0), "it applies to no workload");
+    }
+
+    #[test]
+    fn a_masking_rule_exempting_labelled_pods_of_an_account_still_reaches_it() {
+        let rule = "---
+apiVersion: streamward.io/v1alpha1
+kind: MaskingRule
+metadata: {name: emails, namespace: ns, generation: 1}
+spec:
+  topics: [{name: t}]
+  format: Text
+  detectors: [{type: Email}]
+  exemptSubjects:
+    serviceAccounts: [app]
+    podSelector: {matchLabels: {role: billing}}
+";
+        let ns = namespace(&format!("{POLICY}{rule}"));
+        let planned = plan(&ns, Timestamp::now()).unwrap();
+        let config = config_of(&planned, "app");
+        assert_eq!(config.masking.len(), 1, "the proxy matches the labels");
+        let change = planned
+            .statuses
+            .iter()
+            .find(|c| c.kind == "MaskingRule")
+            .unwrap();
+        assert_eq!(change.status["workloads"], 1, "{}", change.status);
     }
 }

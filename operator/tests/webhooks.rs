@@ -827,3 +827,135 @@ fn the_pod_author_can_neither_fake_the_proxy_nor_reach_into_it() {
     );
     drop(operator);
 }
+
+/// A MaskingRule that leaves `orders.*` raw for any pod labelled `role: billing`: a label its
+/// author chooses.
+const LABELS_ONLY_EXEMPTION: &str = "apiVersion: streamward.io/v1alpha1
+kind: MaskingRule
+metadata: {name: billing-raw, namespace: demo}
+spec:
+  topics: [{name: orders., patternType: Prefixed}]
+  format: Text
+  detectors: [{type: Email}]
+  exemptSubjects:
+    podSelector: {matchLabels: {role: billing}}
+";
+
+/// A StreamPolicy that lets any pod labelled `role: billing` read `orders.*`.
+const LABELS_ONLY_POLICY: &str = "apiVersion: streamward.io/v1alpha1
+kind: StreamPolicy
+metadata: {name: billing-reads, namespace: demo}
+spec:
+  subjects:
+    podSelector: {matchLabels: {role: billing}}
+  rules:
+    - resources: [{resourceType: Topic, name: orders., patternType: Prefixed}]
+      operations: [Read]
+      effect: Allow
+";
+
+/// An AccessGrant for any pod labelled `role: billing`.
+const LABELS_ONLY_GRANT: &str = "apiVersion: streamward.io/v1alpha1
+kind: AccessGrant
+metadata: {name: billing-incident, namespace: demo}
+spec:
+  subjects:
+    podSelector: {matchLabels: {role: billing}}
+  resources: [{resourceType: Topic, name: payments}]
+  operations: [Read]
+  durationSeconds: 600
+  reason: incident
+";
+
+/// `kubectl apply` that the API server refuses by the CRD's schema (before any webhook).
+fn invalid(server: &KubeApiServer, yaml: &str) -> String {
+    let output = kubectl_stdin(server, &["apply"], yaml);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "kubectl apply accepted:\n{yaml}");
+    assert!(
+        stderr.contains("is invalid") && !stderr.contains("denied the request"),
+        "refused, but not by the schema: {stderr}"
+    );
+    stderr
+}
+
+/// Puts `subjects` (the selector's own service accounts, users or groups) beside the
+/// `podSelector` of one of the documents above.
+fn narrowing(yaml: &str, subjects: &str) -> String {
+    yaml.replace(
+        "    podSelector:",
+        &format!("    {subjects}\n    podSelector:"),
+    )
+}
+
+#[test]
+fn subjects_by_pod_labels_alone_are_refused_at_kubectl_apply() {
+    let Cluster {
+        server, operator, ..
+    } = cluster(&[]);
+
+    // The CRDs' own rule refuses them, saying what to write instead.
+    for (yaml, field) in [
+        (LABELS_ONLY_EXEMPTION, "spec.exemptSubjects"),
+        (LABELS_ONLY_POLICY, "spec.subjects"),
+        (LABELS_ONLY_GRANT, "spec.subjects"),
+    ] {
+        let stderr = invalid(&server, yaml);
+        assert!(stderr.contains(field), "{stderr}");
+        assert!(stderr.contains("podSelector alone"), "{stderr}");
+        assert!(stderr.contains("name serviceAccounts"), "{stderr}");
+    }
+    let listed = kubectl(&server, &["get", "streamward", "-n", "demo", "-o", "name"]);
+    assert_eq!(listed.trim(), "", "stored despite the refusal");
+
+    // Labels that narrow an identity the author cannot choose are fine.
+    applied(
+        &server,
+        &narrowing(LABELS_ONLY_EXEMPTION, "serviceAccounts: [billing-app]"),
+    );
+    applied(
+        &server,
+        &narrowing(LABELS_ONLY_POLICY, "serviceAccounts: [billing-app]"),
+    );
+    kubectl(&server, &["delete", "streamward", "--all", "-n", "demo"]);
+
+    // CRDs older than the operator (`helm upgrade` leaves a chart's crds/ as they were): the
+    // webhook refuses the same objects with the compiler's message.
+    let spec = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties";
+    for (crd, field) in [
+        ("maskingrules.streamward.io", "exemptSubjects"),
+        ("streampolicies.streamward.io", "subjects"),
+    ] {
+        let patch =
+            format!(r#"[{{"op": "remove", "path": "{spec}/{field}/x-kubernetes-validations/1"}}]"#);
+        kubectl(&server, &["patch", "crd", crd, "--type=json", "-p", &patch]);
+    }
+    for (yaml, expected) in [
+        (
+            LABELS_ONLY_EXEMPTION,
+            "MaskingRule demo/billing-raw: spec.exemptSubjects: podSelector alone",
+        ),
+        (
+            LABELS_ONLY_POLICY,
+            "StreamPolicy demo/billing-reads: spec.subjects: podSelector alone",
+        ),
+    ] {
+        // The API server serves the patched schema once its CRD handler has caught up.
+        let stderr = wait_for(
+            "the schema without the CEL rule",
+            Duration::from_secs(30),
+            || {
+                let output = kubectl_stdin(&server, &["apply", "--dry-run=server"], yaml);
+                assert!(!output.status.success(), "accepted:\n{yaml}");
+                let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+                Ok(stderr.contains("denied the request").then_some(stderr))
+            },
+        )
+        .unwrap();
+        assert!(stderr.contains(expected), "{stderr}");
+        refused(&server, yaml);
+    }
+    let listed = kubectl(&server, &["get", "streamward", "-n", "demo", "-o", "name"]);
+    assert_eq!(listed.trim(), "", "stored despite the refusal");
+    drop(operator);
+}

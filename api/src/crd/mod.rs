@@ -81,22 +81,33 @@ pub fn condition_is_true(conditions: &[Condition], type_: &str) -> bool {
         .any(|c| c.type_ == type_ && c.status == "True")
 }
 
-/// Who a StreamPolicy or an AccessGrant is about (or whom a MaskingRule exempts), as written in the resource. A principal
-/// matches when any listed subject matches it; the compiler turns this into
-/// [`crate::config::Subjects`].
+/// Who a StreamPolicy or an AccessGrant is about (or whom a MaskingRule exempts), as written in
+/// the resource; the compiler turns this into [`crate::config::Subjects`].
+///
+/// A principal matches when it is one of the listed service accounts, users or groups, and,
+/// when `podSelector` is set, its pod also carries the selector's labels. Pod labels are
+/// chosen by whoever writes the pod, so they only narrow a subject bound to an identity the
+/// pod's author cannot choose; a `podSelector` alone is refused.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.serviceAccounts) && size(self.serviceAccounts) > 0) || has(self.podSelector) || (has(self.users) && size(self.users) > 0) || (has(self.groups) && size(self.groups) > 0)",
-    "message": "name at least one subject: serviceAccounts, podSelector, users or groups"
-}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.serviceAccounts) && size(self.serviceAccounts) > 0) || has(self.podSelector) || (has(self.users) && size(self.users) > 0) || (has(self.groups) && size(self.groups) > 0)",
+        "message": "name at least one subject: serviceAccounts, users or groups"
+    },
+    {
+        "rule": "!has(self.podSelector) || (has(self.serviceAccounts) && size(self.serviceAccounts) > 0) || (has(self.users) && size(self.users) > 0) || (has(self.groups) && size(self.groups) > 0)",
+        "message": SUBJECT_BY_LABELS_ONLY
+    }
+]))]
 pub struct SubjectsSpec {
     /// Service accounts, as `name` (in this object's namespace) or `namespace/name`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(length(min = 1)))]
     pub service_accounts: Vec<String>,
-    /// Pods whose labels carry all of `matchLabels` (an empty selector selects every pod of the
-    /// namespace, as in Kubernetes).
+    /// Narrows the other subjects to pods whose labels carry all of `matchLabels` (an empty
+    /// selector narrows nothing). The pod's author sets its labels, so this never selects on
+    /// its own: name `serviceAccounts`, `users` or `groups` too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<PodSelector>,
     /// Users a client authenticated to the proxy as (SASL or OIDC).
@@ -108,6 +119,12 @@ pub struct SubjectsSpec {
     #[schemars(inner(length(min = 1)))]
     pub groups: Vec<String>,
 }
+
+/// Why a subject that selects by pod labels alone is refused (the CEL rule's message, and the
+/// compiler's reason).
+pub const SUBJECT_BY_LABELS_ONLY: &str = "podSelector alone selects pods by labels their own \
+    author sets, so it grants and exempts nothing: name serviceAccounts (or users or groups) \
+    too, and podSelector narrows those to the labelled pods";
 
 /// A pod label selector. Only `matchLabels`: the proxy matches it against its own pod's labels
 /// on every request, so it stays a plain map lookup.

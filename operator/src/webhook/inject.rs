@@ -239,11 +239,14 @@ pub fn secrets_for<'a>(
     let qualified = format!("{namespace}/{sa}");
     for rule in rules {
         let spec = &rule.spec;
+        // Exempt whatever the pod's labels: a pod selector narrows the exemption, so the
+        // proxy of an unlabelled pod of the account still masks, with the key.
         let exempt = spec.exempt_subjects.as_ref().is_some_and(|subjects| {
-            subjects
-                .service_accounts
-                .iter()
-                .any(|entry| entry == sa || *entry == qualified)
+            subjects.pod_selector.is_none()
+                && subjects
+                    .service_accounts
+                    .iter()
+                    .any(|entry| entry == sa || *entry == qualified)
         });
         if exempt {
             continue;
@@ -1360,5 +1363,14 @@ mod tests {
         assert_eq!(only_b, ["b-creds".to_owned()].into());
         let other_sa = secrets_for("demo", "billing", Some("b"), &targets, [&exempting]);
         assert!(other_sa.contains("other-key"));
+        // Narrowed to labelled pods, the exemption leaves the account's other pods masking.
+        let mut narrowed = exempting.clone();
+        if let Some(subjects) = narrowed.spec.exempt_subjects.as_mut() {
+            subjects.pod_selector = Some(streamward_api::crd::PodSelector {
+                match_labels: [("role".to_owned(), "billing".to_owned())].into(),
+            });
+        }
+        let labelled = secrets_for("demo", "orders-app", Some("b"), &targets, [&narrowed]);
+        assert!(labelled.contains("other-key"), "{labelled:?}");
     }
 }

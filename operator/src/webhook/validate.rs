@@ -172,6 +172,48 @@ mod tests {
     }
 
     #[test]
+    fn subjects_by_pod_labels_alone_are_denied() {
+        let by_labels = json!({"podSelector": {"matchLabels": {"role": "billing"}}});
+        let mut labelled = policy(None, "orders.");
+        labelled["spec"]["subjects"] = by_labels.clone();
+        let Verdict::Denied(message) = check_new("StreamPolicy", &labelled) else {
+            panic!("a policy for pods by their labels alone must be refused");
+        };
+        assert!(
+            message.starts_with("StreamPolicy demo/team: spec.subjects: podSelector alone"),
+            "{message}"
+        );
+
+        let mut exemption = masking(json!([{"type": "Email"}]));
+        exemption["spec"]["exemptSubjects"] = by_labels.clone();
+        let Verdict::Denied(message) = check_new("MaskingRule", &exemption) else {
+            panic!("an exemption by labels alone must be refused");
+        };
+        assert!(
+            message.contains("spec.exemptSubjects: podSelector alone"),
+            "{message}"
+        );
+
+        // Narrowing a service account is what labels are for.
+        exemption["spec"]["exemptSubjects"]["serviceAccounts"] = json!(["billing-app"]);
+        assert_eq!(check_new("MaskingRule", &exemption), Verdict::Allowed);
+        // A stored object is left alone while its spec stays as it was (deletable, relabelable).
+        labelled["spec"]["subjects"] = by_labels;
+        let mut relabelled = labelled.clone();
+        relabelled["metadata"]["labels"] = json!({"team": "orders"});
+        assert_eq!(
+            check(
+                "StreamPolicy",
+                "demo",
+                &relabelled,
+                Some(&labelled),
+                Timestamp::now()
+            ),
+            Verdict::Allowed
+        );
+    }
+
+    #[test]
     fn updates_ratchet() {
         let stored = policy(Some("gone"), "orders.*");
         // Only metadata changed: allowed even though the stored spec would not pass today.
