@@ -26,6 +26,7 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{FetchResponse, ProduceRequest, RequestKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use streamward_api::acl::ResourceType;
 use streamward_api::config::{Flow, ProxyConfig, SecretKeyRef};
 use streamward_api::decide::Principal;
 
@@ -33,7 +34,7 @@ use crate::authorize::{Fixup, Outcome, TopicNames};
 use crate::mask::{MaskError, MaskStats, MaskingKeys, MaskingPlan, PlanError, mask_batch};
 use crate::metrics::{MaskingFailure, Metrics};
 use crate::policy::ClientIdentity;
-use crate::source::Secrets;
+use crate::source::{Loaded, Secrets};
 
 /// The first Produce version that names topics by id.
 const PRODUCE_BY_ID: i16 = 13;
@@ -47,7 +48,7 @@ const MAX_PLANS: usize = 1024;
 
 /// A built plan, or why it could not be built (kept, so a broken rule is not rebuilt per
 /// request and every request for its topics fails closed the same way).
-type CachedPlan = Result<Arc<Plan>, Arc<PlanError>>;
+pub type CachedPlan = Result<Arc<Plan>, Arc<PlanError>>;
 
 /// Where the fields masked for one request are counted for its audit event, if it has one.
 pub type Tally<'a> = Option<&'a mut crate::audit::session::Draft>;
@@ -64,6 +65,8 @@ pub struct Plan {
 pub struct MaskingPlans {
     keys: MaskingKeys,
     plans: Mutex<HashMap<PlanKey, CachedPlan>>,
+    /// Plans for audit records, by the rules they run (every direction).
+    audit_plans: Mutex<HashMap<Box<[usize]>, CachedPlan>>,
 }
 
 /// A plan depends on the flow and on which of the config's rules apply (by position).
@@ -91,7 +94,54 @@ impl MaskingPlans {
         MaskingPlans {
             keys,
             plans: Mutex::new(HashMap::new()),
+            audit_plans: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The plan an audit record of the values of `topic` needs, given that they flowed `flow`
+    /// for `principal` (so the rules that applied to them are applied already): every other rule
+    /// that covers the topic, whatever its direction and exemptions. `None` when no rule is
+    /// left (the values are recorded as they went).
+    fn audit_plan_for(
+        &self,
+        config: &ProxyConfig,
+        topic: &str,
+        flow: Flow,
+        principal: &Principal<'_>,
+    ) -> Option<CachedPlan> {
+        let rules: Box<[usize]> = config
+            .masking
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| {
+                rule.topics
+                    .iter()
+                    .any(|pattern| pattern.matches(ResourceType::Topic, topic))
+                    && !rule.applies_to(topic, flow, principal)
+            })
+            .map(|(index, _)| index)
+            .collect();
+        if rules.is_empty() {
+            return None;
+        }
+        let mut plans = self.audit_plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(plan) = plans.get(&rules) {
+            return Some(plan.clone());
+        }
+        let built = MaskingPlan::every_direction(rules.iter().map(|&i| &config.masking[i]), &self.keys)
+            .map(|plan| {
+                let rules = plan.rules().join(",");
+                Arc::new(Plan { plan, rules })
+            })
+            .map_err(|error| {
+                tracing::error!(%error, %topic, "masking plan for audit records cannot be built: their values are left out");
+                Arc::new(error)
+            });
+        if plans.len() >= MAX_PLANS {
+            plans.clear();
+        }
+        plans.insert(rules, built.clone());
+        Some(built)
     }
 
     /// The plan for the records of `topic` flowing `flow` for `principal`, or `None` when no
@@ -207,6 +257,61 @@ impl MaskingPlans {
             }
             _ => None,
         }
+    }
+}
+
+/// What the record values an audit event carries (`MaskedPayload`) must go through: the
+/// MaskingRules that did not already apply to them on the wire. The auditor is nobody's exempt
+/// reader and reads every direction, so a value is recorded only as masked as the most masked
+/// reader would get it — never raw because the rule masks on Consume and the value was
+/// produced, or because the client was exempt.
+pub struct AuditMasking {
+    loaded: Arc<Loaded>,
+    client: ClientIdentity,
+}
+
+/// How to record the values of one topic.
+pub enum RecordedValues<'p> {
+    /// As they went on the wire: no rule is left to apply.
+    AsTheyWent,
+    /// Masked with this plan first.
+    Masked(&'p MaskingPlan),
+    /// Not at all (only the digest): a rule left to apply cannot run (its key is missing).
+    Withheld,
+}
+
+impl AuditMasking {
+    /// The audit masking for `client`'s requests under `loaded`, or `None` when the config has
+    /// no MaskingRules.
+    pub fn new(loaded: &Arc<Loaded>, client: &ClientIdentity) -> Option<AuditMasking> {
+        (!loaded.config.masking.is_empty()).then(|| AuditMasking {
+            loaded: loaded.clone(),
+            client: client.clone(),
+        })
+    }
+
+    /// The plan for values of `topic` that flowed `flow` (masked by the rules that apply to
+    /// this client already).
+    pub fn plan(&self, topic: &str, flow: Flow) -> Option<CachedPlan> {
+        let config = &self.loaded.config;
+        let principal = Principal {
+            identity: &config.identity,
+            pod_labels: &self.client.pod_labels,
+            user: self.client.user.as_deref(),
+            groups: &self.client.groups,
+        };
+        self.loaded
+            .masking
+            .audit_plan_for(config, topic, flow, &principal)
+    }
+}
+
+/// How to record values under `plan` (from [`AuditMasking::plan`]).
+pub fn recorded_values(plan: Option<&CachedPlan>) -> RecordedValues<'_> {
+    match plan {
+        None => RecordedValues::AsTheyWent,
+        Some(Ok(plan)) => RecordedValues::Masked(&plan.plan),
+        Some(Err(_)) => RecordedValues::Withheld,
     }
 }
 
@@ -876,6 +981,59 @@ spec:
             masking.apply(Outcome::Forward, &metrics).0,
             Outcome::NoResponse
         );
+    }
+
+    #[test]
+    fn audit_records_get_the_rules_that_did_not_apply_on_the_wire() {
+        let config = config(
+            &(RULES.to_owned()
+                + "---
+apiVersion: streamward.io/v1alpha1
+kind: MaskingRule
+metadata: {name: cards-on-read, namespace: demo}
+spec:
+  topics: [{name: orders.eu}]
+  direction: Consume
+  detectors: [{type: CreditCard}]
+"),
+        );
+        let plans = MaskingPlans::new(&config, &Secrets::new());
+        let labels = Default::default();
+        let principal = |user| Principal {
+            identity: &config.identity,
+            pod_labels: &labels,
+            user,
+            groups: &[],
+        };
+        let rules = |topic, flow, user| {
+            plans
+                .audit_plan_for(&config, topic, flow, &principal(user))
+                .map(|plan| plan.map(|p| p.rules.clone()).map_err(|e| e.to_string()))
+        };
+        // Fetched by the app: both rules masked on the wire already.
+        assert_eq!(rules("orders.us", Flow::Consume, None), None);
+        // Produced: the consume-only rule is left to apply.
+        assert_eq!(
+            rules("orders.eu", Flow::Produce, None),
+            Some(Ok("cards-on-read".into()))
+        );
+        // Read by the exempt auditor: the rule that exempts it applies to the record.
+        assert_eq!(
+            rules("orders.eu", Flow::Consume, Some("auditor")),
+            Some(Ok("emails".into()))
+        );
+        // The keyed rule of payments applies on the wire (where it fails closed without its
+        // key): nothing is left for the record.
+        assert_eq!(rules("payments", Flow::Consume, None), None);
+        // A rule left to apply that cannot run (no key): the values are withheld.
+        assert!(matches!(
+            recorded_values(Some(&Err(Arc::new(PlanError::Detector {
+                rule: "r".into(),
+                index: 0,
+                reason: "x".into()
+            })))),
+            RecordedValues::Withheld
+        ));
     }
 
     #[test]

@@ -35,7 +35,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-use crate::audit::session::{Draft, SessionAudit, audit_level};
+use crate::audit::session::{Draft, SessionAudit};
 use crate::authorize::streams::{self, StreamsOutcome};
 use crate::authorize::{self, Access, Fixup, Outcome, TopicNames};
 use crate::client_auth::login::{self, Login};
@@ -332,11 +332,7 @@ fn decide_action(
         if let Some(event) = event.as_mut()
             && matches!(api_key, ApiKey::Produce | ApiKey::Fetch)
         {
-            event.set_level(audit_level(
-                &loaded.config,
-                &client.identity,
-                &loaded.target_name,
-            ));
+            event.set_payload_policy(loaded, &client.identity);
         }
         masking = loaded.masking.prepare(
             &loaded.config,
