@@ -31,7 +31,8 @@ use streamward_api::config::{Flow, ProxyConfig, SecretKeyRef};
 use streamward_api::decide::Principal;
 
 use crate::authorize::{Fixup, Outcome, TopicNames};
-use crate::mask::{MaskError, MaskStats, MaskingKeys, MaskingPlan, PlanError, mask_batch};
+use crate::mask::budget::{MemoryBudget, OverBudget};
+use crate::mask::{MaskError, MaskStats, MaskingKeys, MaskingPlan, PlanError, mask_batch_within};
 use crate::metrics::{MaskingFailure, Metrics};
 use crate::policy::ClientIdentity;
 use crate::source::{Loaded, Secrets};
@@ -398,12 +399,15 @@ impl ProduceMasking {
         let mut changed = false;
         let mut refused = Vec::new();
         for topic in &mut request.topic_data {
-            let Some(plan) = find(
+            let Some(TopicPlan {
+                plan, name: known, ..
+            }) = find(
                 &self.topics,
                 &topic.name,
                 &topic.topic_id,
                 self.version >= PRODUCE_BY_ID,
-            ) else {
+            )
+            else {
                 continue;
             };
             let mut refused_partitions = Vec::new();
@@ -419,12 +423,16 @@ impl ProduceMasking {
                         true
                     }
                     Err(failure) => {
+                        let label = topic_label(known, &topic.topic_id);
                         tracing::warn!(
-                            topic = %topic_label(&topic.name, &topic.topic_id),
+                            topic = %label,
                             partition = partition.index,
                             reason = %failure.message,
                             "produce refused: its records cannot be masked"
                         );
+                        if let Some(draft) = tally.as_deref_mut() {
+                            draft.withheld(&label, partition.index, &failure.message);
+                        }
                         refused_partitions.push(
                             PartitionProduceResponse::default()
                                 .with_index(partition.index)
@@ -508,12 +516,15 @@ impl FetchMasking {
     ) -> bool {
         let mut changed = false;
         for topic in &mut response.responses {
-            let Some(plan) = find(
+            let Some(TopicPlan {
+                plan, name: known, ..
+            }) = find(
                 &self.topics,
                 &topic.topic,
                 &topic.topic_id,
                 self.version >= FETCH_BY_ID,
-            ) else {
+            )
+            else {
                 continue;
             };
             for partition in &mut topic.partitions {
@@ -527,12 +538,16 @@ impl FetchMasking {
                         changed = true;
                     }
                     Err(failure) => {
+                        let label = topic_label(known, &topic.topic_id);
                         tracing::warn!(
-                            topic = %topic_label(&topic.topic, &topic.topic_id),
+                            topic = %label,
                             partition = partition.partition_index,
                             reason = %failure.message,
                             "fetch answered with an error: its records cannot be masked"
                         );
+                        if let Some(draft) = tally {
+                            draft.withheld(&label, partition.partition_index, &failure.message);
+                        }
                         partition.error_code = failure.code.code();
                         partition.records = Some(Bytes::new());
                         changed = true;
@@ -550,11 +565,10 @@ fn find<'p>(
     name: &TopicName,
     id: &uuid::Uuid,
     by_id: bool,
-) -> Option<&'p CachedPlan> {
+) -> Option<&'p TopicPlan> {
     topics
         .iter()
         .find(|t| if by_id { t.id == *id } else { t.name == *name })
-        .map(|t| &t.plan)
 }
 
 fn topic_label(name: &TopicName, id: &uuid::Uuid) -> String {
@@ -590,7 +604,9 @@ fn mask_records(
         }
     };
     let mut stats = MaskStats::default();
-    let result = mask_batch(records, &plan.plan, &mut stats);
+    let mut allowance = MemoryBudget::proxy().allowance();
+    let result = mask_batch_within(records, &plan.plan, &mut stats, &mut allowance);
+    drop(allowance);
     metrics.masked(flow, &plan.rules, &stats);
     if let Some(draft) = tally {
         draft.masked(&plan.rules, stats.fields_masked + stats.headers_masked);
@@ -601,11 +617,21 @@ fn mask_records(
             match error {
                 MaskError::TooLarge { .. } => MaskingFailure::TooLarge,
                 MaskError::UnsupportedFormat { .. } => MaskingFailure::UnsupportedFormat,
+                MaskError::Memory { .. } => MaskingFailure::Memory,
                 _ => MaskingFailure::Corrupt,
             },
         );
         Failure {
-            code: ResponseError::CorruptMessage,
+            // A batch that can never be masked here is CORRUPT_MESSAGE, which consumers
+            // surface and do not skip; one that waits only for memory other connections hold
+            // is UNKNOWN_SERVER_ERROR, which they retry (see docs/masking.md).
+            code: match error {
+                MaskError::Memory {
+                    over: OverBudget::Proxy { .. },
+                    ..
+                } => ResponseError::UnknownServerError,
+                _ => ResponseError::CorruptMessage,
+            },
             message: format!("the records cannot be masked: {error}"),
         }
     })

@@ -483,7 +483,11 @@ spec:
         "card": "************1486",
         "note": "mail [pii], card [pii]",
     });
-    assert_eq!(values("Produce"), std::slice::from_ref(&expected), "{events:#?}");
+    assert_eq!(
+        values("Produce"),
+        std::slice::from_ref(&expected),
+        "{events:#?}"
+    );
     let fetched = values("Fetch");
     assert!(!fetched.is_empty(), "{events:#?}");
     assert!(fetched.iter().all(|v| *v == expected), "{fetched:#?}");

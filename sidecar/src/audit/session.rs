@@ -23,6 +23,7 @@ use streamward_api::decide::Principal;
 use super::Emitter;
 use crate::authorize::{Access, TopicNames};
 use crate::frame::RequestStart;
+use crate::mask::budget::MemoryBudget;
 use crate::masking::{AuditMasking, CachedPlan, RecordedValues, recorded_values};
 use crate::policy::ClientIdentity;
 use crate::source::Loaded;
@@ -167,6 +168,7 @@ impl SessionAudit {
             digest: None,
             values: None,
             masking: None,
+            withheld: Vec::new(),
         }
     }
 }
@@ -191,6 +193,8 @@ pub struct Draft {
     values: Option<Values>,
     /// The rules the recorded values still need (at `MaskedPayload`, with MaskingRules).
     masking: Option<AuditMasking>,
+    /// Partitions the proxy answered with an error because their records could not be masked.
+    withheld: Vec<String>,
 }
 
 /// Record values collected for an event, within [`PAYLOAD_RECORDS`] and [`PAYLOAD_BYTES`].
@@ -376,6 +380,17 @@ impl Draft {
         }
     }
 
+    /// The records of partition `partition` of `topic` could not be masked (`why`): the proxy
+    /// answered that partition with an error instead. The event's decision becomes `Partial`
+    /// and its reason names the partition.
+    pub fn withheld(&mut self, topic: &str, partition: i32, why: &str) {
+        const MOST: usize = 16;
+        if self.withheld.len() < MOST {
+            self.withheld
+                .push(format!("{topic}-{partition} withheld: {why}"));
+        }
+    }
+
     /// The request is done (answered, or needing no answer): emit its event.
     pub fn finish(mut self) {
         self.completed = true;
@@ -392,6 +407,16 @@ impl Draft {
             record.payload = Some(Payload {
                 sha256: Some(hex::encode(digest.finalize())),
                 records: self.values.take().map(|v| v.values),
+            });
+        }
+        if !self.withheld.is_empty() {
+            if record.decision.effect == "Allow" {
+                record.decision.effect = "Partial".into();
+            }
+            let note = self.withheld.join("; ");
+            record.decision.reason = Some(match record.decision.reason.take() {
+                Some(reason) => format!("{reason}; {note}"),
+                None => note,
             });
         }
         if !self.completed {
@@ -530,11 +555,15 @@ impl Values {
             let Some(codec) = crate::mask::compression::codec(attributes) else {
                 continue;
             };
-            if crate::mask::compression::decompress(
+            // Within the proxy's masking memory: a batch that does not fit is left out (the
+            // digest has it).
+            let mut allowance = MemoryBudget::proxy().allowance();
+            if crate::mask::compression::decompress_within(
                 codec,
                 &batch[HEADER..],
                 PAYLOAD_BATCH_LIMIT,
                 &mut plain,
+                &mut |n| allowance.hold(n),
             )
             .is_err()
             {
