@@ -176,6 +176,8 @@ spec:
         })
         .collect();
     assert!(args.contains(&config_map_name(SA)), "{args:?}");
+    // The masking memory bounds, sized from the container's memory limit.
+    assert!(args.iter().any(|a| a == "--mask-memory-bytes"), "{args:?}");
     let mut command = Command::new(env!("CARGO_BIN_EXE_streamward-sidecar"));
     command
         .args(&args)
