@@ -24,10 +24,14 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{FetchResponse, ProduceRequest, RequestKind, TopicName};
+use kafka_protocol::messages::{
+    FetchResponse, ProduceRequest, RequestKind, ShareFetchResponse, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use streamward_api::acl::ResourceType;
-use streamward_api::config::{Flow, ProxyConfig, SecretKeyRef};
+use streamward_api::config::{
+    CompiledMaskingRule, Flow, ProxyConfig, SecretKeyRef, WorkloadIdentity,
+};
 use streamward_api::decide::Principal;
 
 use crate::authorize::{Fixup, Outcome, TopicNames};
@@ -66,6 +70,8 @@ pub struct Plan {
 pub struct MaskingPlans {
     keys: MaskingKeys,
     plans: Mutex<HashMap<PlanKey, CachedPlan>>,
+    /// What masking a ShareFetch response needs, decided when it arrives; `None` without rules.
+    share: Option<Arc<ShareRules>>,
     /// Plans for audit records, by the rules they run (every direction).
     audit_plans: Mutex<HashMap<Box<[usize]>, CachedPlan>>,
 }
@@ -92,9 +98,18 @@ impl MaskingPlans {
                 keys.insert(secret.clone(), bytes.clone());
             }
         }
+        let share = (!config.masking.is_empty()).then(|| {
+            Arc::new(ShareRules {
+                rules: config.masking.clone(),
+                identity: config.identity.clone(),
+                keys: keys.clone(),
+                plans: Mutex::new(HashMap::new()),
+            })
+        });
         MaskingPlans {
             keys,
             plans: Mutex::new(HashMap::new()),
+            share,
             audit_plans: Mutex::new(HashMap::new()),
         }
     }
@@ -154,36 +169,14 @@ impl MaskingPlans {
         flow: Flow,
         principal: &Principal<'_>,
     ) -> Option<CachedPlan> {
-        let rules: Box<[usize]> = config
-            .masking
-            .iter()
-            .enumerate()
-            .filter(|(_, rule)| rule.applies_to(topic, flow, principal))
-            .map(|(index, _)| index)
-            .collect();
-        if rules.is_empty() {
-            return None;
-        }
-        // A poisoned lock only means another session panicked while holding it; the map is
-        // still a valid cache.
-        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(plan) = plans.get(&(flow, rules.clone())) {
-            return Some(plan.clone());
-        }
-        let built = MaskingPlan::new(rules.iter().map(|&i| &config.masking[i]), flow, &self.keys)
-            .map(|plan| {
-                let rules = plan.rules().join(",");
-                Arc::new(Plan { plan, rules })
-            })
-            .map_err(|error| {
-                tracing::error!(%error, %topic, ?flow, "masking plan cannot be built: its topics fail closed");
-                Arc::new(error)
-            });
-        if plans.len() >= MAX_PLANS {
-            plans.clear();
-        }
-        plans.insert((flow, rules), built.clone());
-        Some(built)
+        cached_plan(
+            &self.plans,
+            &config.masking,
+            &self.keys,
+            topic,
+            flow,
+            principal,
+        )
     }
 
     /// What masking `request` (at `version`) needs for `client`, or `None` when no rule covers
@@ -240,6 +233,18 @@ impl MaskingPlans {
                     })
                 })
             }
+            RequestKind::ShareFetch(_) => {
+                // Decided per topic of the response: a share session need not name its topics.
+                let rules = self.share.clone()?;
+                Some(RequestMasking::Fetch(FetchMasking {
+                    topics: Vec::new(),
+                    version,
+                    share: Some(ShareMasking {
+                        rules,
+                        client: client.clone(),
+                    }),
+                }))
+            }
             RequestKind::Fetch(fetch) => {
                 for topic in &fetch.topics {
                     add(
@@ -253,6 +258,7 @@ impl MaskingPlans {
                     RequestMasking::Fetch(FetchMasking {
                         topics: plans,
                         version,
+                        share: None,
                     })
                 })
             }
@@ -316,6 +322,152 @@ pub fn recorded_values(plan: Option<&CachedPlan>) -> RecordedValues<'_> {
     }
 }
 
+/// The plan for the records of `topic` flowing `flow` for `principal` under `rules`, from
+/// `cache` or built into it; `None` when no rule applies (the records pass untouched).
+fn cached_plan(
+    cache: &Mutex<HashMap<PlanKey, CachedPlan>>,
+    rules: &[CompiledMaskingRule],
+    keys: &MaskingKeys,
+    topic: &str,
+    flow: Flow,
+    principal: &Principal<'_>,
+) -> Option<CachedPlan> {
+    let applying: Box<[usize]> = rules
+        .iter()
+        .enumerate()
+        .filter(|(_, rule)| rule.applies_to(topic, flow, principal))
+        .map(|(index, _)| index)
+        .collect();
+    if applying.is_empty() {
+        return None;
+    }
+    // A poisoned lock only means another session panicked while holding it; the map is still
+    // a valid cache.
+    let mut plans = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(plan) = plans.get(&(flow, applying.clone())) {
+        return Some(plan.clone());
+    }
+    let built = MaskingPlan::new(applying.iter().map(|&i| &rules[i]), flow, keys)
+        .map(|plan| {
+            let rules = plan.rules().join(",");
+            Arc::new(Plan { plan, rules })
+        })
+        .map_err(|error| {
+            tracing::error!(%error, %topic, ?flow, "masking plan cannot be built: its topics fail closed");
+            Arc::new(error)
+        });
+    if plans.len() >= MAX_PLANS {
+        plans.clear();
+    }
+    plans.insert((flow, applying), built.clone());
+    Some(built)
+}
+
+/// The rules of one loaded config, for ShareFetch responses (KIP-932 share groups). A share
+/// session keeps its partitions on the broker, so a ShareFetch need not name the topics its
+/// response carries: which records to mask is decided per topic of the response, by the topic
+/// ids Metadata named.
+pub struct ShareRules {
+    rules: Vec<CompiledMaskingRule>,
+    identity: WorkloadIdentity,
+    keys: MaskingKeys,
+    plans: Mutex<HashMap<PlanKey, CachedPlan>>,
+}
+
+impl std::fmt::Debug for ShareRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShareRules")
+            .field("rules", &self.rules.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Masking of one ShareFetch response for one client.
+#[derive(Debug)]
+pub struct ShareMasking {
+    rules: Arc<ShareRules>,
+    client: ClientIdentity,
+}
+
+impl ShareMasking {
+    /// Masks the records of every topic of `response` a rule covers for this client; a
+    /// partition that cannot be masked (or whose topic id no Metadata named) gets an error and
+    /// no records. Returns whether anything changed.
+    fn apply(
+        &self,
+        response: &mut ShareFetchResponse,
+        names: &dyn TopicNames,
+        metrics: &Metrics,
+        tally: &mut Tally<'_>,
+    ) -> bool {
+        let principal = Principal {
+            identity: &self.rules.identity,
+            pod_labels: &self.client.pod_labels,
+            user: self.client.user.as_deref(),
+            groups: &self.client.groups,
+        };
+        let mut changed = false;
+        for topic in &mut response.responses {
+            let name = names.name_of(&topic.topic_id);
+            let plan = match &name {
+                Some(name) => cached_plan(
+                    &self.rules.plans,
+                    &self.rules.rules,
+                    &self.rules.keys,
+                    name.as_str(),
+                    Flow::Consume,
+                    &principal,
+                ),
+                None => None,
+            };
+            if name.is_some() && plan.is_none() {
+                continue;
+            }
+            let label = name.map_or_else(|| topic.topic_id.to_string(), |n| n.to_string());
+            for partition in &mut topic.partitions {
+                let Some(records) = partition.records.as_ref().filter(|r| !r.is_empty()) else {
+                    continue;
+                };
+                let result = match &plan {
+                    Some(plan) => mask_records(plan, records, Flow::Consume, metrics, tally),
+                    None => Err(Failure {
+                        code: ResponseError::UnknownTopicId,
+                        message: "the records' topic id was not named by Metadata, so the \
+                                  proxy cannot tell whether they must be masked"
+                            .into(),
+                    }),
+                };
+                match result {
+                    Ok(None) => {}
+                    Ok(Some(masked)) => {
+                        partition.records = Some(masked);
+                        changed = true;
+                    }
+                    Err(failure) => {
+                        tracing::warn!(
+                            topic = %label,
+                            partition = partition.partition_index,
+                            reason = %failure.message,
+                            "share fetch answered with an error: its records cannot be masked"
+                        );
+                        if let Some(draft) = tally.as_deref_mut() {
+                            draft.withheld(&label, partition.partition_index, &failure.message);
+                        }
+                        partition.error_code = failure.code.code();
+                        partition.error_message = Some(StrBytes::from_string(failure.message));
+                        partition.records = Some(Bytes::new());
+                        // The acquired records were never delivered: the broker releases them
+                        // when their acquisition lock ends.
+                        partition.acquired_records.clear();
+                        changed = true;
+                    }
+                }
+            }
+        }
+        changed
+    }
+}
+
 /// The Secret keys the rules of `config` take masking keys from.
 pub fn key_refs(config: &ProxyConfig) -> impl Iterator<Item = &SecretKeyRef> {
     config.masking.iter().flat_map(|rule| {
@@ -358,6 +510,8 @@ pub struct ProduceMasking {
 pub struct FetchMasking {
     topics: Vec<TopicPlan>,
     version: i16,
+    /// For a ShareFetch: its masking, decided on the response.
+    share: Option<ShareMasking>,
 }
 
 impl RequestMasking {
@@ -507,6 +661,21 @@ impl FetchMasking {
         self.apply_counted(response, metrics, &mut None)
     }
 
+    /// Masks a ShareFetch response (KIP-932) like a Fetch response, naming its topics by the
+    /// ids Metadata named (`names`), adding the fields masked to the audit event. Returns
+    /// whether anything changed.
+    pub fn apply_share(
+        &self,
+        response: &mut ShareFetchResponse,
+        names: &dyn TopicNames,
+        metrics: &Metrics,
+        tally: &mut Tally<'_>,
+    ) -> bool {
+        self.share
+            .as_ref()
+            .is_some_and(|share| share.apply(response, names, metrics, tally))
+    }
+
     /// [`FetchMasking::apply`], adding the fields masked to the request's audit event.
     pub fn apply_counted(
         &self,
@@ -644,6 +813,7 @@ mod tests {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::share_fetch_response;
     use kafka_protocol::messages::{FetchRequest, ResponseKind};
     use kafka_protocol::records::{
         Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
@@ -894,6 +1064,56 @@ spec:
         ] {
             assert!(exposition.contains(line), "{line} in\n{exposition}");
         }
+    }
+
+    #[test]
+    fn share_fetch_responses_are_masked_by_the_topics_they_carry() {
+        struct Named;
+        impl TopicNames for Named {
+            fn name_of(&self, id: &uuid::Uuid) -> Option<TopicName> {
+                (id.as_u128() == 1).then(|| TopicName(StrBytes::from_static_str("orders.eu")))
+            }
+        }
+        let config = config(RULES);
+        let plans = MaskingPlans::new(&config, &Secrets::new());
+        let metrics = Metrics::new();
+        // A share session's ShareFetch may name no topic at all.
+        let request = RequestKind::ShareFetch(Default::default());
+        let masking = plans
+            .prepare(&config, &ClientIdentity::default(), &request, 1, &NoIds)
+            .unwrap();
+        let (_, Some(fetch)) = masking.apply(Outcome::Forward, &metrics) else {
+            panic!("a forwarded ShareFetch masks its response");
+        };
+        let records = batch(&[r#"{"email":"a@b.io"}"#], Compression::Gzip);
+        let topic = |id: u128| {
+            share_fetch_response::ShareFetchableTopicResponse::default()
+                .with_topic_id(uuid::Uuid::from_u128(id))
+                .with_partitions(vec![
+                    share_fetch_response::PartitionData::default()
+                        .with_records(Some(records.clone()))
+                        .with_acquired_records(vec![Default::default()]),
+                ])
+        };
+        let mut response = ShareFetchResponse::default().with_responses(vec![topic(1), topic(2)]);
+        assert!(fetch.apply_share(&mut response, &Named, &metrics, &mut None));
+        let masked = response.responses[0].partitions[0]
+            .records
+            .as_ref()
+            .unwrap();
+        assert_eq!(values(masked), [r#"{"email":"****"}"#]);
+        // A topic id no Metadata named: the proxy cannot tell, so no records.
+        let unknown = &response.responses[1].partitions[0];
+        assert_eq!(unknown.error_code, ResponseError::UnknownTopicId.code());
+        assert_eq!(unknown.records.as_deref(), Some(&[][..]));
+        assert!(unknown.acquired_records.is_empty());
+        // Without rules nothing is prepared.
+        let none = super::tests::config("");
+        assert!(
+            MaskingPlans::new(&none, &Secrets::new())
+                .prepare(&none, &ClientIdentity::default(), &request, 1, &NoIds)
+                .is_none()
+        );
     }
 
     #[test]
