@@ -81,10 +81,19 @@ pub(crate) fn decompress_within(
             read_within(reader, input.len(), limit, out, grow)?;
         }
         Compression::Zstd => {
+            // The window is memory the decoder allocates before producing a byte: the one the
+            // first frame declares is taken from the budget with the output, and no frame may
+            // declare more (the decoder refuses it).
+            let most = window_log(limit);
+            let declared = zstd_window(input).unwrap_or(1 << most);
+            let log = (usize::BITS - declared.saturating_sub(1).leading_zeros()).clamp(10, most);
+            let window = declared.min(1 << log) + ZSTD_BUFFERS;
+            grow(window).map_err(DecompressError::Budget)?;
             let mut decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(invalid)?;
-            // The window is memory the decoder allocates before producing a byte.
-            decoder.window_log_max(window_log(limit)).map_err(invalid)?;
-            read_within(decoder, input.len(), limit, out, grow)?;
+            decoder.window_log_max(log).map_err(invalid)?;
+            read_within(decoder, input.len(), limit, out, &mut |n| {
+                grow(window.saturating_add(n))
+            })?;
         }
         Compression::Snappy => snappy(input, limit, out, grow)?,
     }
@@ -139,6 +148,32 @@ fn read_within(
             return Ok(());
         }
     }
+}
+
+/// What a zstd decoder holds besides its window (an input block and slack).
+const ZSTD_BUFFERS: usize = 256 << 10;
+
+/// The window the first zstd frame of `input` declares, in bytes (RFC 8878, 3.1.1.1): from its
+/// window descriptor, or its content size for a single-segment frame. `None` when the input
+/// does not start with a zstd frame header.
+fn zstd_window(input: &[u8]) -> Option<usize> {
+    let (magic, rest) = input.split_first_chunk::<4>()?;
+    if u32::from_le_bytes(*magic) != 0xFD2F_B528 {
+        return None;
+    }
+    let (&descriptor, rest) = rest.split_first()?;
+    if descriptor & 0x20 == 0 {
+        let window = *rest.first()?;
+        let base = 1usize.checked_shl(10 + u32::from(window >> 3))?;
+        return base.checked_add(base / 8 * usize::from(window & 7));
+    }
+    let dictionary = [0, 1, 2, 4][usize::from(descriptor & 3)];
+    let size = [1, 2, 4, 8][usize::from(descriptor >> 6)];
+    let bytes = rest.get(dictionary..dictionary + size)?;
+    let mut value = [0u8; 8];
+    value[..size].copy_from_slice(bytes);
+    let content = u64::from_le_bytes(value) + if size == 2 { 256 } else { 0 };
+    usize::try_from(content).ok()
 }
 
 /// The largest zstd window to accept for `limit` output bytes: enough for the limit, and at
@@ -348,6 +383,50 @@ mod tests {
             );
             assert!(out.capacity() <= 1 << 20, "{codec:?}");
         }
+    }
+
+    #[test]
+    fn a_zstd_window_is_taken_from_the_budget_before_the_decoder_allocates_it() {
+        // A frame declaring a 64 MiB window (long-distance matching), holding little data.
+        let data = vec![1u8; 1 << 20];
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        encoder.window_log(26).unwrap();
+        encoder.long_distance_matching(true).unwrap();
+        encoder.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut encoder, &data).unwrap();
+        let frame = encoder.finish().unwrap();
+        assert_eq!(zstd_window(&frame), Some(64 << 20));
+        let mut out = Vec::new();
+        let mut asked = Vec::new();
+        let refused = decompress_within(Compression::Zstd, &frame, 64 << 20, &mut out, &mut |n| {
+            asked.push(n);
+            if n > 32 << 20 {
+                Err(OverBudget::Connection { cap: 32 << 20 })
+            } else {
+                Ok(())
+            }
+        });
+        assert!(matches!(refused, Err(DecompressError::Budget(_))));
+        assert_eq!(asked, [(64 << 20) + ZSTD_BUFFERS]);
+        // What producers write (level 3, a window of the data's size or less) decodes, and
+        // its window is counted.
+        let mut small = BytesMut::new();
+        compress(
+            Compression::Zstd,
+            &mut BytesMut::from(&data[..]),
+            &mut small,
+        )
+        .unwrap();
+        let window = zstd_window(&small).unwrap();
+        assert!(window <= 2 << 20, "{window}");
+        let mut asked = 0;
+        decompress_within(Compression::Zstd, &small, 64 << 20, &mut out, &mut |n| {
+            asked = asked.max(n);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(out, data);
+        assert!(asked >= window + data.len(), "{asked}");
     }
 
     #[test]
