@@ -16,8 +16,10 @@
 //!   outside their window stay in: the proxy checks the window on every request, so no
 //!   compile is needed when a grant starts or ends.
 //! - every MaskingRule of the namespace (they are about topics, so they may apply to any
-//!   workload), sorted by name, unless its `exemptSubjects` name the service account without a
-//!   `podSelector` narrowing it (a narrowed exemption is matched by the proxy). Every
+//!   workload), sorted by name — even one whose `exemptSubjects` name the service account
+//!   (alone, or narrowed by a `podSelector`): the proxy does not mask the exempt workload's
+//!   records with it, but masks the values its audit events record (the auditor is nobody's
+//!   exempt reader). Every
 //!   field path and every regex is checked here, so a rule the proxy could not apply is
 //!   refused at apply time, naming the rule, the field and the reason.
 //!
@@ -487,18 +489,7 @@ pub fn compile(inputs: &Inputs, identity: &WorkloadIdentity) -> Result<ProxyConf
 
     let mut masking = Vec::new();
     for (object, rule) in in_namespace(&inputs.masking_rules, namespace)? {
-        let compiled = compile_masking_rule(object, rule)?;
-        // Exempt whatever the request: the service account is named and no pod selector
-        // narrows it (a narrowed exemption is the proxy's to match, per pod).
-        let exempt_here = compiled.exempt.pod_labels.is_none()
-            && compiled
-                .exempt
-                .service_accounts
-                .iter()
-                .any(|sa| is_service_account(sa, identity));
-        if !exempt_here {
-            masking.push(compiled);
-        }
+        masking.push(compile_masking_rule(object, rule)?);
     }
 
     let mut config = ProxyConfig {
@@ -1155,7 +1146,8 @@ fn window(object: &ObjectRef, grant: &AccessGrant) -> Result<(Timestamp, Timesta
 mod tests {
     use super::*;
     use crate::acl::{Operation, PatternType, ResourceType};
-    use crate::config::{Effect, Mode};
+    use crate::config::{Effect, Flow, Mode};
+    use crate::decide::Principal;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     fn identity() -> WorkloadIdentity {
@@ -2000,12 +1992,21 @@ spec:
     }
 
     #[test]
-    fn a_rule_exempting_the_service_account_stays_out_of_its_config() {
+    fn a_rule_exempting_the_service_account_stays_in_its_config_for_its_audit() {
         let yaml = masking(
             "m",
             "  topics: [{name: t}]\n  headers: [{name: h}]\n  exemptSubjects: {serviceAccounts: [orders-app], users: [alice]}\n",
         );
-        assert!(compile_masking(&yaml).unwrap().masking.is_empty());
+        let exempt = compile_masking(&yaml).unwrap();
+        assert_eq!(exempt.masking.len(), 1);
+        // The proxy does not apply it to the exempt workload's records.
+        let principal = Principal {
+            identity: &exempt.identity,
+            pod_labels: &Default::default(),
+            user: None,
+            groups: &[],
+        };
+        assert!(!exempt.masking[0].applies_to("t", Flow::Consume, &principal));
         let billing = WorkloadIdentity {
             service_account: "billing-app".into(),
             ..identity()

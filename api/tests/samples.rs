@@ -165,8 +165,18 @@ fn samples_give_other_workloads_nothing_but_request_time_grants() {
         "alice's grant applies wherever she connects"
     );
     assert_eq!(config.targets.len(), 1);
-    assert!(
-        config.masking.is_empty(),
-        "the billing service is exempt from orders-pii"
-    );
+    // The billing service is exempt from orders-pii: the rule is in its config (its audit
+    // events record values masked) but does not apply to its records.
+    assert_eq!(config.masking.len(), 1);
+    let principal = streamward_api::decide::Principal {
+        identity: &config.identity,
+        pod_labels: &Default::default(),
+        user: None,
+        groups: &[],
+    };
+    assert!(!config.masking[0].applies_to(
+        "orders.eu",
+        streamward_api::config::Flow::Consume,
+        &principal
+    ));
 }

@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod cache;
+pub mod cgroup;
 pub mod clients;
 pub mod cluster;
 pub mod collector;

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use streamward_sidecar::mask::budget;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -84,6 +85,14 @@ struct Flags {
     /// The largest client request accepted, in bytes.
     #[arg(long, default_value_t = streamward_sidecar::frame::DEFAULT_MAX_FRAME)]
     max_request_bytes: usize,
+    /// Bytes of decompressed and rewritten records the whole proxy holds at once for masking;
+    /// sized with the container's memory limit (the defaults fit the injected 128Mi).
+    #[arg(long, env = "STREAMWARD_MASK_MEMORY_BYTES", default_value_t = budget::DEFAULT_PROXY_BYTES)]
+    mask_memory_bytes: usize,
+    /// Bytes one connection holds at once for masking one record set; a batch that needs more
+    /// is answered with an error for its partition.
+    #[arg(long, env = "STREAMWARD_MASK_CONNECTION_MEMORY_BYTES", default_value_t = budget::DEFAULT_CONNECTION_BYTES)]
+    mask_connection_memory_bytes: usize,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -171,6 +180,17 @@ enum ConfigSource {
 fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     init_logging(flags.log_json);
+    if flags.mask_connection_memory_bytes > flags.mask_memory_bytes {
+        anyhow::bail!(
+            "--mask-connection-memory-bytes ({}) is larger than --mask-memory-bytes ({})",
+            flags.mask_connection_memory_bytes,
+            flags.mask_memory_bytes
+        );
+    }
+    budget::MemoryBudget::install(budget::MemoryBudget::new(
+        flags.mask_memory_bytes,
+        flags.mask_connection_memory_bytes,
+    ));
     let _ = rustls::crypto::ring::default_provider().install_default();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -24,16 +24,22 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{FetchResponse, ProduceRequest, RequestKind, TopicName};
+use kafka_protocol::messages::{
+    FetchResponse, ProduceRequest, RequestKind, ShareFetchResponse, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
-use streamward_api::config::{Flow, ProxyConfig, SecretKeyRef};
+use streamward_api::acl::ResourceType;
+use streamward_api::config::{
+    CompiledMaskingRule, Flow, ProxyConfig, SecretKeyRef, WorkloadIdentity,
+};
 use streamward_api::decide::Principal;
 
 use crate::authorize::{Fixup, Outcome, TopicNames};
-use crate::mask::{MaskError, MaskStats, MaskingKeys, MaskingPlan, PlanError, mask_batch};
+use crate::mask::budget::{MemoryBudget, OverBudget};
+use crate::mask::{MaskError, MaskStats, MaskingKeys, MaskingPlan, PlanError, mask_batch_within};
 use crate::metrics::{MaskingFailure, Metrics};
 use crate::policy::ClientIdentity;
-use crate::source::Secrets;
+use crate::source::{Loaded, Secrets};
 
 /// The first Produce version that names topics by id.
 const PRODUCE_BY_ID: i16 = 13;
@@ -47,7 +53,7 @@ const MAX_PLANS: usize = 1024;
 
 /// A built plan, or why it could not be built (kept, so a broken rule is not rebuilt per
 /// request and every request for its topics fails closed the same way).
-type CachedPlan = Result<Arc<Plan>, Arc<PlanError>>;
+pub type CachedPlan = Result<Arc<Plan>, Arc<PlanError>>;
 
 /// Where the fields masked for one request are counted for its audit event, if it has one.
 pub type Tally<'a> = Option<&'a mut crate::audit::session::Draft>;
@@ -64,6 +70,10 @@ pub struct Plan {
 pub struct MaskingPlans {
     keys: MaskingKeys,
     plans: Mutex<HashMap<PlanKey, CachedPlan>>,
+    /// What masking a ShareFetch response needs, decided when it arrives; `None` without rules.
+    share: Option<Arc<ShareRules>>,
+    /// Plans for audit records, by the rules they run (every direction).
+    audit_plans: Mutex<HashMap<Box<[usize]>, CachedPlan>>,
 }
 
 /// A plan depends on the flow and on which of the config's rules apply (by position).
@@ -83,6 +93,8 @@ impl MaskingPlans {
         MaskingPlans {
             keys: self.keys.clone(),
             plans: Mutex::new(HashMap::new()),
+            share: self.share.clone(),
+            audit_plans: Mutex::new(HashMap::new()),
         }
     }
 
@@ -96,10 +108,66 @@ impl MaskingPlans {
                 keys.insert(secret.clone(), bytes.clone());
             }
         }
+        let share = (!config.masking.is_empty()).then(|| {
+            Arc::new(ShareRules {
+                rules: config.masking.clone(),
+                identity: config.identity.clone(),
+                keys: keys.clone(),
+                plans: Mutex::new(HashMap::new()),
+            })
+        });
         MaskingPlans {
             keys,
             plans: Mutex::new(HashMap::new()),
+            share,
+            audit_plans: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The plan an audit record of the values of `topic` needs, given that they flowed `flow`
+    /// for `principal` (so the rules that applied to them are applied already): every other rule
+    /// that covers the topic, whatever its direction and exemptions. `None` when no rule is
+    /// left (the values are recorded as they went).
+    fn audit_plan_for(
+        &self,
+        config: &ProxyConfig,
+        topic: &str,
+        flow: Flow,
+        principal: &Principal<'_>,
+    ) -> Option<CachedPlan> {
+        let rules: Box<[usize]> = config
+            .masking
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| {
+                rule.topics
+                    .iter()
+                    .any(|pattern| pattern.matches(ResourceType::Topic, topic))
+                    && !rule.applies_to(topic, flow, principal)
+            })
+            .map(|(index, _)| index)
+            .collect();
+        if rules.is_empty() {
+            return None;
+        }
+        let mut plans = self.audit_plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(plan) = plans.get(&rules) {
+            return Some(plan.clone());
+        }
+        let built = MaskingPlan::every_direction(rules.iter().map(|&i| &config.masking[i]), &self.keys)
+            .map(|plan| {
+                let rules = plan.rules().join(",");
+                Arc::new(Plan { plan, rules })
+            })
+            .map_err(|error| {
+                tracing::error!(%error, %topic, "masking plan for audit records cannot be built: their values are left out");
+                Arc::new(error)
+            });
+        if plans.len() >= MAX_PLANS {
+            plans.clear();
+        }
+        plans.insert(rules, built.clone());
+        Some(built)
     }
 
     /// The plan for the records of `topic` flowing `flow` for `principal`, or `None` when no
@@ -111,36 +179,14 @@ impl MaskingPlans {
         flow: Flow,
         principal: &Principal<'_>,
     ) -> Option<CachedPlan> {
-        let rules: Box<[usize]> = config
-            .masking
-            .iter()
-            .enumerate()
-            .filter(|(_, rule)| rule.applies_to(topic, flow, principal))
-            .map(|(index, _)| index)
-            .collect();
-        if rules.is_empty() {
-            return None;
-        }
-        // A poisoned lock only means another session panicked while holding it; the map is
-        // still a valid cache.
-        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(plan) = plans.get(&(flow, rules.clone())) {
-            return Some(plan.clone());
-        }
-        let built = MaskingPlan::new(rules.iter().map(|&i| &config.masking[i]), flow, &self.keys)
-            .map(|plan| {
-                let rules = plan.rules().join(",");
-                Arc::new(Plan { plan, rules })
-            })
-            .map_err(|error| {
-                tracing::error!(%error, %topic, ?flow, "masking plan cannot be built: its topics fail closed");
-                Arc::new(error)
-            });
-        if plans.len() >= MAX_PLANS {
-            plans.clear();
-        }
-        plans.insert((flow, rules), built.clone());
-        Some(built)
+        cached_plan(
+            &self.plans,
+            &config.masking,
+            &self.keys,
+            topic,
+            flow,
+            principal,
+        )
     }
 
     /// What masking `request` (at `version`) needs for `client`, or `None` when no rule covers
@@ -197,6 +243,18 @@ impl MaskingPlans {
                     })
                 })
             }
+            RequestKind::ShareFetch(_) => {
+                // Decided per topic of the response: a share session need not name its topics.
+                let rules = self.share.clone()?;
+                Some(RequestMasking::Fetch(FetchMasking {
+                    topics: Vec::new(),
+                    version,
+                    share: Some(ShareMasking {
+                        rules,
+                        client: client.clone(),
+                    }),
+                }))
+            }
             RequestKind::Fetch(fetch) => {
                 for topic in &fetch.topics {
                     add(
@@ -210,11 +268,213 @@ impl MaskingPlans {
                     RequestMasking::Fetch(FetchMasking {
                         topics: plans,
                         version,
+                        share: None,
                     })
                 })
             }
             _ => None,
         }
+    }
+}
+
+/// What the record values an audit event carries (`MaskedPayload`) must go through: the
+/// MaskingRules that did not already apply to them on the wire. The auditor is nobody's exempt
+/// reader and reads every direction, so a value is recorded only as masked as the most masked
+/// reader would get it — never raw because the rule masks on Consume and the value was
+/// produced, or because the client was exempt.
+pub struct AuditMasking {
+    loaded: Arc<Loaded>,
+    client: ClientIdentity,
+}
+
+/// How to record the values of one topic.
+pub enum RecordedValues<'p> {
+    /// As they went on the wire: no rule is left to apply.
+    AsTheyWent,
+    /// Masked with this plan first.
+    Masked(&'p MaskingPlan),
+    /// Not at all (only the digest): a rule left to apply cannot run (its key is missing).
+    Withheld,
+}
+
+impl AuditMasking {
+    /// The audit masking for `client`'s requests under `loaded`, or `None` when the config has
+    /// no MaskingRules.
+    pub fn new(loaded: &Arc<Loaded>, client: &ClientIdentity) -> Option<AuditMasking> {
+        (!loaded.config.masking.is_empty()).then(|| AuditMasking {
+            loaded: loaded.clone(),
+            client: client.clone(),
+        })
+    }
+
+    /// The plan for values of `topic` that flowed `flow` (masked by the rules that apply to
+    /// this client already).
+    pub fn plan(&self, topic: &str, flow: Flow) -> Option<CachedPlan> {
+        let config = &self.loaded.config;
+        let principal = Principal {
+            identity: &config.identity,
+            pod_labels: &self.client.pod_labels,
+            user: self.client.user.as_deref(),
+            groups: &self.client.groups,
+        };
+        self.loaded
+            .masking
+            .audit_plan_for(config, topic, flow, &principal)
+    }
+}
+
+/// How to record values under `plan` (from [`AuditMasking::plan`]).
+pub fn recorded_values(plan: Option<&CachedPlan>) -> RecordedValues<'_> {
+    match plan {
+        None => RecordedValues::AsTheyWent,
+        Some(Ok(plan)) => RecordedValues::Masked(&plan.plan),
+        Some(Err(_)) => RecordedValues::Withheld,
+    }
+}
+
+/// The plan for the records of `topic` flowing `flow` for `principal` under `rules`, from
+/// `cache` or built into it; `None` when no rule applies (the records pass untouched).
+fn cached_plan(
+    cache: &Mutex<HashMap<PlanKey, CachedPlan>>,
+    rules: &[CompiledMaskingRule],
+    keys: &MaskingKeys,
+    topic: &str,
+    flow: Flow,
+    principal: &Principal<'_>,
+) -> Option<CachedPlan> {
+    let applying: Box<[usize]> = rules
+        .iter()
+        .enumerate()
+        .filter(|(_, rule)| rule.applies_to(topic, flow, principal))
+        .map(|(index, _)| index)
+        .collect();
+    if applying.is_empty() {
+        return None;
+    }
+    // A poisoned lock only means another session panicked while holding it; the map is still
+    // a valid cache.
+    let mut plans = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(plan) = plans.get(&(flow, applying.clone())) {
+        return Some(plan.clone());
+    }
+    let built = MaskingPlan::new(applying.iter().map(|&i| &rules[i]), flow, keys)
+        .map(|plan| {
+            let rules = plan.rules().join(",");
+            Arc::new(Plan { plan, rules })
+        })
+        .map_err(|error| {
+            tracing::error!(%error, %topic, ?flow, "masking plan cannot be built: its topics fail closed");
+            Arc::new(error)
+        });
+    if plans.len() >= MAX_PLANS {
+        plans.clear();
+    }
+    plans.insert((flow, applying), built.clone());
+    Some(built)
+}
+
+/// The rules of one loaded config, for ShareFetch responses (KIP-932 share groups). A share
+/// session keeps its partitions on the broker, so a ShareFetch need not name the topics its
+/// response carries: which records to mask is decided per topic of the response, by the topic
+/// ids Metadata named.
+pub struct ShareRules {
+    rules: Vec<CompiledMaskingRule>,
+    identity: WorkloadIdentity,
+    keys: MaskingKeys,
+    plans: Mutex<HashMap<PlanKey, CachedPlan>>,
+}
+
+impl std::fmt::Debug for ShareRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShareRules")
+            .field("rules", &self.rules.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Masking of one ShareFetch response for one client.
+#[derive(Debug)]
+pub struct ShareMasking {
+    rules: Arc<ShareRules>,
+    client: ClientIdentity,
+}
+
+impl ShareMasking {
+    /// Masks the records of every topic of `response` a rule covers for this client; a
+    /// partition that cannot be masked (or whose topic id no Metadata named) gets an error and
+    /// no records. Returns whether anything changed.
+    fn apply(
+        &self,
+        response: &mut ShareFetchResponse,
+        names: &dyn TopicNames,
+        metrics: &Metrics,
+        tally: &mut Tally<'_>,
+    ) -> bool {
+        let principal = Principal {
+            identity: &self.rules.identity,
+            pod_labels: &self.client.pod_labels,
+            user: self.client.user.as_deref(),
+            groups: &self.client.groups,
+        };
+        let mut changed = false;
+        for topic in &mut response.responses {
+            let name = names.name_of(&topic.topic_id);
+            let plan = match &name {
+                Some(name) => cached_plan(
+                    &self.rules.plans,
+                    &self.rules.rules,
+                    &self.rules.keys,
+                    name.as_str(),
+                    Flow::Consume,
+                    &principal,
+                ),
+                None => None,
+            };
+            if name.is_some() && plan.is_none() {
+                continue;
+            }
+            let label = name.map_or_else(|| topic.topic_id.to_string(), |n| n.to_string());
+            for partition in &mut topic.partitions {
+                let Some(records) = partition.records.as_ref().filter(|r| !r.is_empty()) else {
+                    continue;
+                };
+                let result = match &plan {
+                    Some(plan) => mask_records(plan, records, Flow::Consume, metrics, tally),
+                    None => Err(Failure {
+                        code: ResponseError::UnknownTopicId,
+                        message: "the records' topic id was not named by Metadata, so the \
+                                  proxy cannot tell whether they must be masked"
+                            .into(),
+                    }),
+                };
+                match result {
+                    Ok(None) => {}
+                    Ok(Some(masked)) => {
+                        partition.records = Some(masked);
+                        changed = true;
+                    }
+                    Err(failure) => {
+                        tracing::warn!(
+                            topic = %label,
+                            partition = partition.partition_index,
+                            reason = %failure.message,
+                            "share fetch answered with an error: its records cannot be masked"
+                        );
+                        if let Some(draft) = tally.as_deref_mut() {
+                            draft.withheld(&label, partition.partition_index, &failure.message);
+                        }
+                        partition.error_code = failure.code.code();
+                        partition.error_message = Some(StrBytes::from_string(failure.message));
+                        partition.records = Some(Bytes::new());
+                        // The acquired records were never delivered: the broker releases them
+                        // when their acquisition lock ends.
+                        partition.acquired_records.clear();
+                        changed = true;
+                    }
+                }
+            }
+        }
+        changed
     }
 }
 
@@ -260,6 +520,8 @@ pub struct ProduceMasking {
 pub struct FetchMasking {
     topics: Vec<TopicPlan>,
     version: i16,
+    /// For a ShareFetch: its masking, decided on the response.
+    share: Option<ShareMasking>,
 }
 
 impl RequestMasking {
@@ -301,12 +563,15 @@ impl ProduceMasking {
         let mut changed = false;
         let mut refused = Vec::new();
         for topic in &mut request.topic_data {
-            let Some(plan) = find(
+            let Some(TopicPlan {
+                plan, name: known, ..
+            }) = find(
                 &self.topics,
                 &topic.name,
                 &topic.topic_id,
                 self.version >= PRODUCE_BY_ID,
-            ) else {
+            )
+            else {
                 continue;
             };
             let mut refused_partitions = Vec::new();
@@ -322,12 +587,16 @@ impl ProduceMasking {
                         true
                     }
                     Err(failure) => {
+                        let label = topic_label(known, &topic.topic_id);
                         tracing::warn!(
-                            topic = %topic_label(&topic.name, &topic.topic_id),
+                            topic = %label,
                             partition = partition.index,
                             reason = %failure.message,
                             "produce refused: its records cannot be masked"
                         );
+                        if let Some(draft) = tally.as_deref_mut() {
+                            draft.withheld(&label, partition.index, &failure.message);
+                        }
                         refused_partitions.push(
                             PartitionProduceResponse::default()
                                 .with_index(partition.index)
@@ -402,6 +671,21 @@ impl FetchMasking {
         self.apply_counted(response, metrics, &mut None)
     }
 
+    /// Masks a ShareFetch response (KIP-932) like a Fetch response, naming its topics by the
+    /// ids Metadata named (`names`), adding the fields masked to the audit event. Returns
+    /// whether anything changed.
+    pub fn apply_share(
+        &self,
+        response: &mut ShareFetchResponse,
+        names: &dyn TopicNames,
+        metrics: &Metrics,
+        tally: &mut Tally<'_>,
+    ) -> bool {
+        self.share
+            .as_ref()
+            .is_some_and(|share| share.apply(response, names, metrics, tally))
+    }
+
     /// [`FetchMasking::apply`], adding the fields masked to the request's audit event.
     pub fn apply_counted(
         &self,
@@ -411,12 +695,15 @@ impl FetchMasking {
     ) -> bool {
         let mut changed = false;
         for topic in &mut response.responses {
-            let Some(plan) = find(
+            let Some(TopicPlan {
+                plan, name: known, ..
+            }) = find(
                 &self.topics,
                 &topic.topic,
                 &topic.topic_id,
                 self.version >= FETCH_BY_ID,
-            ) else {
+            )
+            else {
                 continue;
             };
             for partition in &mut topic.partitions {
@@ -430,12 +717,16 @@ impl FetchMasking {
                         changed = true;
                     }
                     Err(failure) => {
+                        let label = topic_label(known, &topic.topic_id);
                         tracing::warn!(
-                            topic = %topic_label(&topic.topic, &topic.topic_id),
+                            topic = %label,
                             partition = partition.partition_index,
                             reason = %failure.message,
                             "fetch answered with an error: its records cannot be masked"
                         );
+                        if let Some(draft) = tally {
+                            draft.withheld(&label, partition.partition_index, &failure.message);
+                        }
                         partition.error_code = failure.code.code();
                         partition.records = Some(Bytes::new());
                         changed = true;
@@ -453,11 +744,10 @@ fn find<'p>(
     name: &TopicName,
     id: &uuid::Uuid,
     by_id: bool,
-) -> Option<&'p CachedPlan> {
+) -> Option<&'p TopicPlan> {
     topics
         .iter()
         .find(|t| if by_id { t.id == *id } else { t.name == *name })
-        .map(|t| &t.plan)
 }
 
 fn topic_label(name: &TopicName, id: &uuid::Uuid) -> String {
@@ -493,7 +783,9 @@ fn mask_records(
         }
     };
     let mut stats = MaskStats::default();
-    let result = mask_batch(records, &plan.plan, &mut stats);
+    let mut allowance = MemoryBudget::proxy().allowance();
+    let result = mask_batch_within(records, &plan.plan, &mut stats, &mut allowance);
+    drop(allowance);
     metrics.masked(flow, &plan.rules, &stats);
     if let Some(draft) = tally {
         draft.masked(&plan.rules, stats.fields_masked + stats.headers_masked);
@@ -504,11 +796,21 @@ fn mask_records(
             match error {
                 MaskError::TooLarge { .. } => MaskingFailure::TooLarge,
                 MaskError::UnsupportedFormat { .. } => MaskingFailure::UnsupportedFormat,
+                MaskError::Memory { .. } => MaskingFailure::Memory,
                 _ => MaskingFailure::Corrupt,
             },
         );
         Failure {
-            code: ResponseError::CorruptMessage,
+            // A batch that can never be masked here is CORRUPT_MESSAGE, which consumers
+            // surface and do not skip; one that waits only for memory other connections hold
+            // is UNKNOWN_SERVER_ERROR, which they retry (see docs/masking.md).
+            code: match error {
+                MaskError::Memory {
+                    over: OverBudget::Proxy { .. },
+                    ..
+                } => ResponseError::UnknownServerError,
+                _ => ResponseError::CorruptMessage,
+            },
             message: format!("the records cannot be masked: {error}"),
         }
     })
@@ -521,6 +823,7 @@ mod tests {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::share_fetch_response;
     use kafka_protocol::messages::{FetchRequest, ResponseKind};
     use kafka_protocol::records::{
         Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
@@ -774,6 +1077,56 @@ spec:
     }
 
     #[test]
+    fn share_fetch_responses_are_masked_by_the_topics_they_carry() {
+        struct Named;
+        impl TopicNames for Named {
+            fn name_of(&self, id: &uuid::Uuid) -> Option<TopicName> {
+                (id.as_u128() == 1).then(|| TopicName(StrBytes::from_static_str("orders.eu")))
+            }
+        }
+        let config = config(RULES);
+        let plans = MaskingPlans::new(&config, &Secrets::new());
+        let metrics = Metrics::new();
+        // A share session's ShareFetch may name no topic at all.
+        let request = RequestKind::ShareFetch(Default::default());
+        let masking = plans
+            .prepare(&config, &ClientIdentity::default(), &request, 1, &NoIds)
+            .unwrap();
+        let (_, Some(fetch)) = masking.apply(Outcome::Forward, &metrics) else {
+            panic!("a forwarded ShareFetch masks its response");
+        };
+        let records = batch(&[r#"{"email":"a@b.io"}"#], Compression::Gzip);
+        let topic = |id: u128| {
+            share_fetch_response::ShareFetchableTopicResponse::default()
+                .with_topic_id(uuid::Uuid::from_u128(id))
+                .with_partitions(vec![
+                    share_fetch_response::PartitionData::default()
+                        .with_records(Some(records.clone()))
+                        .with_acquired_records(vec![Default::default()]),
+                ])
+        };
+        let mut response = ShareFetchResponse::default().with_responses(vec![topic(1), topic(2)]);
+        assert!(fetch.apply_share(&mut response, &Named, &metrics, &mut None));
+        let masked = response.responses[0].partitions[0]
+            .records
+            .as_ref()
+            .unwrap();
+        assert_eq!(values(masked), [r#"{"email":"****"}"#]);
+        // A topic id no Metadata named: the proxy cannot tell, so no records.
+        let unknown = &response.responses[1].partitions[0];
+        assert_eq!(unknown.error_code, ResponseError::UnknownTopicId.code());
+        assert_eq!(unknown.records.as_deref(), Some(&[][..]));
+        assert!(unknown.acquired_records.is_empty());
+        // Without rules nothing is prepared.
+        let none = super::tests::config("");
+        assert!(
+            MaskingPlans::new(&none, &Secrets::new())
+                .prepare(&none, &ClientIdentity::default(), &request, 1, &NoIds)
+                .is_none()
+        );
+    }
+
+    #[test]
     fn a_refused_fetch_needs_no_response_masking() {
         let config = config(RULES);
         let plans = MaskingPlans::new(&config, &Secrets::new());
@@ -884,6 +1237,59 @@ spec:
             masking.apply(Outcome::Forward, &metrics).0,
             Outcome::NoResponse
         );
+    }
+
+    #[test]
+    fn audit_records_get_the_rules_that_did_not_apply_on_the_wire() {
+        let config = config(
+            &(RULES.to_owned()
+                + "---
+apiVersion: streamward.io/v1alpha1
+kind: MaskingRule
+metadata: {name: cards-on-read, namespace: demo}
+spec:
+  topics: [{name: orders.eu}]
+  direction: Consume
+  detectors: [{type: CreditCard}]
+"),
+        );
+        let plans = MaskingPlans::new(&config, &Secrets::new());
+        let labels = Default::default();
+        let principal = |user| Principal {
+            identity: &config.identity,
+            pod_labels: &labels,
+            user,
+            groups: &[],
+        };
+        let rules = |topic, flow, user| {
+            plans
+                .audit_plan_for(&config, topic, flow, &principal(user))
+                .map(|plan| plan.map(|p| p.rules.clone()).map_err(|e| e.to_string()))
+        };
+        // Fetched by the app: both rules masked on the wire already.
+        assert_eq!(rules("orders.us", Flow::Consume, None), None);
+        // Produced: the consume-only rule is left to apply.
+        assert_eq!(
+            rules("orders.eu", Flow::Produce, None),
+            Some(Ok("cards-on-read".into()))
+        );
+        // Read by the exempt auditor: the rule that exempts it applies to the record.
+        assert_eq!(
+            rules("orders.eu", Flow::Consume, Some("auditor")),
+            Some(Ok("emails".into()))
+        );
+        // The keyed rule of payments applies on the wire (where it fails closed without its
+        // key): nothing is left for the record.
+        assert_eq!(rules("payments", Flow::Consume, None), None);
+        // A rule left to apply that cannot run (no key): the values are withheld.
+        assert!(matches!(
+            recorded_values(Some(&Err(Arc::new(PlanError::Detector {
+                rule: "r".into(),
+                index: 0,
+                reason: "x".into()
+            })))),
+            RecordedValues::Withheld
+        ));
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub enum MaskingFailure {
     TooLarge,
     /// Message format v0/v1.
     UnsupportedFormat,
+    /// Masking the batch needs more memory than the proxy may use (a poison pill, or the
+    /// proxy's budget held by other connections).
+    Memory,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

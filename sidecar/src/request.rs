@@ -37,7 +37,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use streamward_api::acl::{Operation, ResourceType};
 
 use crate::approval::held::{self, Asked, Resolution, Resolved};
-use crate::audit::session::{Draft, SessionAudit, audit_level};
+use crate::audit::session::{Draft, SessionAudit};
 use crate::authorize::streams::{self, StreamsOutcome};
 use crate::authorize::{self, Access, Fixup, Outcome, TopicNames};
 use crate::client_auth::login::{self, Login};
@@ -341,11 +341,7 @@ fn decide_action(
         if let Some(event) = event.as_mut()
             && matches!(api_key, ApiKey::Produce | ApiKey::Fetch)
         {
-            event.set_level(audit_level(
-                &loaded.config,
-                &client.identity,
-                &loaded.target_name,
-            ));
+            event.set_payload_policy(loaded, &client.identity);
         }
         masking = loaded.masking.prepare(
             &loaded.config,

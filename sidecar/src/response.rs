@@ -120,6 +120,12 @@ pub fn fix(
                 event.fetched(r, version, &shared.topic_ids);
             }
         }
+        ResponseKind::ShareFetch(r) => {
+            if let Some(masking) = &masking {
+                let mut tally = event.as_deref_mut();
+                changed |= masking.apply_share(r, &shared.topic_ids, &shared.metrics, &mut tally);
+            }
+        }
         ResponseKind::ApiVersions(r) => {
             versions::narrow(r, &[ApiKey::SaslHandshake, ApiKey::SaslAuthenticate]);
             if shared.settings.client_auth.is_some() {

@@ -75,19 +75,27 @@ impl Collector {
 }
 
 fn sidecar(collector: &Collector, dir: &Path) -> Sidecar {
-    sidecar_with(collector, dir, &[])
+    sidecar_with(collector, dir, &[], &[])
 }
 
-fn sidecar_with(collector: &Collector, dir: &Path, extra: &[&str]) -> Sidecar {
+/// The audited proxy with more policy files (MaskingRules, for one) and more flags.
+fn sidecar_with(
+    collector: &Collector,
+    dir: &Path,
+    policies: &[(&str, String)],
+    flags: &[&str],
+) -> Sidecar {
     std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
     let url = format!("http://{}", collector.0.addr());
     let token = dir.join("token").display().to_string();
     let spool = dir.join("spool").display().to_string();
+    let mut files = vec![
+        ("target.yaml", target_yaml(NS, &kafka().bootstrap())),
+        ("policy.yaml", policy_yaml()),
+    ];
+    files.extend(policies.iter().cloned());
     common::sidecar_with_args(
-        &[
-            ("target.yaml", target_yaml(NS, &kafka().bootstrap())),
-            ("policy.yaml", policy_yaml()),
-        ],
+        &files,
         NS,
         SA,
         &[
@@ -99,7 +107,7 @@ fn sidecar_with(collector: &Collector, dir: &Path, extra: &[&str]) -> Sidecar {
             &spool,
         ]
         .into_iter()
-        .chain(extra.iter().copied())
+        .chain(flags.iter().copied())
         .collect::<Vec<_>>(),
     )
 }
@@ -404,6 +412,7 @@ fn with_audit_full_refuse_a_full_spool_refuses_requests_and_loses_no_forwarded_e
     let proxy = sidecar_with(
         &collector,
         run.path(),
+        &[],
         &[
             "--audit-spool-max-bytes",
             TINY_SPOOL,
@@ -496,6 +505,7 @@ fn with_audit_full_continue_a_full_spool_drops_events_and_traffic_continues() {
     let proxy = sidecar_with(
         &collector,
         run.path(),
+        &[],
         &["--audit-spool-max-bytes", TINY_SPOOL],
     );
     let topic = unique_name("orders.au5c");
@@ -516,4 +526,140 @@ fn with_audit_full_continue_a_full_spool_drops_events_and_traffic_continues() {
             .unwrap(),
         0.0
     );
+}
+
+/// Every file under `dir`, recursively, with its bytes.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+/// A MaskingRule that masks only on consume, and exempts this very workload: neither what it
+/// produces (the broker gets it raw) nor what it reads (it is exempt) is masked on the wire, yet
+/// an auditor reading the store must never see what the rule masks for a reader.
+#[test]
+fn masked_payload_audit_never_stores_a_value_a_consume_rule_masks() {
+    const EMAIL: &str = "jane.roe.audit@example.org";
+    const CARD: &str = "4539578763621486";
+    let run = cache::run_dir("audit-e2e-pii").unwrap();
+    let collector = Collector::start(run.path());
+    let masking = format!(
+        "apiVersion: streamward.io/v1alpha1
+kind: MaskingRule
+metadata: {{name: orders-pii, namespace: {NS}}}
+spec:
+  topics: [{{name: orders., patternType: Prefixed}}]
+  direction: Consume
+  fields:
+  - path: customer.email
+  - path: card
+    strategy: {{type: KeepLast, count: 4}}
+  detectors:
+  - type: Email
+  - type: CreditCard
+  strategy: {{type: Placeholder, placeholder: '[pii]'}}
+  exemptSubjects:
+    serviceAccounts: [{SA}]
+"
+    );
+    let proxy = sidecar_with(&collector, run.path(), &[("masking.yaml", masking)], &[]);
+    let topic = unique_name("orders.pii");
+    create_topic(kafka(), &topic, 1, 1);
+
+    let order = serde_json::json!({
+        "id": "o-1",
+        "customer": {"name": "Jane Roe", "email": EMAIL},
+        "card": CARD,
+        "note": format!("mail {EMAIL}, card {CARD}"),
+    })
+    .to_string();
+    let mut child = streamward_e2e::clients::confluent_kafka()
+        .unwrap()
+        .args([
+            "produce",
+            "--bootstrap",
+            &proxy.bootstrap,
+            "--topic",
+            &topic,
+        ])
+        .args(["--stdin", "--compression", "gzip", "--timeout", "20"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("{order}\n").as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The exempt workload reads the record raw, as the rule says.
+    let consumed = consume(&proxy.bootstrap, &topic, &unique_name("orders-g"), 1, &[]);
+    assert_eq!(consumed.count, 1, "{consumed:?}");
+    assert!(consumed.values.as_ref().unwrap()[0].contains(CARD));
+
+    let events = wait_for_every_event(&collector, &proxy, Duration::from_secs(60));
+    let values = |api: &str| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .filter_map(AuditEvent::record)
+            .filter(|r| r.request.api_key == api)
+            .filter(|r| r.resources.iter().any(|res| res.name == topic))
+            .filter_map(|r| r.payload.as_ref()?.records.clone())
+            .flatten()
+            .collect()
+    };
+    // The value as produced and as fetched: masked as a reader would get it.
+    let expected = serde_json::json!({
+        "id": "o-1",
+        "customer": {"name": "Jane Roe", "email": "[pii]"},
+        "card": "************1486",
+        "note": "mail [pii], card [pii]",
+    });
+    assert_eq!(
+        values("Produce"),
+        std::slice::from_ref(&expected),
+        "{events:#?}"
+    );
+    let fetched = values("Fetch");
+    assert!(!fetched.is_empty(), "{events:#?}");
+    assert!(fetched.iter().all(|v| *v == expected), "{fetched:#?}");
+
+    // Nowhere in the collector's files, nor in the proxy's spool.
+    let stored = files_under(&collector.0.data());
+    assert!(stored.iter().any(|(_, bytes)| contains(bytes, "[pii]")));
+    for (path, bytes) in stored.iter().chain(&files_under(&run.path().join("spool"))) {
+        for raw in [EMAIL, CARD] {
+            assert!(
+                !contains(bytes, raw),
+                "{raw} is stored in {}",
+                path.display()
+            );
+        }
+    }
 }

@@ -186,6 +186,8 @@ spec:
     ] {
         assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
     }
+    // The masking memory bounds, sized from the container's memory limit.
+    assert!(args.iter().any(|a| a == "--mask-memory-bytes"), "{args:?}");
     let mut command = Command::new(env!("CARGO_BIN_EXE_streamward-sidecar"));
     command
         .args(&args)

@@ -444,3 +444,109 @@ fn records_that_cannot_be_masked_are_never_delivered() {
             >= 1.0
     );
 }
+
+/// KIP-932 share groups read with ShareFetch, not Fetch: Kafka's own share consumer through
+/// the proxy must see the records masked as a Fetch consumer does.
+#[test]
+fn a_share_group_consumer_reads_masked_records() {
+    let topic = unique_name("orders.c.share");
+    create_topic(kafka(), &topic, 1, 1);
+    let raw: Vec<Value> = (0..5).map(|i| order("share", i)).collect();
+    let values: Vec<String> = raw.iter().map(Value::to_string).collect();
+    produce(&kafka().bootstrap(), &topic, "none", &values);
+    let group = unique_name("orders-share");
+    // A share group starts at the latest offset unless its config says otherwise.
+    let (ok, out) = common::kafka_tool(
+        kafka(),
+        "kafka.admin.ConfigCommand",
+        &[
+            "--bootstrap-server",
+            &kafka().bootstrap(),
+            "--alter",
+            "--entity-type",
+            "groups",
+            "--entity-name",
+            &group,
+            "--add-config",
+            "share.auto.offset.reset=earliest",
+        ],
+    );
+    assert!(ok, "{out}");
+
+    let app = sidecar(APP);
+    let out = kafka()
+        .dist()
+        .tool("org.apache.kafka.tools.consumer.ConsoleShareConsumer")
+        .args(["--bootstrap-server", &app.bootstrap, "--topic", &topic])
+        .args([
+            "--group",
+            &group,
+            "--max-messages",
+            "5",
+            "--timeout-ms",
+            "30000",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let consumed: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(
+        consumed.len(),
+        5,
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        app.log()
+    );
+    for record in &consumed {
+        let original = raw
+            .iter()
+            .find(|r| r["id"] == record["id"])
+            .unwrap_or_else(|| panic!("{record}"));
+        assert_eq!(*record, masked_order(original));
+    }
+    assert!(!stdout.contains("@example.com"), "{stdout}");
+
+    // The exempt workload's share consumer reads them raw.
+    let billing = sidecar(BILLING);
+    let group = unique_name("orders-share");
+    let (ok, out) = common::kafka_tool(
+        kafka(),
+        "kafka.admin.ConfigCommand",
+        &[
+            "--bootstrap-server",
+            &kafka().bootstrap(),
+            "--alter",
+            "--entity-type",
+            "groups",
+            "--entity-name",
+            &group,
+            "--add-config",
+            "share.auto.offset.reset=earliest",
+        ],
+    );
+    assert!(ok, "{out}");
+    let out = kafka()
+        .dist()
+        .tool("org.apache.kafka.tools.consumer.ConsoleShareConsumer")
+        .args(["--bootstrap-server", &billing.bootstrap, "--topic", &topic])
+        .args([
+            "--group",
+            &group,
+            "--max-messages",
+            "5",
+            "--timeout-ms",
+            "30000",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut read: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    read.sort_by_key(|r| r["id"].to_string());
+    assert_eq!(read, raw, "{stdout}");
+}

@@ -590,6 +590,31 @@ fn http_probe(path: &str, port: u16, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// The proxy's masking memory for a container memory limit (a Kubernetes quantity): half of
+/// the limit for the whole proxy and a quarter for one connection, the proxy's defaults at the
+/// default 128Mi. `None` when the limit is not a plain byte quantity (the proxy's defaults
+/// apply).
+fn mask_memory(limit: &str) -> Option<(u64, u64)> {
+    let limit = limit.trim();
+    let digits = limit
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(limit.len());
+    let (number, unit) = limit.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let scale: u64 = match unit {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000_u64.pow(2),
+        "G" => 1000_u64.pow(3),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return None,
+    };
+    let bytes = number.checked_mul(scale)?;
+    Some((bytes / 2, bytes / 4))
+}
+
 fn proxy_container(
     pod: &Pod,
     ctx: &PodContext,
@@ -616,6 +641,14 @@ fn proxy_container(
         "--stale-config".to_owned(),
         settings.stale_config.clone(),
     ];
+    if let Some((proxy, connection)) = mask_memory(&settings.memory_limit) {
+        args.extend([
+            "--mask-memory-bytes".to_owned(),
+            proxy.to_string(),
+            "--mask-connection-memory-bytes".to_owned(),
+            connection.to_string(),
+        ]);
+    }
     if let Some(audit) = &settings.audit {
         args.extend([
             "--audit-url".to_owned(),
@@ -813,6 +846,12 @@ mod tests {
         assert_eq!(flag("--listen"), "127.0.0.1:9092");
         assert_eq!(flag("--secrets-dir"), SECRETS_DIR);
         assert_eq!(flag("--pod-labels"), "/etc/streamward/pod/labels");
+        // The proxy's masking memory follows the container's limit (128Mi by default).
+        assert_eq!(flag("--mask-memory-bytes"), (64 << 20).to_string());
+        assert_eq!(
+            flag("--mask-connection-memory-bytes"),
+            (32 << 20).to_string()
+        );
         for (name, path) in [
             ("STREAMWARD_NAMESPACE", "metadata.namespace"),
             ("STREAMWARD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
@@ -1322,6 +1361,15 @@ mod tests {
             "metadata": {"name": name, "namespace": "demo"}, "spec": spec
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn masking_memory_is_a_share_of_the_memory_limit() {
+        assert_eq!(mask_memory("128Mi"), Some((64 << 20, 32 << 20)));
+        assert_eq!(mask_memory("1Gi"), Some((512 << 20, 256 << 20)));
+        assert_eq!(mask_memory("200M"), Some((100_000_000, 50_000_000)));
+        assert_eq!(mask_memory("1.5Gi"), None);
+        assert_eq!(mask_memory("lots"), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! it is dropped unfinished (the session ended before the answer), saying so.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use jiff::Timestamp;
@@ -22,7 +23,11 @@ use streamward_api::decide::Principal;
 use super::Emitter;
 use crate::authorize::{Access, TopicNames};
 use crate::frame::RequestStart;
+use crate::mask::budget::MemoryBudget;
+use crate::masking::{AuditMasking, CachedPlan, RecordedValues, recorded_values};
 use crate::policy::ClientIdentity;
+use crate::source::Loaded;
+use streamward_api::config::Flow;
 
 /// The first Produce and Fetch versions that name topics by id.
 const BY_ID: i16 = 13;
@@ -168,6 +173,8 @@ impl SessionAudit {
             level: AuditLevel::Metadata,
             digest: None,
             values: None,
+            masking: None,
+            withheld: Vec::new(),
         }
     }
 }
@@ -188,8 +195,12 @@ pub struct Draft {
     level: AuditLevel,
     digest: Option<Sha256>,
     /// At `MaskedPayload`: the record values, as the broker (Produce) or the client (Fetch)
-    /// got them — after masking.
+    /// got them — after masking, and after the rules that did not apply on the wire.
     values: Option<Values>,
+    /// The rules the recorded values still need (at `MaskedPayload`, with MaskingRules).
+    masking: Option<AuditMasking>,
+    /// Partitions the proxy answered with an error because their records could not be masked.
+    withheld: Vec<String>,
 }
 
 /// Record values collected for an event, within [`PAYLOAD_RECORDS`] and [`PAYLOAD_BYTES`].
@@ -299,6 +310,16 @@ impl Draft {
         }
     }
 
+    /// Sets the policy level from the config `loaded` for `client` (see [`Draft::set_level`]);
+    /// at `MaskedPayload` the values are recorded only after every MaskingRule of their topic
+    /// that did not apply on the wire ([`AuditMasking`]).
+    pub fn set_payload_policy(&mut self, loaded: &Arc<Loaded>, client: &ClientIdentity) {
+        self.set_level(audit_level(&loaded.config, client, &loaded.target_name));
+        if self.values.is_some() {
+            self.masking = AuditMasking::new(loaded, client);
+        }
+    }
+
     /// Whether the event wants the record batches' digest.
     pub fn wants_payload(&self) -> bool {
         self.digest.is_some()
@@ -308,14 +329,17 @@ impl Draft {
     pub fn produced(&mut self, request: &ProduceRequest, version: i16, names: &dyn TopicNames) {
         let mut digest = self.digest.take();
         let mut values = self.values.take();
+        let self_masking = self.masking.take();
         if let Some(record) = self.record() {
             for topic in &request.topic_data {
                 let name = topic_name(&topic.name, &topic.topic_id, version, names);
+                let plan = audit_plan(&self_masking, &values, &name, Flow::Produce);
+                let mask = recorded_values(plan.as_ref());
                 let mut stats = Stats::default();
                 for partition in &topic.partition_data {
                     stats.partitions.push(partition.index);
                     if let Some(records) = &partition.records {
-                        stats.add(records, &mut digest, &mut values);
+                        stats.add(records, &mut digest, &mut values, &mask);
                     }
                 }
                 stats.apply(record, &name, "Write");
@@ -323,15 +347,19 @@ impl Draft {
         }
         self.digest = digest;
         self.values = values;
+        self.masking = self_masking;
     }
 
     /// Adds what a Fetch response carried (after masking) to the resources it read.
     pub fn fetched(&mut self, response: &FetchResponse, version: i16, names: &dyn TopicNames) {
         let mut digest = self.digest.take();
         let mut values = self.values.take();
+        let self_masking = self.masking.take();
         if let Some(record) = self.record() {
             for topic in &response.responses {
                 let name = topic_name(&topic.topic, &topic.topic_id, version, names);
+                let plan = audit_plan(&self_masking, &values, &name, Flow::Consume);
+                let mask = recorded_values(plan.as_ref());
                 let mut stats = Stats::default();
                 for partition in &topic.partitions {
                     if partition.error_code != 0 {
@@ -339,7 +367,7 @@ impl Draft {
                     }
                     stats.partitions.push(partition.partition_index);
                     if let Some(records) = &partition.records {
-                        stats.add(records, &mut digest, &mut values);
+                        stats.add(records, &mut digest, &mut values, &mask);
                     }
                 }
                 stats.apply(record, &name, "Read");
@@ -347,6 +375,7 @@ impl Draft {
         }
         self.digest = digest;
         self.values = values;
+        self.masking = self_masking;
     }
 
     /// Adds fields masked under `rules` (the comma-separated rules of one masking plan).
@@ -361,6 +390,17 @@ impl Draft {
                 rule: rules.to_string(),
                 fields,
             }),
+        }
+    }
+
+    /// The records of partition `partition` of `topic` could not be masked (`why`): the proxy
+    /// answered that partition with an error instead. The event's decision becomes `Partial`
+    /// and its reason names the partition.
+    pub fn withheld(&mut self, topic: &str, partition: i32, why: &str) {
+        const MOST: usize = 16;
+        if self.withheld.len() < MOST {
+            self.withheld
+                .push(format!("{topic}-{partition} withheld: {why}"));
         }
     }
 
@@ -382,6 +422,16 @@ impl Draft {
                 records: self.values.take().map(|v| v.values),
             });
         }
+        if !self.withheld.is_empty() {
+            if record.decision.effect == "Allow" {
+                record.decision.effect = "Partial".into();
+            }
+            let note = self.withheld.join("; ");
+            record.decision.reason = Some(match record.decision.reason.take() {
+                Some(reason) => format!("{reason}; {note}"),
+                None => note,
+            });
+        }
         if !self.completed {
             let note = "the session ended before this request was answered";
             record.decision.reason = Some(match record.decision.reason.take() {
@@ -397,6 +447,17 @@ impl Drop for Draft {
     fn drop(&mut self) {
         self.emit();
     }
+}
+
+/// The audit plan for values of topic `name` that flowed `flow`, when values are recorded.
+fn audit_plan(
+    masking: &Option<AuditMasking>,
+    values: &Option<Values>,
+    name: &str,
+    flow: Flow,
+) -> Option<CachedPlan> {
+    values.as_ref()?;
+    masking.as_ref()?.plan(name, flow)
 }
 
 fn effect_of(access: &Access) -> &'static str {
@@ -427,13 +488,19 @@ struct Stats {
 }
 
 impl Stats {
-    fn add(&mut self, records: &Bytes, digest: &mut Option<Sha256>, values: &mut Option<Values>) {
+    fn add(
+        &mut self,
+        records: &Bytes,
+        digest: &mut Option<Sha256>,
+        values: &mut Option<Values>,
+        mask: &RecordedValues<'_>,
+    ) {
         self.bytes += records.len() as u64;
         if let Some(digest) = digest {
             digest.update(records);
         }
         if let Some(values) = values {
-            values.add(records);
+            values.add(records, mask);
         }
         let (count, range) = batch_stats(records);
         self.records += count;
@@ -474,8 +541,11 @@ impl Values {
 
     /// Adds the values of the records in the v2 batches of `records` (control batches and
     /// batches that do not decompress within the limit are left out: the digest has them).
-    fn add(&mut self, mut records: &[u8]) {
+    fn add(&mut self, mut records: &[u8], mask: &RecordedValues<'_>) {
         const HEADER: usize = 61;
+        if matches!(mask, RecordedValues::Withheld) {
+            return;
+        }
         let mut plain = Vec::new();
         while records.len() >= HEADER && !self.full() {
             let Ok(length) = usize::try_from(i32::from_be_bytes(
@@ -498,11 +568,15 @@ impl Values {
             let Some(codec) = crate::mask::compression::codec(attributes) else {
                 continue;
             };
-            if crate::mask::compression::decompress(
+            // Within the proxy's masking memory: a batch that does not fit is left out (the
+            // digest has it).
+            let mut allowance = MemoryBudget::proxy().allowance();
+            if crate::mask::compression::decompress_within(
                 codec,
                 &batch[HEADER..],
                 PAYLOAD_BATCH_LIMIT,
                 &mut plain,
+                &mut |n| allowance.hold(n),
             )
             .is_err()
             {
@@ -517,6 +591,11 @@ impl Values {
                 let Some(value) = next_value(&mut body) else {
                     break;
                 };
+                let value = value.map(|value| match mask {
+                    RecordedValues::Masked(plan) => crate::mask::mask_value(plan, value).bytes,
+                    _ => std::borrow::Cow::Borrowed(value),
+                });
+                let value = value.as_deref();
                 self.bytes += value.map_or(0, <[u8]>::len);
                 self.values.push(value_json(value));
             }
@@ -721,7 +800,7 @@ mod tests {
                 .unwrap();
                 out.freeze()
             };
-            values.add(&batch);
+            values.add(&batch, &RecordedValues::AsTheyWent);
             assert_eq!(
                 values.values,
                 vec![
@@ -735,7 +814,7 @@ mod tests {
         // At most PAYLOAD_RECORDS values.
         let mut values = Values::default();
         for _ in 0..60 {
-            values.add(&batch(0, 3));
+            values.add(&batch(0, 3), &RecordedValues::AsTheyWent);
         }
         assert_eq!(values.values.len(), PAYLOAD_RECORDS);
     }

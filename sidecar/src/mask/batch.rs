@@ -27,6 +27,7 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::Compression;
 use streamward_api::config::Flow;
 
+use super::budget::{Allowance, MemoryBudget, OverBudget};
 use super::compression::{self, DecompressError};
 use super::plan::MaskingPlan;
 use super::value::{HeaderMasked, Scratch, mask_header, mask_value_into};
@@ -109,6 +110,14 @@ pub enum MaskError {
         /// What the codec said.
         reason: String,
     },
+    /// Masking the records needs more memory than the proxy may use for them.
+    #[error("record batch at byte {position} cannot be masked: {over}")]
+    Memory {
+        /// Where the batch starts.
+        position: usize,
+        /// Which bound it met.
+        over: OverBudget,
+    },
     /// A Produce request's last batch is cut short.
     #[error(
         "the record batch at byte {position} is cut short; a produce request must hold whole \
@@ -155,14 +164,43 @@ struct BatchScratch {
     masked: Vec<u8>,
 }
 
+impl BatchScratch {
+    /// Bytes the buffers hold.
+    fn bytes(&self) -> usize {
+        self.records.capacity()
+            + self.rewritten.capacity()
+            + self.body.capacity()
+            + self.masked.capacity()
+            + self.value.bytes()
+    }
+}
+
 /// Masks the records of one partition (the `records` of a Produce request or a Fetch
 /// response) with `plan`, adding to `stats`. Returns `None` when nothing changed, so the caller
 /// forwards the original bytes without a copy; otherwise the new record set. Control batches
-/// are left alone.
+/// are left alone. Memory is not bounded beyond the plan's per-batch cap: the data path uses
+/// [`mask_batch_within`].
 pub fn mask_batch(
     records: &[u8],
     plan: &MaskingPlan,
     stats: &mut MaskStats,
+) -> Result<Option<Bytes>, MaskError> {
+    mask_batch_within(
+        records,
+        plan,
+        stats,
+        &mut MemoryBudget::unbounded().allowance(),
+    )
+}
+
+/// [`mask_batch`], taking every buffer it grows (decompressed records, their rewritten copy,
+/// the new record set) from `allowance` first: a record set that does not fit is an error
+/// ([`MaskError::Memory`]), never an allocation past the bound.
+pub fn mask_batch_within(
+    records: &[u8],
+    plan: &MaskingPlan,
+    stats: &mut MaskStats,
+    allowance: &mut Allowance<'_>,
 ) -> Result<Option<Bytes>, MaskError> {
     if plan.is_empty() || records.is_empty() {
         return Ok(None);
@@ -194,6 +232,9 @@ pub fn mask_batch(
                 return Err(MaskError::Truncated { position });
             }
             stats.truncated_batches_dropped += 1;
+            if out.is_none() {
+                hold(allowance, scratch.bytes() + records.len(), position)?;
+            }
             let out = out.get_or_insert_with(|| BytesMut::with_capacity(records.len()));
             out.extend_from_slice(&records[copied..position]);
             copied = records.len();
@@ -202,8 +243,22 @@ pub fn mask_batch(
         let length = i32::from_be_bytes(read(rest, 8)?) as usize + LOG_OVERHEAD;
         let batch = &rest[..length];
         stats.batches += 1;
-        let rewritten = mask_one(batch, position, plan, stats, &mut scratch)?;
+        let out_bytes = out.as_ref().map_or(0, BytesMut::capacity);
+        let rewritten = mask_one(
+            batch,
+            position,
+            plan,
+            stats,
+            &mut scratch,
+            allowance,
+            out_bytes,
+        )?;
         if let Some(new_records) = rewritten {
+            if out.is_none() {
+                // mask_one holds what the scratch buffers hold; the new record set comes on top.
+                let total = allowance.held() + records.len() + 256;
+                hold(allowance, total, position)?;
+            }
             let out = out.get_or_insert_with(|| BytesMut::with_capacity(records.len() + 256));
             out.extend_from_slice(&records[copied..position]);
             write_batch(batch, position, new_records, out)?;
@@ -216,6 +271,12 @@ pub fn mask_batch(
         out.extend_from_slice(&records[copied..]);
         out.freeze()
     }))
+}
+
+fn hold(allowance: &mut Allowance<'_>, total: usize, position: usize) -> Result<(), MaskError> {
+    allowance
+        .hold(total)
+        .map_err(|over| MaskError::Memory { position, over })
 }
 
 fn read<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], MaskError> {
@@ -236,6 +297,8 @@ fn mask_one<'s>(
     plan: &MaskingPlan,
     stats: &mut MaskStats,
     scratch: &'s mut BatchScratch,
+    allowance: &mut Allowance<'_>,
+    out_bytes: usize,
 ) -> Result<Option<&'s mut BytesMut>, MaskError> {
     let corrupt = |reason: &str| MaskError::Corrupt {
         position,
@@ -269,22 +332,40 @@ fn mask_one<'s>(
         body,
         masked,
     } = scratch;
+    let mut decompressed_bytes = 0;
     let records: &[u8] = if codec == Compression::None {
         payload
     } else {
-        compression::decompress(codec, payload, plan.max_decompressed_bytes(), decompressed)
-            .map_err(|error| match error {
-                DecompressError::TooLarge => MaskError::TooLarge {
-                    position,
-                    limit: plan.max_decompressed_bytes(),
-                },
-                DecompressError::Invalid(reason) => MaskError::Decompress {
-                    position,
-                    codec,
-                    reason,
-                },
-            })?;
+        let others = out_bytes
+            + rewritten.capacity()
+            + body.capacity()
+            + masked.capacity()
+            + value_scratch.bytes();
+        compression::decompress_within(
+            codec,
+            payload,
+            plan.max_decompressed_bytes(),
+            decompressed,
+            &mut |n| allowance.hold(others + n),
+        )
+        .map_err(|error| match error {
+            DecompressError::Budget(over) => MaskError::Memory { position, over },
+            DecompressError::TooLarge => MaskError::TooLarge {
+                position,
+                limit: plan.max_decompressed_bytes(),
+            },
+            DecompressError::Invalid(reason) => MaskError::Decompress {
+                position,
+                codec,
+                reason,
+            },
+        })?;
+        decompressed_bytes = decompressed.capacity();
         decompressed
+    };
+    // Everything but `rewritten`, which grows through `reserve` below.
+    let held_besides = |body: &Vec<u8>, masked: &Vec<u8>, value: &super::value::Scratch| {
+        out_bytes + decompressed_bytes + body.capacity() + masked.capacity() + value.bytes()
     };
 
     rewritten.clear();
@@ -300,6 +381,8 @@ fn mask_one<'s>(
                 let outcome = mask_value_into(plan, bytes, masked, value_scratch);
                 stats.fields_masked += u64::from(outcome.fields);
                 stats.parse_failures += u64::from(outcome.parse_failed);
+                let total = held_besides(body, masked, value_scratch) + rewritten.capacity();
+                hold(allowance, total, position)?;
                 outcome.changed.then_some(masked.as_slice())
             }
             _ => None,
@@ -313,8 +396,6 @@ fn mask_one<'s>(
         }
         // Rewrite this record; the records before it since the last rewrite are copied.
         stats.records_masked += 1;
-        changed = true;
-        rewritten.extend_from_slice(&records[copied..start]);
         body.clear();
         body.extend_from_slice(record.prefix);
         put_bytes(body, value.or(record.value));
@@ -330,6 +411,17 @@ fn mask_one<'s>(
             }
         }
         let (prefix, used) = varint_bytes(body.len() as i64);
+        // The first rewrite makes room for the whole batch at once; later ones for what
+        // masking adds.
+        let additional = if changed {
+            start - copied + used + body.len()
+        } else {
+            records.len() - copied + used + body.len() + 64
+        };
+        let others = held_besides(body, masked, value_scratch);
+        reserve(rewritten, additional, others, allowance, position)?;
+        changed = true;
+        rewritten.extend_from_slice(&records[copied..start]);
         rewritten.extend_from_slice(&prefix[..used]);
         rewritten.extend_from_slice(body);
         copied = at;
@@ -342,8 +434,34 @@ fn mask_one<'s>(
     if !changed {
         return Ok(None);
     }
+    let others = held_besides(body, masked, value_scratch);
+    reserve(
+        rewritten,
+        records.len() - copied,
+        others,
+        allowance,
+        position,
+    )?;
     rewritten.extend_from_slice(&records[copied..]);
     Ok(Some(rewritten))
+}
+
+/// Makes room for `additional` more bytes in `buffer`, growing it (by doubling, as it would
+/// grow anyway) only once `allowance` holds it and `others`.
+fn reserve(
+    buffer: &mut BytesMut,
+    additional: usize,
+    others: usize,
+    allowance: &mut Allowance<'_>,
+    position: usize,
+) -> Result<(), MaskError> {
+    if buffer.capacity() - buffer.len() >= additional {
+        return Ok(());
+    }
+    let target = (buffer.len() + additional).max(buffer.capacity().saturating_mul(2));
+    hold(allowance, others + target, position)?;
+    buffer.reserve(target - buffer.len());
+    Ok(())
 }
 
 /// Writes a rewritten batch: the original header with a new length and CRC, then the records

@@ -8,6 +8,8 @@ use bytes::{BufMut, BytesMut};
 use kafka_protocol::compression::{Compressor, Gzip, Snappy, Zstd};
 use kafka_protocol::records::Compression;
 
+use super::budget::OverBudget;
+
 /// The xerial snappy stream header Java clients write (magic, version 1, compatible 1).
 const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
 const XERIAL_HEADER_LEN: usize = 16;
@@ -29,51 +31,149 @@ pub(crate) fn codec(attributes: i16) -> Option<Compression> {
 pub(crate) enum DecompressError {
     TooLarge,
     Invalid(String),
+    /// The output could not grow within the memory allowed.
+    Budget(OverBudget),
 }
+
+/// Asked for `n` bytes before the output grows to a capacity of `n`.
+pub(crate) type Grow<'g> = dyn FnMut(usize) -> Result<(), OverBudget> + 'g;
+
+/// The first capacity the output gets: a guess from the input, grown by doubling from there.
+const FIRST_CHUNK: usize = 64 << 10;
 
 /// Decompresses `input` into `out` (cleared first), refusing to produce more than `limit`
 /// bytes.
+#[cfg(test)]
 pub(crate) fn decompress(
     codec: Compression,
     input: &[u8],
     limit: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), DecompressError> {
+    decompress_within(codec, input, limit, out, &mut |_| Ok(()))
+}
+
+/// [`decompress`], asking `grow` before `out` grows: the output's memory is taken from a
+/// budget as it is needed, never more than one doubling ahead of the data.
+pub(crate) fn decompress_within(
+    codec: Compression,
+    input: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+    grow: &mut Grow<'_>,
+) -> Result<(), DecompressError> {
     out.clear();
     let invalid = |error: std::io::Error| DecompressError::Invalid(error.to_string());
-    let cap = (limit as u64).saturating_add(1);
     match codec {
         Compression::None => {
             if input.len() > limit {
                 return Err(DecompressError::TooLarge);
             }
+            grow(input.len()).map_err(DecompressError::Budget)?;
             out.extend_from_slice(input);
         }
         Compression::Gzip => {
-            flate2::read::MultiGzDecoder::new(input)
-                .take(cap)
-                .read_to_end(out)
-                .map_err(invalid)?;
+            let reader = flate2::read::MultiGzDecoder::new(input);
+            read_within(reader, input.len(), limit, out, grow)?;
         }
         Compression::Lz4 => {
-            lz4::Decoder::new(input)
-                .map_err(invalid)?
-                .take(cap)
-                .read_to_end(out)
-                .map_err(invalid)?;
+            let reader = lz4::Decoder::new(input).map_err(invalid)?;
+            read_within(reader, input.len(), limit, out, grow)?;
         }
         Compression::Zstd => {
+            // The window is memory the decoder allocates before producing a byte: the one the
+            // first frame declares is taken from the budget with the output, and no frame may
+            // declare more (the decoder refuses it).
+            let most = window_log(limit);
+            let declared = zstd_window(input).unwrap_or(1 << most);
+            let log = (usize::BITS - declared.saturating_sub(1).leading_zeros()).clamp(10, most);
+            let window = declared.min(1 << log) + ZSTD_BUFFERS;
+            grow(window).map_err(DecompressError::Budget)?;
             let mut decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(invalid)?;
-            // The window is memory the decoder allocates before producing a byte.
-            decoder.window_log_max(window_log(limit)).map_err(invalid)?;
-            decoder.take(cap).read_to_end(out).map_err(invalid)?;
+            decoder.window_log_max(log).map_err(invalid)?;
+            read_within(decoder, input.len(), limit, out, &mut |n| {
+                grow(window.saturating_add(n))
+            })?;
         }
-        Compression::Snappy => snappy(input, limit, out)?,
+        Compression::Snappy => snappy(input, limit, out, grow)?,
     }
     if out.len() > limit {
         return Err(DecompressError::TooLarge);
     }
     Ok(())
+}
+
+/// Reads `reader` to its end into `out`, at most `limit + 1` bytes, growing `out` by doubling
+/// (from a guess of four times the compressed size) only after `grow` allowed it and only when
+/// more data is there.
+fn read_within(
+    mut reader: impl Read,
+    compressed: usize,
+    limit: usize,
+    out: &mut Vec<u8>,
+    grow: &mut Grow<'_>,
+) -> Result<(), DecompressError> {
+    let invalid = |error: std::io::Error| DecompressError::Invalid(error.to_string());
+    let cap = limit.saturating_add(1);
+    loop {
+        if out.len() >= cap {
+            return Err(DecompressError::TooLarge);
+        }
+        if out.len() == out.capacity() {
+            // Is there more? One byte tells, before any memory is asked for.
+            let mut probe = [0u8; 1];
+            let n = loop {
+                match reader.read(&mut probe) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    other => break other.map_err(invalid)?,
+                }
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            let target = if out.capacity() == 0 {
+                compressed.saturating_mul(4).max(FIRST_CHUNK)
+            } else {
+                out.capacity().saturating_mul(2)
+            }
+            .min(cap)
+            .max(out.len() + 1);
+            grow(target).map_err(DecompressError::Budget)?;
+            out.reserve_exact(target - out.len());
+            out.push(probe[0]);
+        }
+        let room = (out.capacity() - out.len()) as u64;
+        let read = (&mut reader).take(room).read_to_end(out).map_err(invalid)?;
+        if (read as u64) < room {
+            return Ok(());
+        }
+    }
+}
+
+/// What a zstd decoder holds besides its window (an input block and slack).
+const ZSTD_BUFFERS: usize = 256 << 10;
+
+/// The window the first zstd frame of `input` declares, in bytes (RFC 8878, 3.1.1.1): from its
+/// window descriptor, or its content size for a single-segment frame. `None` when the input
+/// does not start with a zstd frame header.
+fn zstd_window(input: &[u8]) -> Option<usize> {
+    let (magic, rest) = input.split_first_chunk::<4>()?;
+    if u32::from_le_bytes(*magic) != 0xFD2F_B528 {
+        return None;
+    }
+    let (&descriptor, rest) = rest.split_first()?;
+    if descriptor & 0x20 == 0 {
+        let window = *rest.first()?;
+        let base = 1usize.checked_shl(10 + u32::from(window >> 3))?;
+        return base.checked_add(base / 8 * usize::from(window & 7));
+    }
+    let dictionary = [0, 1, 2, 4][usize::from(descriptor & 3)];
+    let size = [1, 2, 4, 8][usize::from(descriptor >> 6)];
+    let bytes = rest.get(dictionary..dictionary + size)?;
+    let mut value = [0u8; 8];
+    value[..size].copy_from_slice(bytes);
+    let content = u64::from_le_bytes(value) + if size == 2 { 256 } else { 0 };
+    usize::try_from(content).ok()
 }
 
 /// The largest zstd window to accept for `limit` output bytes: enough for the limit, and at
@@ -86,7 +186,12 @@ fn window_log(limit: usize) -> u32 {
 
 /// Snappy as Kafka's clients write it: the xerial stream (header, then blocks each prefixed by
 /// its big-endian length), or one raw block.
-fn snappy(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), DecompressError> {
+fn snappy(
+    input: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+    grow: &mut Grow<'_>,
+) -> Result<(), DecompressError> {
     let mut decoder = snap::raw::Decoder::new();
     let mut block = |compressed: &[u8], out: &mut Vec<u8>| {
         let length = snap::raw::decompress_len(compressed)
@@ -95,6 +200,13 @@ fn snappy(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Decompres
             return Err(DecompressError::TooLarge);
         }
         let start = out.len();
+        if start + length > out.capacity() {
+            let target = (start + length)
+                .max(out.capacity().saturating_mul(2))
+                .min(limit);
+            grow(target).map_err(DecompressError::Budget)?;
+            out.reserve_exact(target - start);
+        }
         out.resize(start + length, 0);
         let written = decoder
             .decompress(compressed, &mut out[start..])
@@ -230,6 +342,91 @@ mod tests {
             Err(DecompressError::TooLarge | DecompressError::Invalid(_))
         ));
         assert!(out.capacity() < 4 << 20);
+    }
+
+    #[test]
+    fn output_grows_only_as_far_as_the_budget_allows() {
+        let data = vec![7u8; 4 << 20];
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut compressed = BytesMut::new();
+            compress(codec, &mut BytesMut::from(&data[..]), &mut compressed).unwrap();
+            let mut out = Vec::new();
+            let mut asked = 0;
+            decompress_within(codec, &compressed, 8 << 20, &mut out, &mut |n| {
+                asked = asked.max(n);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(out, data, "{codec:?}");
+            assert!(out.capacity() <= asked.max(data.len()), "{codec:?}");
+            assert!(
+                asked < 2 * data.len() + (1 << 16),
+                "{codec:?} asked {asked}"
+            );
+            let mut out = Vec::new();
+            let refused = decompress_within(codec, &compressed, 8 << 20, &mut out, &mut |n| {
+                if n > 1 << 20 {
+                    Err(OverBudget::Connection { cap: 1 << 20 })
+                } else {
+                    Ok(())
+                }
+            });
+            assert!(
+                matches!(refused, Err(DecompressError::Budget(_))),
+                "{codec:?}"
+            );
+            assert!(out.capacity() <= 1 << 20, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn a_zstd_window_is_taken_from_the_budget_before_the_decoder_allocates_it() {
+        // A frame declaring a 64 MiB window (long-distance matching), holding little data.
+        let data = vec![1u8; 1 << 20];
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        encoder.window_log(26).unwrap();
+        encoder.long_distance_matching(true).unwrap();
+        encoder.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut encoder, &data).unwrap();
+        let frame = encoder.finish().unwrap();
+        assert_eq!(zstd_window(&frame), Some(64 << 20));
+        let mut out = Vec::new();
+        let mut asked = Vec::new();
+        let refused = decompress_within(Compression::Zstd, &frame, 64 << 20, &mut out, &mut |n| {
+            asked.push(n);
+            if n > 32 << 20 {
+                Err(OverBudget::Connection { cap: 32 << 20 })
+            } else {
+                Ok(())
+            }
+        });
+        assert!(matches!(refused, Err(DecompressError::Budget(_))));
+        assert_eq!(asked, [(64 << 20) + ZSTD_BUFFERS]);
+        // What producers write (level 3, a window of the data's size or less) decodes, and
+        // its window is counted.
+        let mut small = BytesMut::new();
+        compress(
+            Compression::Zstd,
+            &mut BytesMut::from(&data[..]),
+            &mut small,
+        )
+        .unwrap();
+        let window = zstd_window(&small).unwrap();
+        assert!(window <= 2 << 20, "{window}");
+        let mut asked = 0;
+        decompress_within(Compression::Zstd, &small, 64 << 20, &mut out, &mut |n| {
+            asked = asked.max(n);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(out, data);
+        assert!(asked >= window + data.len(), "{asked}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! without building a tree, `compression` bounds decompression.
 
 mod batch;
+pub mod budget;
 pub(crate) mod compression;
 mod detect;
 mod json;
@@ -22,6 +23,6 @@ mod value;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{MaskError, MaskStats, mask_batch};
+pub use batch::{MaskError, MaskStats, mask_batch, mask_batch_within};
 pub use plan::{DEFAULT_MAX_DECOMPRESSED_BYTES, MaskingKeys, MaskingPlan, PlanError};
 pub use value::{Masked, mask_value};

@@ -254,6 +254,20 @@ impl MaskingPlan {
         Ok(plan)
     }
 
+    /// Builds a plan that runs every one of `rules`, whatever its direction: what an audit
+    /// record of the values must apply so that it never holds what any rule masks for some
+    /// reader (see [`crate::masking::AuditMasking`]).
+    pub fn every_direction<'r>(
+        rules: impl IntoIterator<Item = &'r CompiledMaskingRule>,
+        keys: &MaskingKeys,
+    ) -> Result<MaskingPlan, PlanError> {
+        let mut plan = MaskingPlan::new([], Flow::Consume, keys)?;
+        for rule in rules {
+            plan.add(rule, keys)?;
+        }
+        Ok(plan)
+    }
+
     fn add(&mut self, rule: &CompiledMaskingRule, keys: &MaskingKeys) -> Result<(), PlanError> {
         let strategy = |compiled| {
             Strategy::new(compiled, |secret| keys.get(secret)).map_err(|problem| {

@@ -724,6 +724,76 @@ fn unreadable_batches_are_errors() {
     assert!(error.to_string().contains("record count"), "{error}");
 }
 
+#[test]
+fn batches_are_masked_within_their_memory_allowance_or_refused() {
+    use super::budget::{MemoryBudget, OverBudget};
+
+    // ~8 MiB of records, every one rewritten: in every codec it fits 32 MiB, using about
+    // twice its size (the records and their rewritten copy).
+    let pad = "p".repeat(8 << 10);
+    let value = format!(r#"{{"email": "a@b.io", "pad": "{pad}"}}"#);
+    let records: Vec<Record> = (0..1000)
+        .map(|i| record(i, Some(value.as_bytes()), &[]))
+        .collect();
+    let size = 1000 * value.len();
+    let plan = batch_plan();
+    for compression in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
+        let batch = encode(&records, compression);
+        let budget = MemoryBudget::new(64 << 20, 32 << 20);
+        let mut allowance = budget.allowance();
+        let mut stats = MaskStats::default();
+        let masked = mask_batch_within(&batch, &plan, &mut stats, &mut allowance)
+            .unwrap_or_else(|e| panic!("{compression:?}: {e}"))
+            .unwrap();
+        assert_eq!(stats.records_masked, 1000);
+        assert_eq!(decode(masked).len(), 1000);
+        let held = allowance.held();
+        assert!(held >= size, "{compression:?}: held {held}");
+        assert!(held <= 3 * size, "{compression:?}: held {held} for {size}");
+        drop(allowance);
+        assert_eq!(budget.used(), 0);
+
+        // The same batch past one connection's allowance: refused for good.
+        let small = MemoryBudget::new(64 << 20, 4 << 20);
+        let error =
+            mask_batch_within(&batch, &plan, &mut stats, &mut small.allowance()).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                MaskError::Memory {
+                    over: OverBudget::Connection { .. },
+                    ..
+                }
+            ),
+            "{compression:?}: {error}"
+        );
+        // Past what the proxy has left while others hold it: refused for now.
+        let busy = MemoryBudget::new(40 << 20, 32 << 20);
+        let mut other = busy.allowance();
+        other.hold(30 << 20).unwrap();
+        let error =
+            mask_batch_within(&batch, &plan, &mut stats, &mut busy.allowance()).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                MaskError::Memory {
+                    over: OverBudget::Proxy { .. },
+                    ..
+                }
+            ),
+            "{compression:?}: {error}"
+        );
+        drop(other);
+        assert_eq!(busy.used(), 0);
+    }
+}
+
 // ---- Properties ----
 
 /// JSON values with the strings detectors look for mixed in.

@@ -37,6 +37,16 @@ pub(crate) struct Scratch {
     pub(crate) header: String,
 }
 
+impl Scratch {
+    /// Bytes the scratch buffers hold (for the masking memory budget).
+    pub(crate) fn bytes(&self) -> usize {
+        self.spare.capacity()
+            + self.texts.iter().map(String::capacity).sum::<usize>()
+            + self.normal.capacity()
+            + self.header.capacity()
+    }
+}
+
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::default();
 }
