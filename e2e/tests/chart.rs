@@ -228,8 +228,11 @@ fn the_default_rendering_runs_the_operator_and_collector_as_documented() {
             "--proxy-cpu-request=20m",
             "--proxy-memory-request=32Mi",
             "--proxy-memory-limit=128Mi",
+            "--proxy-max-config-staleness=5m",
+            "--proxy-stale-config=grants",
             "--collector-url=https://streamward-collector.streamward-system.svc:8443",
             "--proxy-audit-spool-bytes=50331648",
+            "--proxy-audit-full=continue",
             "--collector-tls-secret=streamward-collector-tls",
             "--collector-service-name=streamward-collector",
         ]
