@@ -44,7 +44,7 @@ use crate::client_auth::login::{self, Login};
 use crate::frame::RequestStart;
 use crate::guardrails::{self, Guarded};
 use crate::metrics::Metrics;
-use crate::policy::ClientIdentity;
+use crate::policy::{ClientIdentity, InForce};
 use crate::response::ResponseFix;
 use crate::shared::Settings;
 use crate::source::State;
@@ -351,15 +351,7 @@ fn decide_action(
             context.topics,
         );
     }
-    let policy = context
-        .state
-        .policy(
-            &client.identity,
-            context.metrics,
-            context.now,
-            event.is_some(),
-        )
-        .unless_audit_full(client.audit.as_ref().is_some_and(SessionAudit::refuses));
+    let policy = in_force(context, client, event.is_some());
     let violations = guardrails::violations(&request, policy.guardrails());
     let resolved = context.resolution.map(|resolution| Resolved {
         inner: &policy,
@@ -429,6 +421,16 @@ fn decide_action(
         }
         Outcome::NoResponse => refusal(&inspection.accesses, start, frame, header_len, None),
     })
+}
+
+/// The policy in force for `client`'s request: the config's, or everything refused when there
+/// is none or the audit spool is full and the proxy must refuse (`--audit-full=refuse`).
+/// `explain`: verdicts name what decided them (for the audit event).
+fn in_force<'a>(context: &'a Context<'_>, client: &'a Client, explain: bool) -> InForce<'a> {
+    context
+        .state
+        .policy(&client.identity, context.metrics, context.now, explain)
+        .unless_audit_full(client.audit.as_ref().is_some_and(SessionAudit::refuses))
 }
 
 /// A refused request's action: held when every refusal in it is a `requireApproval` rule's,
@@ -541,15 +543,7 @@ fn decide_streams(
     // Both are flexible versions only: request header v2.
     let mut body = frame.clone();
     RequestHeader::decode(&mut body, 2).map_err(|e| Malformed(format!("{api} header: {e}")))?;
-    let policy = context
-        .state
-        .policy(
-            &client.identity,
-            context.metrics,
-            context.now,
-            event.is_some(),
-        )
-        .unless_audit_full(client.audit.as_ref().is_some_and(SessionAudit::refuses));
+    let policy = in_force(context, client, event.is_some());
     let inspection = streams::inspect(start.api_key, start.api_version, &body, &policy)
         .map_err(|e| Malformed(format!("{api} v{}: {e}", start.api_version)))?;
     log_refusals(start, api, &inspection.accesses);

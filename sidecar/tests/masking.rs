@@ -32,32 +32,6 @@ const HMAC_KEY: &str = "a-test-masking-key-of-32-bytes!!";
 const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
 const PER_CODEC: usize = 20;
 
-/// Both workloads may use the orders topics; the rules below decide what they see.
-fn policy_yaml() -> String {
-    format!(
-        "apiVersion: streamward.io/v1alpha1
-kind: StreamPolicy
-metadata: {{name: orders, namespace: {NS}}}
-spec:
-  subjects:
-    serviceAccounts: [{APP}, {BILLING}]
-  rules:
-  - name: orders-topics
-    resources: [{{resourceType: Topic, name: orders., patternType: Prefixed}}]
-    operations: [Read, Write, Create, Describe]
-    effect: Allow
-  - name: groups
-    resources: [{{resourceType: Group, name: '*'}}]
-    operations: [Read, Describe]
-    effect: Allow
-  - name: idempotence
-    resources: [{{resourceType: Cluster, name: kafka-cluster}}]
-    operations: [IdempotentWrite]
-    effect: Allow
-"
-    )
-}
-
 /// `orders.c.*`: consumers see no email (in the JSON or the header) and only the card's last
 /// four digits; billing is exempt. `orders.p.*`: emails are replaced by keyed tokens before
 /// the records reach the broker. `orders.k.*`: needs a key that is not there.
@@ -114,7 +88,10 @@ fn sidecar(service_account: &str) -> Sidecar {
     common::sidecar(
         &[
             ("target.yaml", target_yaml(NS, &kafka().bootstrap())),
-            ("policy.yaml", policy_yaml()),
+            (
+                "policy.yaml",
+                common::shared_orders_policy(NS, &[APP, BILLING]),
+            ),
             ("masking.yaml", masking_yaml()),
         ],
         NS,

@@ -23,32 +23,6 @@ const BILLING: &str = "billing-app";
 /// What the produced values carry, and the detector finds.
 const EMAIL: &str = "ann@example.com";
 
-/// Both workloads may produce and read the orders topics.
-fn policy_yaml() -> String {
-    format!(
-        "apiVersion: streamward.io/v1alpha1
-kind: StreamPolicy
-metadata: {{name: orders, namespace: {NS}}}
-spec:
-  subjects:
-    serviceAccounts: [{APP}, {BILLING}]
-  rules:
-  - name: orders-topics
-    resources: [{{resourceType: Topic, name: orders., patternType: Prefixed}}]
-    operations: [Read, Write, Create, Describe]
-    effect: Allow
-  - name: groups
-    resources: [{{resourceType: Group, name: '*'}}]
-    operations: [Read, Describe]
-    effect: Allow
-  - name: idempotence
-    resources: [{{resourceType: Cluster, name: kafka-cluster}}]
-    operations: [IdempotentWrite]
-    effect: Allow
-"
-    )
-}
-
 /// Emails in `orders.*` values are masked on consume, except for billing's pods labelled
 /// `role: billing`.
 fn masking_yaml() -> String {
@@ -114,7 +88,10 @@ fn a_pod_labelled_like_the_exempt_workload_still_reads_masked_values() {
     let unlabelled = labels_file(dir.path(), "none", &[("app", "x")]);
     let files = [
         ("target.yaml", target_yaml(NS, &kafka().bootstrap())),
-        ("policy.yaml", policy_yaml()),
+        (
+            "policy.yaml",
+            common::shared_orders_policy(NS, &[APP, BILLING]),
+        ),
         ("masking.yaml", masking_yaml()),
     ];
     let start = |service_account: &str, labels: &str| {
@@ -156,7 +133,7 @@ spec:
     let mut inputs = Inputs::default();
     for text in [
         target_yaml(NS, &kafka().bootstrap()),
-        policy_yaml(),
+        common::shared_orders_policy(NS, &[APP, BILLING]),
         ledger_policy,
         masking_yaml().replace(BILLING, "placeholder"),
     ] {

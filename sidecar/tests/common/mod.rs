@@ -68,6 +68,35 @@ spec:
     )
 }
 
+/// A StreamPolicy `orders` in `namespace` letting every one of `service_accounts` produce, read,
+/// create and describe the `orders.*` topics, read any group, and write idempotently: the
+/// workloads share the data, and other rules (masking) decide what each sees.
+pub fn shared_orders_policy(namespace: &str, service_accounts: &[&str]) -> String {
+    format!(
+        "apiVersion: streamward.io/v1alpha1
+kind: StreamPolicy
+metadata: {{name: orders, namespace: {namespace}}}
+spec:
+  subjects:
+    serviceAccounts: [{}]
+  rules:
+  - name: orders-topics
+    resources: [{{resourceType: Topic, name: orders., patternType: Prefixed}}]
+    operations: [Read, Write, Create, Describe]
+    effect: Allow
+  - name: groups
+    resources: [{{resourceType: Group, name: '*'}}]
+    operations: [Read, Describe]
+    effect: Allow
+  - name: idempotence
+    resources: [{{resourceType: Cluster, name: kafka-cluster}}]
+    operations: [IdempotentWrite]
+    effect: Allow
+",
+        service_accounts.join(", ")
+    )
+}
+
 /// Starts the `streamward-sidecar` built for these tests in local mode.
 pub fn sidecar(files: &[(&str, String)], namespace: &str, service_account: &str) -> Sidecar {
     Sidecar::start(
