@@ -3,7 +3,7 @@
 
 pub mod wire;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -267,8 +267,17 @@ impl KafkaCluster {
         let size = options.size;
         let dist = install()?;
         let dir = cache::run_dir(&format!("kafka{size}"))?;
+        // Every listener of the cluster on its own port: a port free on 127.0.0.1 may also be
+        // handed out on the secured host, and Kafka refuses two IPv4 listeners on one port.
+        let mut taken = BTreeSet::new();
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let ports: Vec<(u16, u16)> = (0..size)
-            .map(|_| Ok((net::free_port()?, net::free_port()?)))
+            .map(|_| {
+                Ok((
+                    distinct_port(&mut taken, localhost)?,
+                    distinct_port(&mut taken, localhost)?,
+                ))
+            })
             .collect::<Result<_>>()?;
         let voters = ports
             .iter()
@@ -292,7 +301,7 @@ impl KafkaCluster {
             let secured = options
                 .secured_listeners
                 .iter()
-                .map(|protocol| Ok((*protocol, net::free_port_on(secured_host)?)))
+                .map(|protocol| Ok((*protocol, distinct_port(&mut taken, secured_host)?)))
                 .collect::<Result<BTreeMap<_, _>>>()?;
             let mut properties =
                 server_properties(id, *port, *controller, &voters, &node_dir, replication);
@@ -504,6 +513,17 @@ impl KafkaCluster {
         }
         out
     }
+}
+
+/// A port free on `ip` a moment ago that no other listener of this cluster uses.
+fn distinct_port(taken: &mut BTreeSet<u16>, ip: IpAddr) -> Result<u16> {
+    for _ in 0..100 {
+        let port = net::free_port_on(ip)?;
+        if taken.insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no port on {ip} unused by the cluster's other listeners after 100 tries")
 }
 
 fn random_cluster_id(dist: &KafkaDist) -> Result<String> {
