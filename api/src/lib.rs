@@ -13,6 +13,7 @@
 //! - [`decide`]: the request-time decision the proxy makes on every request;
 //! - [`masking`]: field paths and detector regexes, parsed the same way by compiler and proxy;
 //! - [`audit`]: the audit event (CloudEvents 1.0) the proxy sends the collector for every request;
+//! - [`secrets`]: how a proxy gets its Secrets from the operator;
 //! - [`validate`]: one resource checked alone, as compile would, for admission.
 
 #![warn(missing_docs)]
@@ -28,6 +29,7 @@ pub mod config;
 pub mod crd;
 pub mod decide;
 pub mod masking;
+pub mod secrets;
 pub mod validate;
 
 /// The API group of every Streamward custom resource.

@@ -499,15 +499,22 @@ fn rollout(node: &Node, object: &str, namespace: &str) -> Result<()> {
 
 /// The samples of `config/samples/`, as a user adapts them: namespace `demo` becomes the
 /// workload namespace, the StreamTarget points at the Kafka on the bridge with SASL credentials
-/// in a Secret; the namespace opts in to injection; the samples' service accounts exist.
+/// in a Secret of Streamward's namespace that lists the workload namespace as allowed to use
+/// it; the namespace opts in to injection; the samples' service accounts exist.
 fn apply_samples(cluster: &Cluster) -> Result<()> {
     let node = cluster.node;
     let ns = &cluster.namespace;
+    let bootstrap = &cluster.bootstrap;
     node.kubectl_run(&["label", "namespace", ns, "streamward.io/inject=enabled"])?;
     node.apply(&format!(
         r#"apiVersion: v1
 kind: Secret
-metadata: {{name: {CREDENTIALS_SECRET}, namespace: {ns}}}
+metadata:
+  name: {CREDENTIALS_SECRET}
+  namespace: {SYSTEM}
+  annotations:
+    streamward.io/allowed-namespaces: {ns}
+    streamward.io/allowed-bootstrap-servers: '{bootstrap}'
 stringData: {{username: {KAFKA_USER}, password: {KAFKA_PASSWORD}}}
 ---
 apiVersion: v1
@@ -637,8 +644,9 @@ sleep 100000
 
 /// The app container of the orders pod (its script probed from inside; our images have no
 /// shell to `kubectl exec` into, the clients image has one but the probe is part of its run):
-/// no Secret mounted, no credential in its environment or files, its service account may not
-/// read the Secret; and a direct connection to the broker without the proxy's credentials
+/// no Secret mounted, no credential in its environment or files, neither its service account
+/// nor an editor of its namespace may read the Secret (it is in Streamward's namespace); and a
+/// direct connection to the broker without the proxy's credentials
 /// fails SASL. The app *can* open a TCP connection to the broker: nothing on this node (the
 /// CNI bridge plugin enforces no NetworkPolicy) stops it; the credentials are the barrier.
 pub fn the_app_cannot_read_the_broker_credentials_nor_use_the_broker_without_them(
@@ -664,26 +672,38 @@ pub fn the_app_cannot_read_the_broker_credentials_nor_use_the_broker_without_the
             && app_logs.contains("Authentication failed"),
         "the app reached the broker without the proxy's credentials:\n{app_logs}"
     );
-    let can = cluster
-        .node
-        .kubectl()
-        .args([
-            "auth",
-            "can-i",
-            "get",
-            &format!("secret/{CREDENTIALS_SECRET}"),
-        ])
-        .args([
-            "-n",
-            ns,
-            &format!("--as=system:serviceaccount:{ns}:orders-app"),
-        ])
-        .output()?;
-    let answer = String::from_utf8_lossy(&can.stdout).trim().to_owned();
-    ensure!(
-        answer == "no",
-        "orders-app may get the credentials Secret: {answer:?}"
-    );
+    cluster.node.kubectl_run(&[
+        "create",
+        "rolebinding",
+        "ns-editor-edit",
+        "-n",
+        ns,
+        "--clusterrole=edit",
+        "--user=ns-editor",
+    ])?;
+    let can = |who: &str, namespace: &str, what: &str| -> Result<String> {
+        let output = cluster
+            .node
+            .kubectl()
+            .args(["auth", "can-i", "get", what, "-n", namespace])
+            .arg(format!("--as={who}"))
+            .output()?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let secret = format!("secret/{CREDENTIALS_SECRET}");
+    for who in [
+        format!("system:serviceaccount:{ns}:orders-app"),
+        "ns-editor".to_owned(),
+    ] {
+        let answer = can(&who, SYSTEM, &secret)?;
+        ensure!(
+            answer == "no",
+            "{who} may get the credentials Secret: {answer:?}"
+        );
+    }
+    // What the editor could read where the Secret used to live.
+    let answer = can("ns-editor", ns, "secrets")?;
+    ensure!(answer == "yes", "the editor's own namespace: {answer:?}");
     Ok(())
 }
 

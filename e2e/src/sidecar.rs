@@ -136,12 +136,17 @@ impl Sidecar {
     pub fn wait_ready(&mut self) -> Result<()> {
         let admin = self.admin.clone();
         let process = &mut self.process;
+        let mut last = String::new();
         wait_for("the sidecar to be ready", Duration::from_secs(20), || {
             process.check_running()?;
             let (status, body) = net::http_get(&admin, "/readyz")?;
-            anyhow::ensure!(status == 200, "readyz {status}: {body}");
-            Ok(Some(()))
+            if status == 200 {
+                return Ok(Some(()));
+            }
+            last = format!("readyz {status}: {body}");
+            Ok(None)
         })
+        .map_err(|e| anyhow::anyhow!("{e}; last {last}\n{}", self.process.log_tail(20)))
     }
 
     /// Replaces (or adds) one policy file; the proxy picks it up without a restart.

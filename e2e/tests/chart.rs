@@ -486,8 +486,21 @@ fn helm_install_upgrade_and_uninstall_against_a_real_api_server() {
         "-n",
         namespace
     ]));
-    assert!(!can(&["get", "secret/someone-elses", "-n", namespace]));
+    // The Secrets proxies use live in the release namespace: the operator gets them (it
+    // serves each proxy its own), but lists none and reads none elsewhere.
+    assert!(can(&["get", "secret/kafka-credentials", "-n", namespace]));
     assert!(!can(&["list", "secrets", "-n", namespace]));
+    assert!(!can(&["get", "secret/kafka-credentials", "-n", watched]));
+    assert!(!can(&[
+        "get",
+        "secret/kafka-credentials",
+        "-n",
+        "kube-system"
+    ]));
+    // What checking a proxy's token and pod takes.
+    assert!(can(&["create", "tokenreviews.authentication.k8s.io"]));
+    assert!(can(&["get", "pods", "-n", watched]));
+    assert!(!can(&["get", "pods", "-n", "kube-system"]));
     assert!(can(&[
         "update",
         "lease/sw-streamward-operator",

@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(public_key = %signer.public_key_hex(), "configs are signed");
             tokio::select! {
                 result = streamward_operator::controller::serve(client.clone(), cli.controller, signer.clone()) => result,
-                result = streamward_operator::webhook::run(client, cli.webhook, signer.public_key_hex().to_owned()) => result,
+                result = streamward_operator::webhook::run(client, cli.webhook, signer) => result,
             }
         })
 }

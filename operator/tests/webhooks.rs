@@ -362,7 +362,23 @@ spec:
         .iter()
         .map(|m| m["mountPath"].as_str().unwrap())
         .collect();
-    assert!(mounts.contains(&"/var/run/streamward/secrets/kafka-orders-credentials"));
+    // No Secret is mounted: the proxy asks this operator for its own, with a token only it
+    // mounts, and the pod carries the operator's signature of the proxy container.
+    assert!(mounts.contains(&"/var/run/streamward/secrets-token"));
+    assert!(
+        mounts
+            .iter()
+            .all(|m| !m.starts_with("/var/run/streamward/secrets/"))
+    );
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "--secrets-url" && w[1].starts_with("https://127.0.0.1:")),
+        "{args:?}"
+    );
+    assert!(
+        pod["metadata"]["annotations"]["streamward.io/proxy-signature"].is_string(),
+        "{pod:#}"
+    );
     assert!(mounts.contains(&"/etc/streamward/config"));
 
     // It audits to the collector Service with a token minted for the collector, spooling to

@@ -22,6 +22,7 @@ use streamward_api::config::{CONFIG_KEY, SIGNATURE_KEY};
 
 use crate::freshness::{Freshness, Serving};
 use crate::metrics::Metrics;
+use crate::secrets::SecretSource;
 use crate::source::{self, ConfigKey, LoadError, Loaded, Source, State};
 
 /// Which ConfigMap to watch, and where its companions are mounted.
@@ -31,8 +32,8 @@ pub struct ConfigMapSource {
     pub namespace: String,
     /// The ConfigMap's name.
     pub name: String,
-    /// Where the target's Secrets are mounted (`<dir>/<secret>/<key>`).
-    pub secrets_dir: PathBuf,
+    /// Where the Secrets the config names come from.
+    pub secrets: SecretSource,
     /// The same ConfigMap mounted as a file, served until the API server answers.
     pub fallback: Option<PathBuf>,
     /// The operator's key every config must be signed with.
@@ -58,7 +59,7 @@ pub async fn watch(
         tokio::spawn(source::watch(
             Source::Compiled {
                 file,
-                secrets_dir: source.secrets_dir.clone(),
+                secrets: source.secrets.clone(),
                 trust: source.trust.clone(),
             },
             target.clone(),
@@ -103,6 +104,12 @@ pub async fn watch(
     });
     let mut fallback = fallback;
     let mut seen_in_listing = false;
+    // The ConfigMap last read, to load again when the Secrets change.
+    let mut last_map: Option<ConfigMap> = None;
+    let mut secrets_changed = match &source.secrets {
+        SecretSource::Operator(operator) => Some(operator.subscribe()),
+        SecretSource::Mounted(_) => None,
+    };
     let mut last_version: Option<Result<String, String>> = None;
     let missing = || {
         Err(LoadError::Target(format!(
@@ -121,7 +128,10 @@ pub async fn watch(
                     }
                     Ok(Event::InitApply(map)) => {
                         seen_in_listing = true;
-                        load(&source, &map, target.as_deref())
+                        refresh_secrets(&source.secrets).await;
+                        let loaded = load(&source, &map, target.as_deref());
+                        last_map = Some(map);
+                        loaded
                     }
                     Ok(Event::InitDone) if seen_in_listing => {
                         // The relist is complete: what it listed is current.
@@ -131,8 +141,17 @@ pub async fn watch(
                         serving.serve(published.load_full());
                         continue;
                     }
-                    Ok(Event::InitDone) | Ok(Event::Delete(_)) => missing(),
-                    Ok(Event::Apply(map)) => load(&source, &map, target.as_deref()),
+                    Ok(Event::InitDone) | Ok(Event::Delete(_)) => {
+                        last_map = None;
+                        missing()
+                    }
+                    Ok(Event::Apply(map)) => {
+                        // A new MaskingRule or target may name a Secret not asked for yet.
+                        refresh_secrets(&source.secrets).await;
+                        let loaded = load(&source, &map, target.as_deref());
+                        last_map = Some(map);
+                        loaded
+                    }
                     Err(error) => {
                         // The backoff retries; what is in force stays in force meanwhile.
                         metrics.config_source_error();
@@ -142,8 +161,19 @@ pub async fn watch(
                 }
             }
             Some(map) = probes.recv() => match map {
-                Some(map) => load(&source, &map, target.as_deref()),
-                None => missing(),
+                Some(map) => {
+                    let loaded = load(&source, &map, target.as_deref());
+                    last_map = Some(map);
+                    loaded
+                }
+                None => {
+                    last_map = None;
+                    missing()
+                }
+            },
+            () = changed(&mut secrets_changed) => match &last_map {
+                Some(map) => load(&source, map, target.as_deref()),
+                None => continue,
             },
             _ = tick.tick() => {
                 serving.serve(published.load_full());
@@ -161,7 +191,11 @@ pub async fn watch(
         // The same content again (a resync, a confirming read, a metadata-only change), or the
         // same failure, is not published again; unless the fallback published meanwhile.
         let version = match &loaded {
-            Ok(loaded) => Ok(loaded.config.hash.clone()),
+            Ok(loaded) => Ok(format!(
+                "{}/{}",
+                loaded.config.hash,
+                source.secrets.version()
+            )),
             Err(error) => Err(error.to_string()),
         };
         let in_force = matches!(**published.load(), State::Ready(_));
@@ -175,6 +209,27 @@ pub async fn watch(
     if let Some(task) = probe_task {
         task.abort();
     }
+}
+
+/// Asks the operator for the Secrets now, when they come from it (a failure is logged; the
+/// last answer stays in force).
+async fn refresh_secrets(secrets: &SecretSource) {
+    if let SecretSource::Operator(operator) = secrets
+        && let Err(error) = operator.refresh().await
+    {
+        tracing::warn!(%error, "the operator did not serve this proxy's Secrets");
+    }
+}
+
+/// Resolves when `changes` sees a new value; never without a receiver, or once its sender is
+/// gone.
+async fn changed(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    if let Some(receiver) = changes
+        && receiver.changed().await.is_ok()
+    {
+        return;
+    }
+    futures::future::pending().await
 }
 
 /// Reads the ConfigMap whenever nothing has been heard from the API server for a third of the
@@ -232,7 +287,7 @@ fn load(
         signature.map(String::as_str),
         source.trust.as_deref(),
         &origin,
-        &source.secrets_dir,
+        &source.secrets,
         target,
     )
 }

@@ -17,7 +17,8 @@
 //!   [`versions`];
 //! - [`audit`]: one event per request, spooled to disk and delivered to the collector;
 //! - around the path: [`source`], where the config comes from and reloading it;
-//!   [`config_map`], the operator's ConfigMap watched through the API server; [`freshness`],
+//!   [`config_map`], the operator's ConfigMap watched through the API server; [`secrets`],
+//!   the credentials and keys the config names, from the operator; [`freshness`],
 //!   how long an unconfirmed config still counts; [`admin`], [`metrics`].
 
 pub mod admin;
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod policy;
 pub mod request;
 pub mod response;
+pub mod secrets;
 pub mod session;
 pub mod shared;
 pub mod source;

@@ -18,6 +18,7 @@ use streamward_sidecar::freshness::{Freshness, StaleScope, StalenessLimit};
 use streamward_sidecar::listener::Listeners;
 use streamward_sidecar::metrics::Metrics;
 use streamward_sidecar::policy::ClientIdentity;
+use streamward_sidecar::secrets::{OperatorSecrets, SecretSource};
 use streamward_sidecar::shared::{Settings, Shared, Upstream};
 use streamward_sidecar::source::{self, ConfigKey, Source, State};
 use tokio_util::sync::CancellationToken;
@@ -39,9 +40,30 @@ struct Flags {
     /// within seconds. Credentials come from the pod's service account (or KUBECONFIG).
     #[arg(long, env = "STREAMWARD_CONFIG_MAP")]
     config_map: Option<String>,
-    /// Where the target's Secrets are mounted (`<dir>/<secret>/<key>`), with --config.
+    /// Where the Secrets the config names are (`<dir>/<secret>/<key>`), with --config and
+    /// without --secrets-url.
     #[arg(long, default_value = "/var/run/streamward/secrets")]
     secrets_dir: PathBuf,
+    /// Ask the operator at this base URL for the Secrets the config names (how an injected
+    /// proxy gets them: they live in the operator's namespace, not the workload's).
+    #[arg(
+        long,
+        env = "STREAMWARD_SECRETS_URL",
+        requires_all = ["secrets_token_file", "secrets_ca_pem"]
+    )]
+    secrets_url: Option<String>,
+    /// The token presented to --secrets-url (a projected service-account token for the
+    /// operator's Secrets audience; read again for every request).
+    #[arg(long, env = "STREAMWARD_SECRETS_TOKEN_FILE", requires = "secrets_url")]
+    secrets_token_file: Option<PathBuf>,
+    /// The CA certificates (PEM) of --secrets-url's certificate.
+    #[arg(
+        long,
+        env = "STREAMWARD_SECRETS_CA_PEM",
+        requires = "secrets_url",
+        hide_env_values = true
+    )]
+    secrets_ca_pem: Option<String>,
     /// The namespace of the workload this proxy serves (local mode).
     #[arg(long, env = "STREAMWARD_NAMESPACE", default_value = "default")]
     namespace: String,
@@ -209,6 +231,18 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .transpose()
         .map_err(|e| anyhow::anyhow!("--config-public-key: {e}"))?
         .map(Arc::new);
+    let secrets = match (
+        &flags.secrets_url,
+        &flags.secrets_token_file,
+        &flags.secrets_ca_pem,
+    ) {
+        (Some(url), Some(token_file), Some(ca_pem)) => {
+            let operator = Arc::new(OperatorSecrets::new(url, token_file.clone(), ca_pem)?);
+            tokio::spawn(operator.clone().keep_fresh(Duration::from_secs(60)));
+            SecretSource::Operator(operator)
+        }
+        _ => SecretSource::Mounted(flags.secrets_dir.clone()),
+    };
     let source = match (&flags.policies, &flags.config, &flags.config_map) {
         (Some(dir), _, _) => ConfigSource::Poll(Source::Policies {
             dir: dir.clone(),
@@ -220,13 +254,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         (None, fallback, Some(name)) => ConfigSource::ConfigMap(ConfigMapSource {
             namespace: flags.namespace.clone(),
             name: name.clone(),
-            secrets_dir: flags.secrets_dir.clone(),
+            secrets: secrets.clone(),
             fallback: fallback.clone(),
             trust: trust.clone(),
         }),
         (None, Some(file), None) => ConfigSource::Poll(Source::Compiled {
             file: file.clone(),
-            secrets_dir: flags.secrets_dir.clone(),
+            secrets,
             trust: trust.clone(),
         }),
         (None, None, None) => {

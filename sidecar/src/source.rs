@@ -6,10 +6,10 @@
 //! source that cannot be read or compiled leaves the proxy failing closed until it is fixed.
 
 use std::collections::BTreeMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{DefaultHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use jiff::Timestamp;
@@ -20,6 +20,7 @@ use streamward_api::config::{
 use crate::masking::MaskingPlans;
 use crate::metrics::Metrics;
 use crate::policy::{ClientIdentity, FailClosed, InForce, RequestPolicy};
+use crate::secrets::{SecretSource, stamp_file};
 use crate::upstream::{Connector, UpstreamSasl, UpstreamSettings, UpstreamTls};
 
 /// Secret name → key → bytes.
@@ -36,12 +37,12 @@ pub enum Source {
         /// Whose proxy this is.
         identity: WorkloadIdentity,
     },
-    /// A compiled config (JSON), with the target's Secrets mounted as `<dir>/<secret>/<key>`.
+    /// A compiled config (JSON), and where the Secrets it names come from.
     Compiled {
         /// The config file (its signature, if any, beside it as [`SIGNATURE_KEY`]).
         file: PathBuf,
-        /// Where Secrets are mounted.
-        secrets_dir: PathBuf,
+        /// Where the Secrets come from.
+        secrets: SecretSource,
         /// The operator's key the config must be signed with.
         trust: Option<Arc<ConfigKey>>,
     },
@@ -141,6 +142,9 @@ pub enum LoadError {
         /// No signature, or one that does not verify.
         reason: &'static str,
     },
+    /// The Secrets the config names could not be had.
+    #[error("no Secrets: {0}")]
+    Secrets(String),
     /// The target's TLS or credentials could not be set up.
     #[error("setting up the connection to target {target}: {message}")]
     Upstream {
@@ -215,7 +219,7 @@ impl Source {
             }
             Source::Compiled {
                 file,
-                secrets_dir,
+                secrets,
                 trust,
             } => {
                 let text = read(file)?;
@@ -228,7 +232,7 @@ impl Source {
                     signature.as_deref(),
                     trust.as_deref(),
                     file,
-                    secrets_dir,
+                    secrets,
                     target,
                 );
             }
@@ -238,36 +242,23 @@ impl Source {
     /// A value that changes whenever a file the source reads changes (paths, sizes, times).
     pub fn fingerprint(&self) -> u64 {
         let mut hasher = DefaultHasher::new();
-        let mut stamp = |path: &Path| {
-            path.hash(&mut hasher);
-            if let Ok(meta) = std::fs::metadata(path) {
-                meta.len().hash(&mut hasher);
-                meta.modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                    .hash(&mut hasher);
-            }
-        };
         match self {
             Source::Policies { dir, .. } => {
-                stamp(dir);
+                stamp_file(&mut hasher, dir);
                 for file in yaml_files(dir).unwrap_or_default() {
-                    stamp(&file);
+                    stamp_file(&mut hasher, &file);
                 }
             }
-            Source::Compiled {
-                file, secrets_dir, ..
-            } => {
-                stamp(file);
-                // Kubernetes swaps mounted volumes through a `..data` symlink.
-                stamp(&secrets_dir.join("..data"));
+            Source::Compiled { file, secrets, .. } => {
+                stamp_file(&mut hasher, file);
+                secrets.stamp(&mut hasher);
             }
         }
         hasher.finish()
     }
 }
 
-/// Reads a compiled config (JSON) whose target's Secrets are mounted under `secrets_dir`.
+/// Reads a compiled config (JSON) whose Secrets come from `secrets`.
 /// `origin` names where the text came from (a file, or a ConfigMap) in errors. With `trust`,
 /// `signature` must be the operator's signature of exactly `text`, and the config's own hash
 /// must match its content.
@@ -276,7 +267,7 @@ pub fn load_compiled(
     signature: Option<&str>,
     trust: Option<&ConfigKey>,
     origin: &Path,
-    secrets_dir: &Path,
+    secrets: &SecretSource,
     target: Option<&str>,
 ) -> Result<Loaded, LoadError> {
     if let Some(key) = trust {
@@ -299,7 +290,7 @@ pub fn load_compiled(
             message: "the config's hash does not match its content".into(),
         });
     }
-    let secrets = mounted_secrets(secrets_dir, &config)?;
+    let secrets = secrets.read(&config)?;
     finish(config, &secrets, target)
 }
 
@@ -428,48 +419,6 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     Ok(files)
 }
 
-fn mounted_secrets(dir: &Path, config: &ProxyConfig) -> Result<Secrets, LoadError> {
-    let mut secrets = Secrets::new();
-    let target_secrets = config.targets.values().flat_map(|target| {
-        target
-            .sasl
-            .iter()
-            .map(|s| s.credentials_secret.clone())
-            .chain(
-                target
-                    .tls
-                    .iter()
-                    .filter_map(|t| t.ca_secret_ref.as_ref().map(|r| r.name.clone())),
-            )
-    });
-    // Masking keys (HMAC, format-preserving) are mounted the same way.
-    let masking_secrets = crate::masking::key_refs(config).map(|r| r.name.clone());
-    let names: std::collections::BTreeSet<String> = target_secrets.chain(masking_secrets).collect();
-    for name in names {
-        let folder = dir.join(&name);
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            // Reported when the target (or the masking rule) that needs it is used.
-            continue;
-        };
-        let keys = secrets.entry(name).or_default();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Some(key) = path.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            if key.starts_with("..") || !path.is_file() {
-                continue;
-            }
-            let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            keys.insert(key.to_string(), bytes);
-        }
-    }
-    Ok(secrets)
-}
-
 fn connector_for(
     name: &str,
     target: &CompiledTarget,
@@ -548,7 +497,7 @@ mod signature_tests {
         assert!(!key.signed("{\"not\": \"even a config!\"}", &good));
         assert!(!key.signed(config, "not hex"));
         let origin = Path::new("configmap/shop/streamward-config-orders");
-        let secrets = Path::new("/nonexistent");
+        let secrets = &SecretSource::Mounted("/nonexistent".into());
         for signature in [None, Some("00")] {
             let error = load_compiled(config, signature, Some(&key), origin, secrets, None)
                 .err()

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
@@ -50,7 +49,6 @@ fn injected_proxy(collector_ca: &str, config_public_key: &str) -> Value {
     let typed = serde_json::from_value(pod.clone()).unwrap();
     let ctx = PodContext {
         namespace: NS.into(),
-        secrets: BTreeSet::new(),
     };
     let settings = InjectSettings {
         audit: Some(AuditTarget {

@@ -3,9 +3,10 @@
 //! The proxy runs as a native sidecar (the first init container, `restartPolicy: Always`, so it
 //! is up before the other init containers and the app, and stops after them) where the API
 //! server supports it, else as the last plain container. It alone mounts the compiled config,
-//! the Secrets its targets and masking rules name, and (when the app does not already have one)
-//! a service-account token to watch its ConfigMap; the app containers get only the bootstrap
-//! address. It runs as non-root with a read-only root filesystem and no capabilities.
+//! the token it asks the operator for its Secrets with (see [`super::proxy_secrets`]), and
+//! (when the app does not already have one) a service-account token to watch its ConfigMap;
+//! the app containers get only the bootstrap address. The pod is annotated with the
+//! operator's signature of the proxy container. It runs as non-root with a read-only root filesystem and no capabilities.
 //!
 //! The patch is written by hand against the object as the API server sent it (never a diff of
 //! a re-serialized Pod), so fields this build of `k8s-openapi` does not know survive. Planning
@@ -21,14 +22,17 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
     DownwardAPIProjection, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, Probe,
-    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 use streamward_api::config::{CONFIG_KEY, config_map_name};
 use streamward_api::crd::{MaskingRule, StreamTarget};
+use streamward_api::secrets::PROXY_SIGNATURE_ANNOTATION;
+
+use crate::signing::ConfigSigner;
 
 use super::guard;
 
@@ -49,14 +53,15 @@ pub const PROXY_CONTAINER: &str = "streamward-proxy";
 const CONFIG_VOLUME: &str = "streamward-config";
 const POD_INFO_VOLUME: &str = "streamward-pod-info";
 const TOKEN_VOLUME: &str = "streamward-kube-api-access";
-const SECRET_VOLUME_PREFIX: &str = "streamward-secret-";
+/// The volume of the token the proxy asks the operator for its Secrets with.
+pub const SECRETS_TOKEN_VOLUME: &str = "streamward-secrets-token";
+const SECRETS_TOKEN_DIR: &str = "/var/run/streamward/secrets-token";
 const COLLECTOR_TOKEN_VOLUME: &str = "streamward-collector-token";
 const SPOOL_VOLUME: &str = "streamward-audit-spool";
 const COLLECTOR_TOKEN_DIR: &str = "/var/run/streamward/collector";
 const SPOOL_DIR: &str = "/var/run/streamward/spool";
 const CONFIG_DIR: &str = "/etc/streamward/config";
 const POD_INFO_DIR: &str = "/etc/streamward/pod";
-const SECRETS_DIR: &str = "/var/run/streamward/secrets";
 /// Where Kubernetes clients (the proxy's included) look for the service-account token.
 pub const TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// The user the proxy runs as (the distroless `nonroot` user).
@@ -95,7 +100,36 @@ pub struct InjectSettings {
     /// The operator's config-signing public key (hex): the proxy refuses a config it did not
     /// sign.
     pub config_public_key: Option<String>,
+    /// Where the proxy gets its Secrets (none without: it can reach no broker that needs
+    /// credentials).
+    pub secrets: Option<SecretsEndpoint>,
+    /// Signs the proxy container, so that the operator serves Secrets only to proxies it
+    /// injected.
+    pub signer: Option<ProxySigner>,
 }
+
+/// Where an injected proxy asks the operator for its Secrets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretsEndpoint {
+    /// The operator's base URL (its webhook server).
+    pub url: String,
+    /// The audience of the token the proxy presents (a projected token only it mounts).
+    pub audience: String,
+    /// The CA certificates (PEM) of the operator's serving certificate.
+    pub ca_pem: String,
+}
+
+/// The operator's key, signing the proxy containers it injects.
+#[derive(Clone, Debug)]
+pub struct ProxySigner(pub std::sync::Arc<ConfigSigner>);
+
+impl PartialEq for ProxySigner {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.public_key_hex() == other.0.public_key_hex()
+    }
+}
+
+impl Eq for ProxySigner {}
 
 /// Where an injected proxy sends its audit events, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,18 +173,17 @@ impl Default for InjectSettings {
             stale_config: "grants".into(),
             audit: None,
             config_public_key: None,
+            secrets: None,
+            signer: None,
         }
     }
 }
 
-/// What the webhook knows about the pod's namespace: the Secrets the proxy must mount (its
-/// targets' credentials and CA bundles, the masking keys of the namespace).
+/// What the webhook knows about the pod beyond its object.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodContext {
     /// The pod's namespace (from the admission request: a new pod's metadata may lack it).
     pub namespace: String,
-    /// Secret names, mounted at `/var/run/streamward/secrets/<name>`.
-    pub secrets: BTreeSet<String>,
 }
 
 /// Why a pod is left alone, or refused.
@@ -313,17 +346,18 @@ pub fn plan(pod: &Pod, ctx: &PodContext, settings: &InjectSettings) -> Result<Pa
         .flat_map(|c| c.volume_mounts.iter().flatten())
         .find(|m| m.mount_path.trim_end_matches('/') == TOKEN_DIR)
         .map(|m| m.name.clone());
-    let volumes = proxy_volumes(ctx, sa, token_mount.is_none(), settings.audit.as_ref());
+    let volumes = proxy_volumes(sa, token_mount.is_none(), settings);
     let proxy = proxy_container(
         pod,
-        ctx,
         &InjectSettings {
             native_sidecar: proxy_is_native,
             ..settings.clone()
         },
         token_mount.as_deref().unwrap_or(TOKEN_VOLUME),
     );
-    let audiences: Vec<&str> = settings.audit.iter().map(|a| a.audience.as_str()).collect();
+    let audiences: Vec<&str> = (settings.audit.iter().map(|a| a.audience.as_str()))
+        .chain(settings.secrets.iter().map(|s| s.audience.as_str()))
+        .collect();
     guard::check_create(pod, injected.then_some(&proxy), &volumes, &audiences)?;
 
     // The bootstrap address for every app container, first, while the indices are the
@@ -361,6 +395,14 @@ pub fn plan(pod: &Pod, ctx: &PodContext, settings: &InjectSettings) -> Result<Pa
     }
     if injected {
         return Ok(Patch(ops));
+    }
+    if let Some(ProxySigner(signer)) = &settings.signer {
+        let signed = super::proxy_secrets::signed_bytes(&ctx.namespace, sa, &proxy);
+        // `add` replaces a value the author put there.
+        ops.push(add(
+            &["metadata", "annotations", PROXY_SIGNATURE_ANNOTATION],
+            Value::String(signer.sign(&signed)),
+        ));
     }
 
     let new_volumes: Vec<Value> = volumes.iter().map(to_value).collect();
@@ -428,12 +470,7 @@ fn is_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn proxy_volumes(
-    ctx: &PodContext,
-    sa: &str,
-    own_token: bool,
-    audit: Option<&AuditTarget>,
-) -> Vec<Volume> {
+fn proxy_volumes(sa: &str, own_token: bool, settings: &InjectSettings) -> Vec<Volume> {
     let mut volumes = vec![
         Volume {
             name: CONFIG_VOLUME.into(),
@@ -459,41 +496,23 @@ fn proxy_volumes(
             ..Default::default()
         },
     ];
-    for (index, secret) in ctx.secrets.iter().enumerate() {
-        volumes.push(Volume {
-            name: format!("{SECRET_VOLUME_PREFIX}{index}"),
-            // Optional: a missing Secret is reported by the proxy (failing closed for the
-            // target or rule that needs it) instead of keeping the whole pod from starting.
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.clone()),
-                optional: Some(true),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
     if own_token {
         volumes.push(token_volume());
     }
-    if let Some(audit) = audit {
-        volumes.push(Volume {
-            name: COLLECTOR_TOKEN_VOLUME.into(),
-            // A token for the collector alone: its audience is useless to the API server, and
-            // only the proxy container mounts it, so the app cannot post events as the proxy.
-            projected: Some(ProjectedVolumeSource {
-                sources: Some(vec![VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(audit.audience.clone()),
-                        path: "token".into(),
-                        expiration_seconds: Some(3600),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+    if let Some(secrets) = &settings.secrets {
+        // A token for the operator's Secrets endpoint alone, bound to this pod.
+        volumes.push(audience_token_volume(
+            SECRETS_TOKEN_VOLUME,
+            &secrets.audience,
+        ));
+    }
+    if let Some(audit) = &settings.audit {
+        // A token for the collector alone: its audience is useless to the API server, and
+        // only the proxy container mounts it, so the app cannot post events as the proxy.
+        volumes.push(audience_token_volume(
+            COLLECTOR_TOKEN_VOLUME,
+            &audit.audience,
+        ));
         volumes.push(Volume {
             name: SPOOL_VOLUME.into(),
             empty_dir: Some(EmptyDirVolumeSource {
@@ -504,6 +523,26 @@ fn proxy_volumes(
         });
     }
     volumes
+}
+
+/// A projected service-account token for `audience` alone, in `<volume>/token`.
+fn audience_token_volume(name: &str, audience: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(audience.to_owned()),
+                    path: "token".into(),
+                    expiration_seconds: Some(3600),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// The projected token volume the ServiceAccount admission plugin would give a container,
@@ -615,20 +654,13 @@ fn mask_memory(limit: &str) -> Option<(u64, u64)> {
     Some((bytes / 2, bytes / 4))
 }
 
-fn proxy_container(
-    pod: &Pod,
-    ctx: &PodContext,
-    settings: &InjectSettings,
-    token_volume: &str,
-) -> Container {
+fn proxy_container(pod: &Pod, settings: &InjectSettings, token_volume: &str) -> Container {
     let sa = service_account(pod);
     let mut args = vec![
         "--config-map".to_owned(),
         config_map_name(sa),
         "--config".to_owned(),
         format!("{CONFIG_DIR}/{CONFIG_KEY}"),
-        "--secrets-dir".to_owned(),
-        SECRETS_DIR.to_owned(),
         "--pod-labels".to_owned(),
         format!("{POD_INFO_DIR}/labels"),
         "--listen".to_owned(),
@@ -647,6 +679,14 @@ fn proxy_container(
             proxy.to_string(),
             "--mask-connection-memory-bytes".to_owned(),
             connection.to_string(),
+        ]);
+    }
+    if let Some(secrets) = &settings.secrets {
+        args.extend([
+            "--secrets-url".to_owned(),
+            secrets.url.clone(),
+            "--secrets-token-file".to_owned(),
+            format!("{SECRETS_TOKEN_DIR}/token"),
         ]);
     }
     if let Some(audit) = &settings.audit {
@@ -682,6 +722,13 @@ fn proxy_container(
             value_from: None,
         });
     }
+    if let Some(secrets) = &settings.secrets {
+        env.push(EnvVar {
+            name: "STREAMWARD_SECRETS_CA_PEM".into(),
+            value: Some(secrets.ca_pem.clone()),
+            value_from: None,
+        });
+    }
     if let Some(pem) = settings.audit.as_ref().and_then(|a| a.ca_pem.as_ref()) {
         env.push(EnvVar {
             name: "STREAMWARD_AUDIT_CA_PEM".into(),
@@ -693,13 +740,10 @@ fn proxy_container(
         mount(CONFIG_VOLUME, CONFIG_DIR),
         mount(POD_INFO_VOLUME, POD_INFO_DIR),
     ];
-    for (index, secret) in ctx.secrets.iter().enumerate() {
-        mounts.push(mount(
-            &format!("{SECRET_VOLUME_PREFIX}{index}"),
-            &format!("{SECRETS_DIR}/{secret}"),
-        ));
-    }
     mounts.push(mount(token_volume, TOKEN_DIR));
+    if settings.secrets.is_some() {
+        mounts.push(mount(SECRETS_TOKEN_VOLUME, SECRETS_TOKEN_DIR));
+    }
     if settings.audit.is_some() {
         mounts.push(mount(COLLECTOR_TOKEN_VOLUME, COLLECTOR_TOKEN_DIR));
         // Writable (read-only is the default of `mount`, unset is writable).
@@ -788,7 +832,6 @@ mod tests {
     fn ctx() -> PodContext {
         PodContext {
             namespace: "demo".into(),
-            secrets: ["kafka-ca".to_owned(), "kafka-creds".to_owned()].into(),
         }
     }
 
@@ -844,7 +887,7 @@ mod tests {
         assert_eq!(flag("--config-map"), "streamward-config-orders-app");
         assert_eq!(flag("--config"), "/etc/streamward/config/config.json");
         assert_eq!(flag("--listen"), "127.0.0.1:9092");
-        assert_eq!(flag("--secrets-dir"), SECRETS_DIR);
+        assert!(!args.contains(&"--secrets-dir"));
         assert_eq!(flag("--pod-labels"), "/etc/streamward/pod/labels");
         // The proxy's masking memory follows the container's limit (128Mi by default).
         assert_eq!(flag("--mask-memory-bytes"), (64 << 20).to_string());
@@ -901,21 +944,57 @@ mod tests {
     }
 
     #[test]
-    fn config_and_credentials_are_mounted_into_the_proxy_only() {
-        let after = inject(&app_pod(), &InjectSettings::default());
+    fn config_and_the_secrets_token_are_mounted_into_the_proxy_only_and_it_is_signed() {
+        let signer = std::sync::Arc::new(ConfigSigner::generate().unwrap().0);
+        let settings = InjectSettings {
+            secrets: Some(SecretsEndpoint {
+                url: "https://streamward-webhook.streamward-system.svc:443".into(),
+                audience: "streamward-secrets".into(),
+                ca_pem: "CA".into(),
+            }),
+            signer: Some(ProxySigner(signer.clone())),
+            ..Default::default()
+        };
+        let after = inject(&app_pod(), &settings);
         let volumes = after["spec"]["volumes"].as_array().unwrap();
         let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap();
         assert_eq!(
             volume(CONFIG_VOLUME)["configMap"]["name"],
             "streamward-config-orders-app"
         );
-        let secret_names: Vec<&Value> = volumes
-            .iter()
-            .filter_map(|v| v.get("secret"))
-            .map(|s| &s["secretName"])
-            .collect();
-        assert_eq!(secret_names, [&json!("kafka-ca"), &json!("kafka-creds")]);
+        // No Secret of the workload's namespace is mounted: the proxy asks the operator.
+        assert!(
+            volumes.iter().all(|v| v.get("secret").is_none()),
+            "{volumes:?}"
+        );
+        assert_eq!(
+            volume(SECRETS_TOKEN_VOLUME)["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+            "streamward-secrets"
+        );
         let proxy = &after["spec"]["initContainers"][0];
+        let flag = |name: &str| {
+            let args = proxy["args"].as_array().unwrap();
+            let at = args.iter().position(|a| a == name).unwrap();
+            args[at + 1].as_str().unwrap().to_owned()
+        };
+        assert_eq!(
+            flag("--secrets-url"),
+            "https://streamward-webhook.streamward-system.svc:443"
+        );
+        assert_eq!(
+            flag("--secrets-token-file"),
+            format!("{SECRETS_TOKEN_DIR}/token")
+        );
+        assert_eq!(env(proxy, "STREAMWARD_SECRETS_CA_PEM").unwrap(), "CA");
+        let signature = after["metadata"]["annotations"][PROXY_SIGNATURE_ANNOTATION]
+            .as_str()
+            .unwrap();
+        let stored: Container = serde_json::from_value(proxy.clone()).unwrap();
+        assert!(crate::signing::verifies(
+            signer.public_key_hex(),
+            &super::super::proxy_secrets::signed_bytes("demo", "orders-app", &stored),
+            signature
+        ));
         let mounts: Vec<(&str, &str, bool)> = proxy["volumeMounts"]
             .as_array()
             .unwrap()
@@ -929,16 +1008,7 @@ mod tests {
             })
             .collect();
         assert!(mounts.contains(&(CONFIG_VOLUME, CONFIG_DIR, true)));
-        assert!(mounts.contains(&(
-            "streamward-secret-0",
-            "/var/run/streamward/secrets/kafka-ca",
-            true
-        )));
-        assert!(mounts.contains(&(
-            "streamward-secret-1",
-            "/var/run/streamward/secrets/kafka-creds",
-            true
-        )));
+        assert!(mounts.contains(&(SECRETS_TOKEN_VOLUME, SECRETS_TOKEN_DIR, true)));
         // Without a token of the app to share, the proxy gets its own.
         assert!(mounts.contains(&(TOKEN_VOLUME, TOKEN_DIR, true)));
         assert!(volume(TOKEN_VOLUME)["projected"]["sources"][0]["serviceAccountToken"].is_object());
@@ -1373,7 +1443,7 @@ mod tests {
     }
 
     #[test]
-    fn the_secrets_of_the_targets_and_masking_keys_are_mounted() {
+    fn the_secrets_of_the_targets_and_masking_keys_are_the_proxys() {
         let targets = [
             target("a", Some("a-creds"), Some("a-ca")),
             target("b", Some("b-creds"), None),

@@ -11,6 +11,7 @@ pub mod approval;
 pub mod certs;
 pub mod guard;
 pub mod inject;
+pub mod proxy_secrets;
 pub mod registration;
 pub mod secrets;
 pub mod validate;
@@ -52,11 +53,13 @@ use tokio::sync::watch;
 use self::approval::Decided;
 use self::inject::{InjectSettings, PodContext, Skip};
 use self::registration::{
-    Endpoint, MUTATE_PODS_PATH, MUTATE_RESOURCES_PATH, VALIDATE_PATH, VALIDATE_PODS_PATH,
+    Endpoint, MUTATE_PODS_PATH, MUTATE_RESOURCES_PATH, VALIDATE_CONNECT_PATH, VALIDATE_PATH,
+    VALIDATE_PODS_PATH,
 };
 use self::secrets::{Serving, TlsSecret};
 use self::validate::Verdict;
 use crate::controller::FIELD_MANAGER;
+use crate::signing::ConfigSigner;
 
 /// The Secret (in the operator's namespace) that holds the webhook's CA and certificate.
 pub const TLS_SECRET: &str = "streamward-webhook-tls";
@@ -181,6 +184,15 @@ pub struct WebhookFlags {
     /// Inject proxies that send no audit events.
     #[arg(long)]
     pub audit_disabled: bool,
+    /// The namespace of the Secrets proxies use (broker credentials, CA bundles, masking
+    /// keys); default: the operator's. Each must list the workload namespaces allowed to use
+    /// it in its `streamward.io/allowed-namespaces` annotation. Nobody in a workload's
+    /// namespace can read them: the operator serves each proxy its own.
+    #[arg(long)]
+    pub secrets_namespace: Option<String>,
+    /// The audience of the token a proxy presents for its Secrets.
+    #[arg(long, default_value = streamward_api::secrets::SECRETS_AUDIENCE)]
+    pub secrets_audience: String,
     /// The TLS Secrets (`streamward-webhook-tls`, --collector-tls-secret) are written by
     /// someone else, e.g. cert-manager with `tls.crt`, `tls.key` and `ca.crt`: read them, never
     /// write them.
@@ -214,6 +226,12 @@ impl WebhookFlags {
         endpoint.certificate_names()
     }
 
+    fn secrets_namespace(&self) -> &str {
+        self.secrets_namespace
+            .as_deref()
+            .unwrap_or(&self.operator_namespace)
+    }
+
     fn excluded(&self) -> BTreeSet<String> {
         self.inject_exclude_namespaces
             .iter()
@@ -232,6 +250,22 @@ struct Webhooks {
     inject: InjectSettings,
     audit: AuditWiring,
     excluded: BTreeSet<String>,
+    secrets: SecretsWiring,
+}
+
+/// How proxies get their Secrets: from this server, trusting its CA.
+struct SecretsWiring {
+    /// This server's base URL, as proxies reach it.
+    url: String,
+    /// The audience of their tokens.
+    audience: String,
+    /// Where the Secrets live.
+    namespace: String,
+    /// The CA certificates of this server's certificate, kept current by [`run`].
+    ca: watch::Receiver<String>,
+    /// The operator's key: it signs each proxy container injected, and checks the signature
+    /// before serving it.
+    signer: Arc<ConfigSigner>,
 }
 
 /// How injected proxies are told to audit, from the flags.
@@ -337,7 +371,7 @@ impl AuditWiring {
 pub async fn run(
     client: Client,
     flags: WebhookFlags,
-    config_public_key: String,
+    signer: Arc<ConfigSigner>,
 ) -> anyhow::Result<()> {
     let Some(endpoint) = flags.endpoint() else {
         tracing::info!("admission webhooks off: pass --webhook-url or --webhook-service");
@@ -367,7 +401,9 @@ pub async fn run(
         max_config_staleness: flags.proxy_max_config_staleness.clone(),
         stale_config: flags.proxy_stale_config.clone(),
         audit: None,
-        config_public_key: Some(config_public_key),
+        config_public_key: Some(signer.public_key_hex().to_owned()),
+        secrets: None,
+        signer: Some(inject::ProxySigner(signer.clone())),
     };
     let (audit, collector_ca) = AuditWiring::from_flags(&flags)?;
     let excluded = flags.excluded();
@@ -428,6 +464,7 @@ pub async fn run(
         }
     };
     let tls = RustlsConfig::from_config(server_config(&bundle)?);
+    let (secrets_ca, secrets_ca_rx) = watch::channel(bundle.ca_bundle.clone());
     let state = Arc::new(Webhooks {
         client: client.clone(),
         targets,
@@ -435,12 +472,24 @@ pub async fn run(
         inject,
         audit,
         excluded: excluded.clone(),
+        secrets: SecretsWiring {
+            url: endpoint.base_url(),
+            audience: flags.secrets_audience.clone(),
+            namespace: flags.secrets_namespace().to_owned(),
+            ca: secrets_ca_rx,
+            signer,
+        },
     });
     let app = Router::new()
         .route(VALIDATE_PATH, post(validate_resource))
         .route(MUTATE_PODS_PATH, post(mutate_pod))
         .route(MUTATE_RESOURCES_PATH, post(stamp_resource))
         .route(VALIDATE_PODS_PATH, post(validate_pod))
+        .route(VALIDATE_CONNECT_PATH, post(validate_connect))
+        .route(
+            streamward_api::secrets::PROXY_SECRETS_PATH,
+            get(serve_proxy_secrets),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state);
     let server =
@@ -482,6 +531,7 @@ pub async fn run(
         }
         if changed {
             tls.reload_from_config(server_config(&next)?);
+            secrets_ca.send_replace(next.ca_bundle.clone());
             tracing::info!("serving a renewed webhook certificate");
             bundle = next;
         }
@@ -915,22 +965,17 @@ async fn mutate_pod(
             Err(message) => return Json(response.deny(message).into_review()),
         }
     }
-    let in_namespace = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(namespace.as_str());
-    let targets = state.targets.state_filter(|t| in_namespace(&t.metadata));
-    let rules = state.masking.state_filter(|r| in_namespace(&r.metadata));
     let ctx = PodContext {
         namespace: namespace.clone(),
-        secrets: inject::secrets_for(
-            namespace,
-            inject::service_account(pod),
-            target,
-            targets.iter().map(|t| &**t),
-            rules.iter().map(|r| &**r),
-        ),
     };
     let settings = match state.audit.target() {
         Ok(audit) => InjectSettings {
             audit,
+            secrets: Some(inject::SecretsEndpoint {
+                url: state.secrets.url.clone(),
+                audience: state.secrets.audience.clone(),
+                ca_pem: state.secrets.ca.borrow().clone(),
+            }),
             ..state.inject.clone()
         },
         Err(reason) => {
@@ -950,6 +995,205 @@ async fn mutate_pod(
     }
     tracing::info!(%namespace, pod = %name, operations = patch.0.len(), "proxy injected");
     patched(response, patch)
+}
+
+/// Refuses `kubectl exec` and `attach` into a proxy container: a process started there could
+/// read the proxy's token for its Secrets and run the proxy's binary with other flags. The
+/// object of a CONNECT review is the exec or attach options (no metadata), so the review is
+/// read as plain JSON.
+async fn validate_connect(Json(review): Json<serde_json::Value>) -> Json<serde_json::Value> {
+    let request = &review["request"];
+    let uid = request["uid"].clone();
+    let container = request["object"]["container"].as_str().unwrap_or_default();
+    let refused = container == inject::PROXY_CONTAINER;
+    let mut response = serde_json::json!({"uid": uid, "allowed": !refused});
+    if refused {
+        let message = format!(
+            "{} into the {} container is refused: a process there could read the token the \
+             proxy gets its broker credentials with; read the proxy's logs and /metrics instead",
+            request["subResource"].as_str().unwrap_or("exec"),
+            inject::PROXY_CONTAINER,
+        );
+        tracing::info!(
+            namespace = request["namespace"].as_str().unwrap_or_default(),
+            pod = request["name"].as_str().unwrap_or_default(),
+            user = request["userInfo"]["username"].as_str().unwrap_or_default(),
+            "exec into a proxy refused"
+        );
+        response["status"] =
+            serde_json::json!({"code": 403, "reason": "Forbidden", "message": message});
+    }
+    Json(serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": response,
+    }))
+}
+
+/// `GET /v1/proxy-secrets`: the Secrets of the injected proxy whose token this is (see
+/// [`proxy_secrets`]).
+async fn serve_proxy_secrets(
+    State(state): State<Arc<Webhooks>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let refuse = |status: StatusCode, message: String| {
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    };
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "no bearer token: present the proxy's projected token".into(),
+        );
+    };
+    let bound = match review_proxy_token(&state.client, token, &state.secrets.audience).await {
+        Ok(bound) => bound,
+        Err(ProxyTokenError::Unavailable(message)) => {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, message);
+        }
+        Err(ProxyTokenError::Refused(message)) => {
+            tracing::warn!(reason = %message, "a request for proxy Secrets was refused");
+            return refuse(StatusCode::UNAUTHORIZED, message);
+        }
+    };
+    let pods = Api::<Pod>::namespaced(state.client.clone(), &bound.namespace);
+    let pod = match pods.get_opt(&bound.name).await {
+        Ok(Some(pod)) => pod,
+        Ok(None) => {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!("pod {}/{} does not exist", bound.namespace, bound.name),
+            );
+        }
+        Err(error) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("reading pod {}/{}: {error}", bound.namespace, bound.name),
+            );
+        }
+    };
+    let key = state.secrets.signer.public_key_hex().to_owned();
+    if let Some(reason) =
+        proxy_secrets::refuse_pod(&pod, &bound, &state.secrets.audience, |data, signature| {
+            crate::signing::verifies(&key, data, signature)
+        })
+    {
+        tracing::warn!(
+            namespace = %bound.namespace,
+            pod = %bound.name,
+            %reason,
+            "proxy Secrets refused"
+        );
+        return refuse(StatusCode::FORBIDDEN, reason);
+    }
+    let in_namespace =
+        |meta: &ObjectMeta| meta.namespace.as_deref() == Some(bound.namespace.as_str());
+    let targets = state.targets.state_filter(|t| in_namespace(&t.metadata));
+    let rules = state.masking.state_filter(|r| in_namespace(&r.metadata));
+    let target = inject::target_annotation(&pod);
+    let names = proxy_secrets::valid_names(inject::secrets_for(
+        &bound.namespace,
+        &bound.service_account,
+        target,
+        targets.iter().map(|t| &**t),
+        rules.iter().map(|r| &**r),
+    ));
+    let credential_servers =
+        proxy_secrets::credential_servers(target, targets.iter().map(|t| &**t));
+    let secrets = Api::<Secret>::namespaced(state.client.clone(), &state.secrets.namespace);
+    let mut answer = streamward_api::secrets::ProxySecrets::default();
+    for name in names {
+        let secret = match secrets.get_opt(&name).await {
+            Ok(Some(secret)) => secret,
+            Ok(None) => {
+                answer.withheld.insert(
+                    name.clone(),
+                    format!(
+                        "Secret {}/{name} does not exist (Streamward reads Secrets from its \
+                         own namespace)",
+                        state.secrets.namespace
+                    ),
+                );
+                continue;
+            }
+            Err(error) => {
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("reading Secret {}/{name}: {error}", state.secrets.namespace),
+                );
+            }
+        };
+        if let Some(reason) = proxy_secrets::withhold(
+            &name,
+            secret.metadata.annotations.as_ref(),
+            &bound.namespace,
+            &state.secrets.namespace,
+            credential_servers.get(&name).unwrap_or(&BTreeSet::new()),
+        ) {
+            answer.withheld.insert(name, reason);
+            continue;
+        }
+        answer.secrets.insert(name, secret.data.unwrap_or_default());
+    }
+    tracing::info!(
+        namespace = %bound.namespace,
+        pod = %bound.name,
+        served = ?answer.secrets.keys().collect::<Vec<_>>(),
+        withheld = ?answer.withheld.keys().collect::<Vec<_>>(),
+        "proxy Secrets served"
+    );
+    Json(answer).into_response()
+}
+
+/// Why a proxy's token was not accepted.
+enum ProxyTokenError {
+    /// Not a valid token for the audience, or not a pod's.
+    Refused(String),
+    /// The API server could not be asked.
+    Unavailable(String),
+}
+
+/// The pod `token` (for `audience`) was issued to, as the API server's TokenReview says.
+async fn review_proxy_token(
+    client: &Client,
+    token: &str,
+    audience: &str,
+) -> Result<proxy_secrets::BoundPod, ProxyTokenError> {
+    use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: token.to_owned(),
+            audiences: Some(vec![audience.to_owned()]),
+        },
+        ..Default::default()
+    };
+    let reviewed = Api::<TokenReview>::all(client.clone())
+        .create(&Default::default(), &review)
+        .await
+        .map_err(|e| ProxyTokenError::Unavailable(format!("TokenReview: {e}")))?;
+    let status = reviewed.status.unwrap_or_default();
+    let audience_ok = status
+        .audiences
+        .as_ref()
+        .is_some_and(|a| a.iter().any(|a| a == audience));
+    if status.authenticated != Some(true) || !audience_ok {
+        return Err(ProxyTokenError::Refused(format!(
+            "the token is not valid for audience {audience:?}"
+        )));
+    }
+    let user = status.user.unwrap_or_default();
+    proxy_secrets::BoundPod::from_user(
+        user.username.as_deref().unwrap_or_default(),
+        &user.extra.unwrap_or_default(),
+    )
+    .map_err(ProxyTokenError::Refused)
 }
 
 #[cfg(test)]

@@ -7,23 +7,27 @@
 //!   send nothing else): a pod that asked for the proxy must not start without it and talk to
 //!   Kafka unobserved. The system namespaces and the operator's own are excluded, so an
 //!   operator that is down can always be restarted and never blocks the control plane.
+//! - `exec`/`attach` into a proxy container fails closed too; a match condition sends only
+//!   requests that name the proxy's container, so nothing else waits on the operator.
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
-    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+    ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
 };
 
-use super::inject::{INJECT_LABEL, NAMESPACE_ENABLED};
+use super::inject::{INJECT_LABEL, NAMESPACE_ENABLED, PROXY_CONTAINER};
 use super::validate::RESOURCES;
 
 /// The path of the validating webhook for updates of injected pods.
 pub const VALIDATE_PODS_PATH: &str = "/validate-pods";
+/// The path of the validating webhook for `exec` and `attach` into proxy containers.
+pub const VALIDATE_CONNECT_PATH: &str = "/validate-connect";
 /// The path of the mutating webhook that stamps Approvals and AccessGrants.
 pub const MUTATE_RESOURCES_PATH: &str = "/mutate-resources";
 /// The name of both webhook configurations.
@@ -73,6 +77,18 @@ impl Endpoint {
                 format!("{name}.{namespace}"),
                 name.clone(),
             ],
+        }
+    }
+
+    /// The base URL a client inside the cluster (an injected proxy) reaches this endpoint at.
+    pub fn base_url(&self) -> String {
+        match self {
+            Endpoint::Url(url) => url.trim_end_matches('/').to_owned(),
+            Endpoint::Service {
+                namespace,
+                name,
+                port,
+            } => format!("https://{name}.{namespace}.svc:{port}"),
         }
     }
 
@@ -185,6 +201,32 @@ pub fn validating(
             )
         });
     }
+    // `kubectl exec` / `attach` into a proxy container, in any namespace pods can be injected
+    // in. The review's object is the exec options, which carry no labels, so only the
+    // namespace can select; the match condition sends only requests naming the proxy's
+    // container, so an operator outage blocks nothing else.
+    let not_excluded = not_in(NAMESPACE_NAME_LABEL, excluded.iter().cloned());
+    webhooks.push(ValidatingWebhook {
+        namespace_selector: Some(LabelSelector {
+            match_expressions: Some(vec![not_excluded]),
+            match_labels: None,
+        }),
+        match_conditions: Some(vec![MatchCondition {
+            name: "proxy-container".to_owned(),
+            expression: format!("has(object.container) && object.container == '{PROXY_CONTAINER}'"),
+        }]),
+        ..base(
+            "exec.validate.streamward.io",
+            VALIDATE_CONNECT_PATH,
+            vec![RuleWithOperations {
+                api_groups: Some(vec![String::new()]),
+                api_versions: Some(vec!["v1".to_owned()]),
+                operations: Some(vec!["CONNECT".to_owned()]),
+                resources: Some(vec!["pods/exec".to_owned(), "pods/attach".to_owned()]),
+                scope: Some("Namespaced".to_owned()),
+            }],
+        )
+    });
     ValidatingWebhookConfiguration {
         metadata: meta(),
         webhooks: Some(webhooks),
@@ -399,6 +441,36 @@ mod tests {
 #[cfg(test)]
 mod stamp_tests {
     use super::*;
+
+    #[test]
+    fn exec_and_attach_naming_the_proxy_container_are_validated_and_nothing_else() {
+        let excluded: BTreeSet<String> = ["kube-system".to_owned()].into();
+        let config = validating(&Endpoint::Url("https://127.0.0.1:1".into()), "x", &excluded);
+        let hooks = config.webhooks.unwrap();
+        let exec = hooks
+            .iter()
+            .find(|h| h.name == "exec.validate.streamward.io")
+            .unwrap();
+        assert_eq!(
+            exec.client_config.url.as_deref(),
+            Some("https://127.0.0.1:1/validate-connect")
+        );
+        let rules = &exec.rules.as_ref().unwrap()[0];
+        assert_eq!(rules.operations.as_deref().unwrap(), ["CONNECT"]);
+        assert_eq!(
+            rules.resources.as_deref().unwrap(),
+            ["pods/exec", "pods/attach"]
+        );
+        assert_eq!(exec.failure_policy.as_deref(), Some("Fail"));
+        assert!(exec.object_selector.is_none());
+        let condition = &exec.match_conditions.as_ref().unwrap()[0];
+        assert!(condition.expression.contains("'streamward-proxy'"));
+        let ns = exec.namespace_selector.as_ref().unwrap();
+        assert_eq!(
+            ns.match_expressions.as_ref().unwrap()[0].values.as_deref(),
+            Some(&["kube-system".to_owned()][..])
+        );
+    }
 
     #[test]
     fn updates_of_opted_in_pods_and_their_ephemeral_containers_are_validated() {

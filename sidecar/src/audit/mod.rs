@@ -541,8 +541,10 @@ mod tests {
         for sequence in 1..=2500 {
             emitter.emit(event(sequence));
         }
-        wait_for("2500 events", || {
-            receiver.stored.lock().unwrap().len() >= 2500
+        // The collector stores a batch before the proxy hears it was stored: wait for both.
+        let delivered = "streamward_sidecar_audit_events_total{outcome=\"delivered\"} 2500";
+        wait_for("2500 events stored and counted delivered", || {
+            receiver.stored.lock().unwrap().len() >= 2500 && metrics.encode().contains(delivered)
         })
         .await;
         let stored = receiver.stored.lock().unwrap().clone();
