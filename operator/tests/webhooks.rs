@@ -645,7 +645,8 @@ fn ca_bundle(server: &KubeApiServer) -> anyhow::Result<Vec<u8>> {
         )
         .map(|c| c.ca_bundle.map(|b| b.0).unwrap_or_default())
         .collect();
-    assert_eq!(bundles.len(), 6);
+    // Validating: resources, pods ×2, exec, tokens; mutating: pods ×2, stamping.
+    assert_eq!(bundles.len(), 8);
     anyhow::ensure!(
         bundles.windows(2).all(|w| w[0] == w[1]),
         "the webhooks' caBundles differ"

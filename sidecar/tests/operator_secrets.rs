@@ -510,6 +510,58 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}]
 ",
     );
     let mallory = server.user_kubeconfig("mallory", &[]).unwrap();
+    // The editor may mint tokens of the namespace's service accounts, but not one for a
+    // Streamward audience (bound to the injected pod, it would be as good as the proxy's).
+    for audience in [AUDIENCE, "streamward-collector"] {
+        let uid = orders["metadata"]["uid"].as_str().unwrap();
+        let minted = kubectl_as(
+            &server,
+            Some(&mallory),
+            &[
+                "create",
+                "token",
+                SA,
+                "-n",
+                "shop",
+                "--audience",
+                audience,
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                "orders",
+                "--bound-object-uid",
+                uid,
+            ],
+            "",
+        );
+        let said = String::from_utf8_lossy(&minted.stderr);
+        assert!(
+            !minted.status.success(),
+            "mallory minted a {audience} token"
+        );
+        assert!(
+            said.contains("may not mint a token for a Streamward audience"),
+            "{said}"
+        );
+    }
+    let other_audience = kubectl_as(
+        &server,
+        Some(&mallory),
+        &[
+            "create",
+            "token",
+            SA,
+            "-n",
+            "shop",
+            "--audience",
+            "https://example.com",
+        ],
+        "",
+    );
+    assert!(
+        other_audience.status.success(),
+        "the editor's other tokens are not the webhook's business: {other_audience:?}"
+    );
     let read = kubectl_as(
         &server,
         Some(&mallory),

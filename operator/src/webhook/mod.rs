@@ -54,7 +54,7 @@ use self::approval::Decided;
 use self::inject::{InjectSettings, PodContext, Skip};
 use self::registration::{
     Endpoint, MUTATE_PODS_PATH, MUTATE_RESOURCES_PATH, VALIDATE_CONNECT_PATH, VALIDATE_PATH,
-    VALIDATE_PODS_PATH,
+    VALIDATE_PODS_PATH, VALIDATE_TOKENS_PATH,
 };
 use self::secrets::{Serving, TlsSecret};
 use self::validate::Verdict;
@@ -486,6 +486,7 @@ pub async fn run(
         .route(MUTATE_RESOURCES_PATH, post(stamp_resource))
         .route(VALIDATE_PODS_PATH, post(validate_pod))
         .route(VALIDATE_CONNECT_PATH, post(validate_connect))
+        .route(VALIDATE_TOKENS_PATH, post(validate_token_request))
         .route(
             streamward_api::secrets::PROXY_SECRETS_PATH,
             get(serve_proxy_secrets),
@@ -497,7 +498,12 @@ pub async fn run(
     let mut server = tokio::spawn(server);
     tracing::info!(listen = %flags.webhook_listen, "webhook server listening");
 
-    register(&client, &endpoint, &bundle.ca_bundle, &excluded).await?;
+    // The audiences only the injected proxy's projected tokens are for.
+    let audiences = vec![
+        flags.secrets_audience.clone(),
+        flags.collector_audience.clone(),
+    ];
+    register(&client, &endpoint, &bundle.ca_bundle, &excluded, &audiences).await?;
     let check_every = check_interval(lifetime);
     let mut registered_at = Instant::now();
     loop {
@@ -523,7 +529,9 @@ pub async fn run(
         if changed || registered_at.elapsed() > Duration::from_secs(300) {
             // The new caBundle first, so that the API server already trusts the certificate
             // it is about to be served.
-            if let Err(error) = register(&client, &endpoint, &next.ca_bundle, &excluded).await {
+            if let Err(error) =
+                register(&client, &endpoint, &next.ca_bundle, &excluded, &audiences).await
+            {
                 tracing::warn!(error = %format!("{error:#}"), "applying the webhook configurations");
                 continue;
             }
@@ -611,9 +619,10 @@ async fn register(
     endpoint: &Endpoint,
     ca: &str,
     excluded: &BTreeSet<String>,
+    audiences: &[String],
 ) -> anyhow::Result<()> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let validating = registration::validating(endpoint, ca, excluded);
+    let validating = registration::validating(endpoint, ca, excluded, audiences);
     Api::<ValidatingWebhookConfiguration>::all(client.clone())
         .patch(
             registration::CONFIGURATION_NAME,
@@ -1022,6 +1031,43 @@ async fn validate_connect(Json(review): Json<serde_json::Value>) -> Json<serde_j
         );
         response["status"] =
             serde_json::json!({"code": 403, "reason": "Forbidden", "message": message});
+    }
+    Json(serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": response,
+    }))
+}
+
+/// Refuses a TokenRequest for one of Streamward's audiences (the registration's match condition
+/// sends no other) unless a node (the kubelet, filling a projected volume) or a cluster admin
+/// asks: such a token, bound to an injected pod, would fetch its proxy's broker credentials or
+/// post audit events in its name, and a namespace editor may create `serviceaccounts/token`.
+async fn validate_token_request(Json(review): Json<serde_json::Value>) -> Json<serde_json::Value> {
+    let request = &review["request"];
+    let groups: Vec<&str> = request["userInfo"]["groups"]
+        .as_array()
+        .map(|g| g.iter().filter_map(|g| g.as_str()).collect())
+        .unwrap_or_default();
+    let user = request["userInfo"]["username"].as_str().unwrap_or_default();
+    let allowed = proxy_secrets::may_mint_proxy_tokens(user, &groups);
+    let mut response = serde_json::json!({"uid": request["uid"].clone(), "allowed": allowed});
+    if !allowed {
+        tracing::warn!(
+            namespace = request["namespace"].as_str().unwrap_or_default(),
+            service_account = request["name"].as_str().unwrap_or_default(),
+            %user,
+            "a token for a Streamward audience refused"
+        );
+        response["status"] = serde_json::json!({
+            "code": 403,
+            "reason": "Forbidden",
+            "message": format!(
+                "{user} may not mint a token for a Streamward audience: only the kubelet does, \
+                 for the proxy container's projected volumes (such a token fetches the proxy's \
+                 broker credentials or sends audit events in its name)"
+            ),
+        });
     }
     Json(serde_json::json!({
         "apiVersion": "admission.k8s.io/v1",

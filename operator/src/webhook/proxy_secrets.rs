@@ -249,6 +249,13 @@ pub fn refuse_pod(
     None
 }
 
+/// Whether `user` (in `groups`) may mint tokens for Streamward's audiences: a node (the
+/// kubelet projecting a pod's volumes) or a cluster admin.
+pub fn may_mint_proxy_tokens(user: &str, groups: &[&str]) -> bool {
+    let node = user.starts_with("system:node:") && groups.contains(&"system:nodes");
+    node || groups.contains(&"system:masters")
+}
+
 /// What in a pod spec would let another container (or the node's files) reach the proxy's.
 fn exposes_the_proxy(spec: &PodSpec) -> Option<String> {
     if spec
@@ -568,6 +575,27 @@ mod tests {
             .unwrap()
             .contains("runs as orders")
         );
+    }
+
+    #[test]
+    fn only_the_kubelet_and_cluster_admins_mint_tokens_for_the_proxy() {
+        assert!(may_mint_proxy_tokens(
+            "system:node:n1",
+            &["system:nodes", "system:authenticated"]
+        ));
+        assert!(may_mint_proxy_tokens(
+            "kubernetes-admin",
+            &["system:masters"]
+        ));
+        assert!(!may_mint_proxy_tokens("mallory", &["system:authenticated"]));
+        assert!(!may_mint_proxy_tokens(
+            "system:node:n1",
+            &["system:authenticated"]
+        ));
+        assert!(!may_mint_proxy_tokens(
+            "system:serviceaccount:shop:orders-app",
+            &["system:serviceaccounts"]
+        ));
     }
 
     #[test]

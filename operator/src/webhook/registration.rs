@@ -9,6 +9,8 @@
 //!   operator that is down can always be restarted and never blocks the control plane.
 //! - `exec`/`attach` into a proxy container fails closed too; a match condition sends only
 //!   requests that name the proxy's container, so nothing else waits on the operator.
+//! - Tokens for Streamward's audiences fail closed too: a match condition sends only requests
+//!   for those, which only injected pods' proxies use.
 
 use std::collections::BTreeSet;
 
@@ -28,6 +30,8 @@ use super::validate::RESOURCES;
 pub const VALIDATE_PODS_PATH: &str = "/validate-pods";
 /// The path of the validating webhook for `exec` and `attach` into proxy containers.
 pub const VALIDATE_CONNECT_PATH: &str = "/validate-connect";
+/// The path of the validating webhook for tokens minted for Streamward's audiences.
+pub const VALIDATE_TOKENS_PATH: &str = "/validate-tokens";
 /// The path of the mutating webhook that stamps Approvals and AccessGrants.
 pub const MUTATE_RESOURCES_PATH: &str = "/mutate-resources";
 /// The name of both webhook configurations.
@@ -154,6 +158,7 @@ pub fn validating(
     endpoint: &Endpoint,
     ca_bundle: &str,
     excluded: &BTreeSet<String>,
+    audiences: &[String],
 ) -> ValidatingWebhookConfiguration {
     let base = |name: &str, path: &str, rules| ValidatingWebhook {
         name: name.to_owned(),
@@ -223,6 +228,34 @@ pub fn validating(
                 api_versions: Some(vec!["v1".to_owned()]),
                 operations: Some(vec!["CONNECT".to_owned()]),
                 resources: Some(vec!["pods/exec".to_owned(), "pods/attach".to_owned()]),
+                scope: Some("Namespaced".to_owned()),
+            }],
+        )
+    });
+    // Tokens for the audiences only the proxy's projected volumes use (its Secrets, the
+    // collector): the kubelet mints them, and nobody else may (an editor who may create
+    // `serviceaccounts/token` could otherwise mint one bound to an injected pod). The match
+    // condition sends only requests naming one of them.
+    let quoted: Vec<String> = audiences
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\\', "").replace('\'', "")))
+        .collect();
+    webhooks.push(ValidatingWebhook {
+        match_conditions: Some(vec![MatchCondition {
+            name: "streamward-audience".to_owned(),
+            expression: format!(
+                "has(object.spec.audiences) && object.spec.audiences.exists(a, a in [{}])",
+                quoted.join(", ")
+            ),
+        }]),
+        ..base(
+            "tokens.validate.streamward.io",
+            VALIDATE_TOKENS_PATH,
+            vec![RuleWithOperations {
+                api_groups: Some(vec![String::new()]),
+                api_versions: Some(vec!["v1".to_owned()]),
+                operations: Some(vec!["CREATE".to_owned()]),
+                resources: Some(vec!["serviceaccounts/token".to_owned()]),
                 scope: Some("Namespaced".to_owned()),
             }],
         )
@@ -347,7 +380,7 @@ mod tests {
     fn a_url_endpoint_names_its_host_and_appends_paths() {
         let url = Endpoint::Url("https://127.0.0.1:9443/".into());
         assert_eq!(url.certificate_names(), ["127.0.0.1"]);
-        let config = validating(&url, "PEM", &BTreeSet::new());
+        let config = validating(&url, "PEM", &BTreeSet::new(), &[]);
         let hooks = config.webhooks.unwrap();
         let hook = &hooks[0];
         assert_eq!(
@@ -442,10 +475,49 @@ mod tests {
 mod stamp_tests {
     use super::*;
 
+    fn audiences() -> Vec<String> {
+        vec![
+            "streamward-collector".to_owned(),
+            "streamward-secrets".to_owned(),
+        ]
+    }
+
+    #[test]
+    fn only_token_requests_for_streamwards_audiences_are_validated() {
+        let config = validating(
+            &Endpoint::Url("https://127.0.0.1:1".into()),
+            "x",
+            &BTreeSet::new(),
+            &audiences(),
+        );
+        let hooks = config.webhooks.unwrap();
+        let tokens = hooks
+            .iter()
+            .find(|h| h.name == "tokens.validate.streamward.io")
+            .unwrap();
+        let rules = &tokens.rules.as_ref().unwrap()[0];
+        assert_eq!(
+            rules.resources.as_deref().unwrap(),
+            ["serviceaccounts/token"]
+        );
+        assert_eq!(rules.operations.as_deref().unwrap(), ["CREATE"]);
+        assert_eq!(tokens.failure_policy.as_deref(), Some("Fail"));
+        assert_eq!(
+            tokens.match_conditions.as_ref().unwrap()[0].expression,
+            "has(object.spec.audiences) && object.spec.audiences.exists(a, a in \
+             ['streamward-collector', 'streamward-secrets'])"
+        );
+    }
+
     #[test]
     fn exec_and_attach_naming_the_proxy_container_are_validated_and_nothing_else() {
         let excluded: BTreeSet<String> = ["kube-system".to_owned()].into();
-        let config = validating(&Endpoint::Url("https://127.0.0.1:1".into()), "x", &excluded);
+        let config = validating(
+            &Endpoint::Url("https://127.0.0.1:1".into()),
+            "x",
+            &excluded,
+            &audiences(),
+        );
         let hooks = config.webhooks.unwrap();
         let exec = hooks
             .iter()
@@ -475,7 +547,12 @@ mod stamp_tests {
     #[test]
     fn updates_of_opted_in_pods_and_their_ephemeral_containers_are_validated() {
         let excluded: BTreeSet<String> = ["kube-system".to_owned()].into();
-        let config = validating(&Endpoint::Url("https://127.0.0.1:1".into()), "x", &excluded);
+        let config = validating(
+            &Endpoint::Url("https://127.0.0.1:1".into()),
+            "x",
+            &excluded,
+            &audiences(),
+        );
         let hooks = config.webhooks.unwrap();
         let pods: Vec<_> = hooks
             .iter()
