@@ -71,8 +71,12 @@ e2e: provision
 fuzz-mask seconds="60":
     STREAMWARD_FUZZ_SECONDS={{seconds}} cargo test -q --release -p streamward-sidecar --test mask_fuzz -- --nocapture
 
-# Everything CI runs: lint, unit and end-to-end tests.
-test: lint unit e2e
+# Check config/samples/ against its cases with the kubectl plugin, offline (`kubectl streamward policy test`).
+policy-test:
+    cargo run -q -p kubectl-streamward -- policy test config/samples --cases config/policy-tests/samples.yaml
+
+# Everything CI runs: lint, unit tests, the samples' policy cases and end-to-end tests.
+test: lint unit policy-test e2e
 
 # The demo: real Kafka, the proxy with config/samples/ and the collector, driven by real clients; ends with the audit trail.
 demo: provision
