@@ -42,7 +42,7 @@ enum Command {
     /// Create a just-in-time AccessGrant.
     Grant(Box<cluster::GrantArgs>),
     /// Query the audit trail from the collector.
-    Audit(audit::AuditArgs),
+    Audit(Box<audit::AuditArgs>),
     /// The operator's and the collector's readiness, and each workload's config hash.
     Status(status::StatusArgs),
 }
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
         Command::Approve(args) => run_async(cluster::decide(args, true)),
         Command::Deny(args) => run_async(cluster::decide(args, false)),
         Command::Grant(args) => run_async(cluster::grant(*args)),
-        Command::Audit(args) => run_async(audit::run(args)),
+        Command::Audit(args) => run_async(audit::run(*args)),
         Command::Status(args) => run_async(status::run(args)),
     };
     match outcome {
