@@ -75,6 +75,22 @@ fuzz-mask seconds="60":
 policy-test:
     cargo run -q -p kubectl-streamward -- policy test config/samples --cases config/policy-tests/samples.yaml
 
+# The plugin as a krew archive, and plugins/krew/streamward.yaml with its sha256, in <target>/krew/ (`kubectl krew install --manifest=… --archive=…`).
+krew-archive profile="release":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ "{{profile}}" = release ]; then cargo build -q --release -p kubectl-streamward; else cargo build -q -p kubectl-streamward; fi
+    out="{{target_dir}}/krew"
+    rm -rf "$out" && mkdir -p "$out/stage"
+    cp "{{target_dir}}/{{ if profile == "release" { "release" } else { "debug" } }}/kubectl-streamward" "$out/stage/"
+    archive="$out/kubectl-streamward-linux-amd64.tar.gz"
+    tar -C "$out/stage" -czf "$archive" kubectl-streamward
+    sum=$(sha256sum "$archive" | cut -d' ' -f1)
+    sed "s/sha256: \"0\{64\}\"/sha256: \"$sum\"/" plugins/krew/streamward.yaml > "$out/streamward.yaml"
+    grep -q "$sum" "$out/streamward.yaml"
+    echo "$archive"
+    echo "$out/streamward.yaml (sha256 $sum)"
+
 # Everything CI runs: lint, unit tests, the samples' policy cases and end-to-end tests.
 test: lint unit policy-test e2e
 
