@@ -71,8 +71,28 @@ e2e: provision
 fuzz-mask seconds="60":
     STREAMWARD_FUZZ_SECONDS={{seconds}} cargo test -q --release -p streamward-sidecar --test mask_fuzz -- --nocapture
 
-# Everything CI runs: lint, unit and end-to-end tests.
-test: lint unit e2e
+# Check config/samples/ against its cases with the kubectl plugin, offline (`kubectl streamward policy test`).
+policy-test:
+    cargo run -q -p kubectl-streamward -- policy test config/samples --cases config/policy-tests/samples.yaml
+
+# The plugin as a krew archive, and plugins/krew/streamward.yaml with its sha256, in <target>/krew/ (`kubectl krew install --manifest=… --archive=…`).
+krew-archive profile="release":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ "{{profile}}" = release ]; then cargo build -q --release -p kubectl-streamward; else cargo build -q -p kubectl-streamward; fi
+    out="{{target_dir}}/krew"
+    rm -rf "$out" && mkdir -p "$out/stage"
+    cp "{{target_dir}}/{{ if profile == "release" { "release" } else { "debug" } }}/kubectl-streamward" "$out/stage/"
+    archive="$out/kubectl-streamward-linux-amd64.tar.gz"
+    tar -C "$out/stage" -czf "$archive" kubectl-streamward
+    sum=$(sha256sum "$archive" | cut -d' ' -f1)
+    sed "s/sha256: \"0\{64\}\"/sha256: \"$sum\"/" plugins/krew/streamward.yaml > "$out/streamward.yaml"
+    grep -q "$sum" "$out/streamward.yaml"
+    echo "$archive"
+    echo "$out/streamward.yaml (sha256 $sum)"
+
+# Everything CI runs: lint, unit tests, the samples' policy cases and end-to-end tests.
+test: lint unit policy-test e2e
 
 # The demo: real Kafka, the proxy with config/samples/ and the collector, driven by real clients; ends with the audit trail.
 demo: provision
