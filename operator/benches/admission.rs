@@ -9,7 +9,6 @@
 //!
 //! Usage: `cargo bench -p streamward-operator --bench admission -- [--requests N]`.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
@@ -214,7 +213,6 @@ fn in_process(requests: usize) -> Result<Vec<Duration>> {
     let pod: Pod = serde_json::from_value(pod("bench", true))?;
     let ctx = PodContext {
         namespace: "bench".into(),
-        secrets: BTreeSet::from(["kafka-credentials".to_owned()]),
     };
     let settings = InjectSettings::default();
     let mut samples = Vec::with_capacity(requests);

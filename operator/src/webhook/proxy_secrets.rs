@@ -496,7 +496,8 @@ mod tests {
     #[test]
     fn a_pod_that_lets_another_container_reach_the_proxy_is_refused() {
         let signer = signer();
-        let cases: [(fn(&mut Pod), &str); 6] = [
+        type Change = fn(&mut Pod);
+        let cases: [(Change, &str); 6] = [
             (
                 |p| p.spec.as_mut().unwrap().share_process_namespace = Some(true),
                 "shareProcessNamespace",

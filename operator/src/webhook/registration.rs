@@ -238,7 +238,7 @@ pub fn validating(
     // condition sends only requests naming one of them.
     let quoted: Vec<String> = audiences
         .iter()
-        .map(|a| format!("'{}'", a.replace('\\', "").replace('\'', "")))
+        .map(|a| format!("'{}'", a.replace(['\\', '\''], "")))
         .collect();
     webhooks.push(ValidatingWebhook {
         match_conditions: Some(vec![MatchCondition {
