@@ -43,8 +43,8 @@ use sha2::Sha256;
 use streamward_api::audit::{ApprovalStep, AuditEvent, EventData};
 use tokio::sync::mpsc;
 
-use crate::ingest::{Conflicting, Notice};
 use crate::metrics::{AlertOutcome, Metrics};
+use crate::writer::{Conflicting, Notice};
 
 /// The header carrying the body's signature.
 pub const SIGNATURE_HEADER: &str = "x-streamward-signature";

@@ -12,13 +12,14 @@ use streamward_collector::alert::Alerts;
 use streamward_collector::auth::{AUDIENCE, Authenticator, TokenFile, TokenReviewer};
 use streamward_collector::checkpoint::{self, PublicKey, SigningKey};
 use streamward_collector::forward;
-use streamward_collector::ingest::{self, WriterSettings};
 use streamward_collector::metrics::Metrics;
 use streamward_collector::query::{self, Filter, Format};
-use streamward_collector::server::{self, App, Listen};
+use streamward_collector::server::{self, Listen};
 use streamward_collector::sessions;
+use streamward_collector::state::App;
 use streamward_collector::store::{self, Retention, Store};
 use streamward_collector::verify;
+use streamward_collector::writer::{self, WriterSettings};
 
 #[derive(Parser)]
 #[command(
@@ -312,7 +313,7 @@ async fn serve_async(args: ServeArgs) -> Result<()> {
         listeners.push(Alerts::read(path)?.start(metrics.clone())?);
     }
 
-    let (writer, jobs) = ingest::queue();
+    let (writer, jobs) = writer::queue();
     let settings = WriterSettings {
         checkpoint_every: Duration::from_secs(args.checkpoint_seconds.max(1)),
         retention: Retention {
@@ -324,7 +325,7 @@ async fn serve_async(args: ServeArgs) -> Result<()> {
     let handle = tokio::runtime::Handle::current();
     let writer_thread = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || ingest::run_writer(store, jobs, settings, handle))
+        .spawn(move || writer::run_writer(store, jobs, settings, handle))
         .context("starting the store writer")?;
 
     let app = Arc::new(App {

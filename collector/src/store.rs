@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use jiff::Timestamp;
+use streamward_api::audit::{AuditEvent, EventData};
 
 use crate::chain::{self, GENESIS};
 use crate::checkpoint::{Checkpoint, PublicKey, SigningKey};
@@ -69,6 +70,15 @@ impl Prepared {
 /// The key ids are de-duplicated under: the workload's namespace and service account.
 pub fn identity_key(namespace: &str, service_account: &str) -> String {
     format!("{namespace}/{service_account}")
+}
+
+/// The key ids of `event` are de-duplicated under (see [`identity_key`]).
+pub fn event_identity(event: &AuditEvent) -> String {
+    let identity = match &event.data {
+        EventData::Request(record) => &record.identity,
+        EventData::Dropped(dropped) => &dropped.identity,
+    };
+    identity_key(&identity.namespace, &identity.service_account)
 }
 
 /// The identity key of a stored event (JSON), as [`identity_key`].
