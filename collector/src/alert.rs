@@ -73,6 +73,8 @@ pub fn reasons(event: &AuditEvent) -> Vec<Reason> {
     let mut reasons = Vec::new();
     match &event.data {
         EventData::Dropped(_) => reasons.push(Reason::Dropped),
+        // Reads of the audit trail are audited, not alerted on.
+        EventData::Query(_) => {}
         EventData::Request(record) => {
             let effect = record.decision.effect.as_str();
             if record.decision.dry_run {

@@ -7,12 +7,15 @@
 //! reads them back and [`queries`] answers them over HTTP. The handlers share the [`state`]
 //! and answer failures with an [`http_error`].
 
+pub mod access;
+pub mod aggregate;
 pub mod alert;
 pub mod auth;
 pub mod chain;
 pub mod checkpoint;
 pub mod forward;
 pub mod http_error;
+pub mod index;
 pub mod ingest;
 pub mod metrics;
 pub mod queries;
@@ -21,5 +24,6 @@ pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod store;
+pub mod timeline;
 pub mod verify;
 pub mod writer;

@@ -1,18 +1,25 @@
-//! The query API: `GET /v1/events` and `GET /v1/sessions`, for callers the query access lets
-//! in.
+//! The query API: `GET /v1/events`, `/v1/sessions`, `/v1/sessions/{id}/timeline` and
+//! `/v1/aggregate`, for readers the
+//! [`access`](crate::access) lets in. Every query is recorded in the trail (who, what, how many
+//! results) before it is answered, and so is every reader RBAC refuses.
 
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::auth::bearer;
+use streamward_api::audit::{AuditEvent, INGEST_PATH, QueryRecord, Reader};
+
+use crate::access::{Refused, Scope};
+use crate::aggregate::{Aggregation, Dimension};
 use crate::http_error::ApiError;
 use crate::query::{self, Filter, Format};
 use crate::sessions::{self, Sessions};
 use crate::state::App;
+use crate::store::{self, Prepared};
+use crate::timeline::{self, TimelineError};
 
 const DEFAULT_LIMIT: usize = 1_000;
 const MAX_LIMIT: usize = 100_000;
@@ -57,21 +64,83 @@ impl Params {
     }
 }
 
-/// Lets in a caller with a query token, or says why not.
-fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(tokens) = &app.query_tokens else {
-        return Err(ApiError::Forbidden(
-            "the query API is off: start the collector with --query-token-file".into(),
-        ));
-    };
+/// One query on its way: what was asked, by whom, recorded in the trail before it is answered.
+struct Asked {
+    path: String,
+    params: Params,
+    reader: Reader,
+}
+
+/// Lets in the caller of `headers` to read what `filter` selects, or refuses them. A reader
+/// RBAC refuses is recorded in the trail.
+async fn admit(
+    app: &App,
+    headers: &HeaderMap,
+    path: String,
+    params: Params,
+    filter: &Filter,
+) -> Result<Asked, ApiError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if bearer(authorization).is_none_or(|token| !tokens.contains(token)) {
-        return Err(ApiError::Unauthorized(
-            "a valid query token is required (Authorization: Bearer <token>)".into(),
-        ));
+    let scope = match &filter.namespace {
+        Some(namespace) => Scope::Namespace(namespace.clone()),
+        None => Scope::Cluster,
+    };
+    match app.access.admit(authorization, &scope).await {
+        Ok(reader) => Ok(Asked {
+            path,
+            params,
+            reader,
+        }),
+        Err(Refused::Forbidden { reader, message }) => {
+            let asked = Asked {
+                path,
+                params,
+                reader: *reader,
+            };
+            tracing::warn!(user = %asked.reader.user, path = %asked.path, %message, "refused a query");
+            record(app, asked, 403, None, Some(message.clone())).await?;
+            Err(ApiError::Forbidden(message))
+        }
+        Err(Refused::Unauthenticated(message)) => Err(ApiError::Unauthorized(message)),
+        Err(Refused::Off(message)) => Err(ApiError::Forbidden(message)),
+        Err(Refused::Unavailable(message)) => Err(ApiError::Unavailable(message)),
     }
+}
+
+/// Stores the query event of `asked` durably. An answer whose query could not be recorded is
+/// not sent.
+async fn record(
+    app: &App,
+    asked: Asked,
+    status: u16,
+    results: Option<u64>,
+    reason: Option<String>,
+) -> Result<(), ApiError> {
+    let id = app.next_query_id();
+    let event = AuditEvent::query(
+        id.clone(),
+        jiff::Timestamp::now(),
+        QueryRecord {
+            reader: asked.reader,
+            path: asked.path,
+            parameters: asked.params.0.into_iter().collect(),
+            status,
+            results,
+            reason,
+        },
+    );
+    let json = serde_json::to_string(&event).map_err(ApiError::internal)?;
+    let prepared = Prepared::new(store::QUERIES_IDENTITY.to_string(), id, json);
+    app.append(vec![Arc::new(event)], vec![prepared])
+        .await
+        .map_err(|error| {
+            ApiError::Unavailable(format!(
+                "the query was not answered because it could not be recorded in the audit \
+                 trail: {error}"
+            ))
+        })?;
     Ok(())
 }
 
@@ -83,7 +152,6 @@ pub async fn sessions(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
     let params = Params::parse(raw);
     let filter = params.filter(&["quietAfter"])?;
     let quiet_after = match params.get("quietAfter") {
@@ -91,8 +159,9 @@ pub async fn sessions(
         None => sessions::DEFAULT_QUIET_AFTER,
     };
     let limit = params.limit()?;
+    let asked = admit(&app, &headers, "/v1/sessions".into(), params, &filter).await?;
     let data = app.data.clone();
-    let body = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
+    let (body, count) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut sessions = Sessions::default();
         query::scan(&data, &filter, None, |event| {
             sessions.add_event(event);
@@ -104,14 +173,17 @@ pub async fn sessions(
         all.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
         let total = all.len();
         all.truncate(limit);
-        Ok(json!({
+        let count = all.len() as u64;
+        let body = json!({
             "quietAfterSeconds": quiet_after.as_secs(),
             "total": total,
             "sessions": all,
-        }))
+        });
+        Ok((body, count))
     })
     .await?
     .map_err(ApiError::internal)?;
+    record(&app, asked, 200, Some(count), None).await?;
     Ok(axum::Json(body).into_response())
 }
 
@@ -121,7 +193,6 @@ pub async fn events(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
     let params = Params::parse(raw);
     let filter = params.filter(&[])?;
     let format: Format = match params.get("format") {
@@ -129,13 +200,96 @@ pub async fn events(
         None => Format::Ndjson,
     };
     let limit = params.limit()?;
+    let asked = admit(&app, &headers, INGEST_PATH.into(), params, &filter).await?;
     let data = app.data.clone();
-    let body = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+    let (body, count) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut writer = query::Writer::new(Vec::new(), format);
-        query::scan(&data, &filter, Some(limit), |event| writer.write(event))?;
-        writer.finish()
+        let count = query::scan(&data, &filter, Some(limit), |event| writer.write(event))?;
+        Ok((writer.finish()?, count as u64))
     })
     .await?
     .map_err(ApiError::internal)?;
+    record(&app, asked, 200, Some(count), None).await?;
     Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
+}
+
+/// `GET /v1/sessions/{session}/timeline[?namespace=…&serviceAccount=…]`: every request of one
+/// client session in order (see [`timeline::Timeline`]).
+pub async fn timeline(
+    State(app): State<Arc<App>>,
+    Path(session): Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(raw);
+    let mut filter = Filter::default();
+    for (name, value) in params.pairs() {
+        match name {
+            "namespace" => filter.namespace = Some(value.to_string()),
+            "serviceAccount" => filter.service_account = Some(value.to_string()),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown parameter {other:?}: a timeline takes namespace and serviceAccount"
+                )));
+            }
+        }
+    }
+    filter.session = Some(session.clone());
+    let path = format!("/v1/sessions/{session}/timeline");
+    let asked = admit(&app, &headers, path, params, &filter).await?;
+    let data = app.data.clone();
+    let found = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut events = Vec::new();
+        query::scan(&data, &filter, None, |event| {
+            events.push(event.clone());
+            Ok(())
+        })?;
+        Ok(timeline::build(&session, events))
+    })
+    .await?
+    .map_err(ApiError::internal)?;
+    let count = found.as_ref().map_or(0, |t| t.events as u64);
+    let status = match &found {
+        Ok(_) => 200,
+        Err(TimelineError::NotFound(_)) => 404,
+        Err(TimelineError::Ambiguous { .. }) => 409,
+    };
+    record(&app, asked, status, Some(count), None).await?;
+    match found {
+        Ok(timeline) => Ok(axum::Json(timeline).into_response()),
+        Err(error @ TimelineError::NotFound(_)) => Err(ApiError::NotFound(error.to_string())),
+        Err(error @ TimelineError::Ambiguous { .. }) => Err(ApiError::Conflict(error.to_string())),
+    }
+}
+
+/// `GET /v1/aggregate?by=decision|identity|namespace|user|topic|api|rule|hour|day[,…]&<filter>`:
+/// counts of the matching events per group (see [`aggregate::Aggregation`]).
+pub async fn aggregate(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(raw);
+    let filter = params.filter(&["by"])?;
+    let by = params.get("by").ok_or_else(|| {
+        ApiError::BadRequest("say what to group by: by=decision, by=hour, …".into())
+    })?;
+    let by = Dimension::parse_list(by).map_err(ApiError::bad_request)?;
+    let limit = params.limit()?;
+    let asked = admit(&app, &headers, "/v1/aggregate".into(), params, &filter).await?;
+    let data = app.data.clone();
+    let (body, count) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut aggregation = Aggregation::new(by);
+        query::scan(&data, &filter, None, |event| {
+            aggregation.add(event);
+            Ok(())
+        })?;
+        let body = aggregation.finish(limit);
+        let count = body["groups"].as_array().map_or(0, |g| g.len() as u64);
+        Ok((body, count))
+    })
+    .await?
+    .map_err(ApiError::internal)?;
+    record(&app, asked, 200, Some(count), None).await?;
+    Ok(axum::Json(body).into_response())
 }

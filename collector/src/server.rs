@@ -22,6 +22,8 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route(INGEST_PATH, post(ingest::ingest).get(queries::events))
         .route("/v1/sessions", get(queries::sessions))
+        .route("/v1/sessions/{session}/timeline", get(queries::timeline))
+        .route("/v1/aggregate", get(queries::aggregate))
         .route("/v1/key", get(key))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))

@@ -3,11 +3,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use streamward_api::audit::AuditEvent;
 use tokio::sync::mpsc;
 
-use crate::auth::{Authenticator, TokenFile};
+use crate::access::QueryAccess;
+use crate::auth::Authenticator;
 use crate::checkpoint::PublicKey;
 use crate::http_error::ApiError;
 use crate::metrics::Metrics;
@@ -18,8 +20,8 @@ use crate::writer::Job;
 pub struct App {
     /// How senders authenticate.
     pub auth: Authenticator,
-    /// Who may query (`None`: the query API is off).
-    pub query_tokens: Option<TokenFile>,
+    /// Who may query.
+    pub access: QueryAccess,
     /// The data folder (queries read it).
     pub data: PathBuf,
     /// The key that verifies the checkpoints (published at `GET /v1/key`).
@@ -28,9 +30,40 @@ pub struct App {
     pub writer: mpsc::Sender<Job>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Ids of the collector's own query events: `query:<start time>:<n>`.
+    started: i128,
+    queries: AtomicU64,
 }
 
 impl App {
+    /// The state of a collector that stores into `writer` and reads `data`.
+    pub fn new(
+        auth: Authenticator,
+        access: QueryAccess,
+        data: PathBuf,
+        public_key: PublicKey,
+        writer: mpsc::Sender<Job>,
+        metrics: Arc<Metrics>,
+    ) -> App {
+        App {
+            auth,
+            access,
+            data,
+            public_key,
+            writer,
+            metrics,
+            started: jiff::Timestamp::now().as_nanosecond(),
+            queries: AtomicU64::new(0),
+        }
+    }
+
+    /// A new id for a query event: unique across restarts (the start time in nanoseconds) and
+    /// within a run (a counter).
+    pub fn next_query_id(&self) -> String {
+        let n = self.queries.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("query:{}:{n}", self.started)
+    }
+
     /// Hands `events` (and their `prepared` forms, in the same order) to the writer and waits
     /// until they are durable.
     pub async fn append(
