@@ -51,7 +51,7 @@ fn event(n: usize, total: usize, sequences: &mut HashMap<String, u64>) -> AuditE
         9 => ("Allow", true),
         _ => ("Allow", false),
     };
-    let (api, operation) = if n % 3 == 0 {
+    let (api, operation) = if n.is_multiple_of(3) {
         ("Fetch", "Read")
     } else {
         ("Produce", "Write")
@@ -65,7 +65,9 @@ fn event(n: usize, total: usize, sequences: &mut HashMap<String, u64>) -> AuditE
                 namespace: namespace.clone(),
                 service_account,
                 pod: Some(format!("app-{identity}-7d9f8c6b5-x2x4q")),
-                user: (n % 4 == 0).then(|| format!("user-{}", identity % 17)),
+                user: n
+                    .is_multiple_of(4)
+                    .then(|| format!("user-{}", identity % 17)),
                 groups: vec![],
             },
             client: Client {
@@ -114,7 +116,11 @@ struct Row {
     scanned: Option<Scanned>,
 }
 
-fn timed<T>(what: &str, rows: &mut Vec<Row>, run: impl FnOnce() -> (T, Option<Scanned>, String)) -> T {
+fn timed<T>(
+    what: &str,
+    rows: &mut Vec<Row>,
+    run: impl FnOnce() -> (T, Option<Scanned>, String),
+) -> T {
     let started = Instant::now();
     let (value, scanned, result) = run();
     let took = started.elapsed();
@@ -137,7 +143,11 @@ fn count(dir: &Path, filter: &Filter, limit: Option<usize>) -> (usize, Option<Sc
     let scanned =
         query::scan_segments(dir, filter, limit, |event| writer.write(event)).expect("a scan");
     let _ = writer.finish();
-    (scanned.matched, Some(scanned), format!("{} events", scanned.matched))
+    (
+        scanned.matched,
+        Some(scanned),
+        format!("{} events", scanned.matched),
+    )
 }
 
 fn aggregate(dir: &Path, by: &str) -> ((), Option<Scanned>, String) {
@@ -163,42 +173,46 @@ fn main() {
     let key = dir.join(store::SIGNING_KEY);
     let mut rows = Vec::new();
 
-    let public = timed(&format!("write {total} events (batches of 1000)"), &mut rows, || {
-        let mut store = Store::open(&dir, &key, 64 * 1024 * 1024).expect("the store");
-        let mut sequences = HashMap::new();
-        let mut n = 0;
-        while n < total {
-            let batch: Vec<Prepared> = (n..(n + 1000).min(total))
-                .map(|i| {
-                    let event = event(i, total, &mut sequences);
-                    Prepared::new(
-                        store::event_identity(&event),
-                        event.id.clone(),
-                        serde_json::to_string(&event).expect("JSON"),
-                    )
-                })
-                .collect();
-            n += batch.len();
-            store.append(&[batch]).expect("an append");
-            // As the writer does between groups.
-            if n % 100_000 == 0 {
-                store.checkpoint().expect("a checkpoint");
+    let public = timed(
+        &format!("write {total} events (batches of 1000)"),
+        &mut rows,
+        || {
+            let mut store = Store::open(&dir, &key, 64 * 1024 * 1024).expect("the store");
+            let mut sequences = HashMap::new();
+            let mut n = 0;
+            while n < total {
+                let batch: Vec<Prepared> = (n..(n + 1000).min(total))
+                    .map(|i| {
+                        let event = event(i, total, &mut sequences);
+                        Prepared::new(
+                            store::event_identity(&event),
+                            event.id.clone(),
+                            serde_json::to_string(&event).expect("JSON"),
+                        )
+                    })
+                    .collect();
+                n += batch.len();
+                store.append(&[batch]).expect("an append");
+                // As the writer does between groups.
+                if n.is_multiple_of(100_000) {
+                    store.checkpoint().expect("a checkpoint");
+                }
             }
-        }
-        store.stop().expect("the last checkpoint");
-        let bytes: u64 = store::segment_files(&dir)
-            .expect("segments")
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
-        let segments = store::segment_files(&dir).expect("segments").len();
-        (
-            store.public_key(),
-            None,
-            format!("{} MiB in {segments} segments", bytes / (1024 * 1024)),
-        )
-    });
+            store.stop().expect("the last checkpoint");
+            let bytes: u64 = store::segment_files(&dir)
+                .expect("segments")
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            let segments = store::segment_files(&dir).expect("segments").len();
+            (
+                store.public_key(),
+                None,
+                format!("{} MiB in {segments} segments", bytes / (1024 * 1024)),
+            )
+        },
+    );
 
     // Workload 42 (team-8/app-2), 10:00–11:00.
     let narrow = filter(&[
@@ -207,9 +221,11 @@ fn main() {
         ("since", "2026-12-01T10:00:00Z"),
         ("until", "2026-12-01T11:00:00Z"),
     ]);
-    timed("narrow query, no index yet (builds them)", &mut rows, || {
-        count(&dir, &narrow, None)
-    });
+    timed(
+        "narrow query, no index yet (builds them)",
+        &mut rows,
+        || count(&dir, &narrow, None),
+    );
     timed("narrow query: one workload, one hour", &mut rows, || {
         count(&dir, &narrow, None)
     });
@@ -217,7 +233,11 @@ fn main() {
         count(&dir, &Filter::default(), Some(1000))
     });
     timed("denied, one topic, whole day", &mut rows, || {
-        count(&dir, &filter(&[("decision", "Deny"), ("topic", "topic-42")]), None)
+        count(
+            &dir,
+            &filter(&[("decision", "Deny"), ("topic", "topic-42")]),
+            None,
+        )
     });
     let session = "042-000020";
     timed(&format!("session timeline ({session})"), &mut rows, || {
@@ -230,7 +250,9 @@ fn main() {
         let steps = timeline::build(session, events).map_or(0, |t| t.events);
         ((), Some(scanned), format!("{steps} steps"))
     });
-    timed("aggregate by decision", &mut rows, || aggregate(&dir, "decision"));
+    timed("aggregate by decision", &mut rows, || {
+        aggregate(&dir, "decision")
+    });
     timed("aggregate by hour", &mut rows, || aggregate(&dir, "hour"));
     timed("aggregate by hour,decision", &mut rows, || {
         aggregate(&dir, "hour,decision")
