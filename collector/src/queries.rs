@@ -1,7 +1,7 @@
 //! The query API: `GET /v1/events`, `/v1/sessions`, `/v1/sessions/{id}/timeline` and
-//! `/v1/aggregate`, for readers the
-//! [`access`](crate::access) lets in. Every query is recorded in the trail (who, what, how many
-//! results) before it is answered, and so is every reader RBAC refuses.
+//! `/v1/aggregate`, for readers the [`access`](crate::access) lets in. Every query is recorded
+//! in the trail (who, what, how many results) before it is answered, and so is every reader
+//! RBAC refuses.
 
 use std::sync::Arc;
 
@@ -9,7 +9,6 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-
 use streamward_api::audit::{AuditEvent, INGEST_PATH, QueryRecord, Reader};
 
 use crate::access::{Refused, Scope};
