@@ -20,6 +20,10 @@ use crate::state::App;
 use crate::store::{self, Prepared};
 use crate::timeline::{self, TimelineError};
 
+/// Where a reader may put `Bearer <token>` when `Authorization` cannot reach the collector
+/// (through `kubectl`'s service proxy).
+pub const READER_AUTHORIZATION: &str = "x-streamward-authorization";
+
 const DEFAULT_LIMIT: usize = 1_000;
 const MAX_LIMIT: usize = 100_000;
 
@@ -79,8 +83,11 @@ async fn admit(
     params: Params,
     filter: &Filter,
 ) -> Result<Asked, ApiError> {
+    // The API server's service proxy strips `Authorization` (it is the API server's own
+    // credential), so a reader coming through it shows the token in our own header instead.
     let authorization = headers
         .get(header::AUTHORIZATION)
+        .or_else(|| headers.get(READER_AUTHORIZATION))
         .and_then(|v| v.to_str().ok());
     let scope = match &filter.namespace {
         Some(namespace) => Scope::Namespace(namespace.clone()),

@@ -181,6 +181,18 @@ fn rbac_decides_who_reads_the_audit_trail_and_every_query_is_audited() {
     let read: Vec<String> = events(&body).into_iter().map(|e| e.id).collect();
     assert_eq!(read, ["shop:1", "billing:1"]);
 
+    // Through the API server's service proxy `Authorization` does not arrive; the same token
+    // in X-Streamward-Authorization does.
+    let (status, body) = request(
+        &collector.addr,
+        "GET",
+        "/v1/events?namespace=billing",
+        &[("X-Streamward-Authorization", &format!("Bearer {ALICE}"))],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(events(&body).len(), 1);
+
     // bob is authenticated but has no binding: 403 naming him and what he lacks.
     let (status, body) = get(&collector, BOB, "/v1/events?topic=orders.created");
     assert_eq!(status, 403, "{body}");
