@@ -152,3 +152,31 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
     });
     Ok((StatusCode::CONFLICT, axum::Json(body)).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamward_api::audit::{QueryRecord, Reader};
+
+    #[test]
+    fn a_proxy_cannot_send_a_record_of_a_query() {
+        let forged = AuditEvent::query(
+            "query:1:1".into(),
+            jiff::Timestamp::UNIX_EPOCH,
+            QueryRecord {
+                reader: Reader {
+                    user: "someone-else".into(),
+                    ..Reader::default()
+                },
+                path: "/v1/events".into(),
+                status: 200,
+                ..QueryRecord::default()
+            },
+        );
+        let refused = validate(&[forged]).unwrap_err();
+        assert!(
+            refused.contains("io.streamward.audit.query.v1"),
+            "{refused}"
+        );
+    }
+}
