@@ -17,6 +17,9 @@ pub const SPEC_VERSION: &str = "1.0";
 pub const REQUEST_EVENT: &str = "io.streamward.audit.request.v1";
 /// The `type` of an event saying the proxy had to drop events (its spool was full).
 pub const DROPPED_EVENT: &str = "io.streamward.audit.dropped.v1";
+/// The `type` of an event the collector records when someone reads the audit trail (never sent
+/// by a proxy: ingest refuses it).
+pub const QUERY_EVENT: &str = "io.streamward.audit.query.v1";
 /// The media type of a batch of events (a JSON array).
 pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
 /// Where the collector takes batches (`POST`).
@@ -54,6 +57,8 @@ pub enum EventData {
     Dropped(DroppedEvents),
     /// One Kafka request: `type` is [`REQUEST_EVENT`].
     Request(Box<RequestRecord>),
+    /// A read of the audit trail, recorded by the collector: `type` is [`QUERY_EVENT`].
+    Query(Box<QueryRecord>),
 }
 
 /// One Kafka request, as the proxy saw and decided it.
@@ -262,6 +267,45 @@ pub struct DroppedEvents {
     pub since: Timestamp,
 }
 
+/// A read of the audit trail through the collector's query API: who asked what, and what they
+/// got. The collector stores it in its own chain, beside the events that were read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryRecord {
+    /// Who asked.
+    pub reader: Reader,
+    /// The path asked (`/v1/events`, `/v1/sessions/<id>/timeline`, `/v1/aggregate`, …).
+    pub path: String,
+    /// The query parameters as sent (the filter, `limit`, `by`, …), decoded.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parameters: std::collections::BTreeMap<String, String>,
+    /// The HTTP status answered: 200, or 403 when the reader was not allowed.
+    pub status: u16,
+    /// How many results (events, sessions, groups) were answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<u64>,
+    /// Why the query was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Who read the audit trail.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reader {
+    /// The Kubernetes user the API server authenticated (TokenReview), or
+    /// `query-token:<fingerprint>` for a static query token.
+    pub user: String,
+    /// That user's uid, when the API server gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// That user's groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// `TokenReview` or `QueryToken`.
+    pub authenticated_by: String,
+}
+
 /// `/namespaces/<ns>/serviceaccounts/<sa>[/pods/<pod>]`, the `source` of a proxy's events.
 pub fn source(identity: &Identity) -> String {
     let mut source = format!(
@@ -305,11 +349,35 @@ impl AuditEvent {
         }
     }
 
-    /// The request record, unless this event reports dropped events.
+    /// The event the collector stores when `record.reader` read the audit trail; `id` must be
+    /// unique (the collector uses its start time and a counter).
+    pub fn query(id: String, time: Timestamp, record: QueryRecord) -> AuditEvent {
+        AuditEvent {
+            specversion: SPEC_VERSION.to_string(),
+            id,
+            source: "/streamward-collector".to_string(),
+            kind: QUERY_EVENT.to_string(),
+            time,
+            datacontenttype: "application/json".to_string(),
+            subject: Some(record.path.clone()),
+            data: EventData::Query(Box::new(record)),
+        }
+    }
+
+    /// The request record, unless this event reports dropped events or a query.
     pub fn record(&self) -> Option<&RequestRecord> {
         match &self.data {
             EventData::Request(record) => Some(record),
-            EventData::Dropped(_) => None,
+            EventData::Dropped(_) | EventData::Query(_) => None,
+        }
+    }
+
+    /// The workload the event is about; `None` for a query of the audit trail.
+    pub fn identity(&self) -> Option<&Identity> {
+        match &self.data {
+            EventData::Request(record) => Some(&record.identity),
+            EventData::Dropped(dropped) => Some(&dropped.identity),
+            EventData::Query(_) => None,
         }
     }
 }
@@ -423,6 +491,33 @@ mod tests {
             back.data,
             EventData::Dropped(DroppedEvents { dropped: 12, .. })
         ));
+    }
+
+    #[test]
+    fn a_query_event_reads_back_as_a_query() {
+        let time: Timestamp = "2026-12-01T10:00:00Z".parse().unwrap();
+        let event = AuditEvent::query(
+            "query:1:1".into(),
+            time,
+            QueryRecord {
+                reader: Reader {
+                    user: "alice".into(),
+                    uid: None,
+                    groups: vec!["auditors".into()],
+                    authenticated_by: "TokenReview".into(),
+                },
+                path: "/v1/events".into(),
+                parameters: [("namespace".to_string(), "shop".to_string())].into(),
+                status: 200,
+                results: Some(3),
+                reason: None,
+            },
+        );
+        let text = serde_json::to_string(&event).unwrap();
+        let back: AuditEvent = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, event);
+        assert_eq!(back.kind, QUERY_EVENT);
+        assert!(back.record().is_none() && back.identity().is_none());
     }
 
     #[test]

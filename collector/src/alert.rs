@@ -43,8 +43,8 @@ use sha2::Sha256;
 use streamward_api::audit::{ApprovalStep, AuditEvent, EventData};
 use tokio::sync::mpsc;
 
-use crate::ingest::{Conflicting, Notice};
 use crate::metrics::{AlertOutcome, Metrics};
+use crate::writer::{Conflicting, Notice};
 
 /// The header carrying the body's signature.
 pub const SIGNATURE_HEADER: &str = "x-streamward-signature";
@@ -73,6 +73,8 @@ pub fn reasons(event: &AuditEvent) -> Vec<Reason> {
     let mut reasons = Vec::new();
     match &event.data {
         EventData::Dropped(_) => reasons.push(Reason::Dropped),
+        // Reads of the audit trail are audited, not alerted on.
+        EventData::Query(_) => {}
         EventData::Request(record) => {
             let effect = record.decision.effect.as_str();
             if record.decision.dry_run {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use sha2::{Digest, Sha256};
-use streamward_api::audit::{AuditEvent, EventData, Identity};
+use streamward_api::audit::AuditEvent;
 
 /// The audience proxies' projected tokens are minted for.
 pub const AUDIENCE: &str = "streamward-collector";
@@ -43,9 +43,11 @@ impl Caller {
             return None;
         };
         events.iter().find_map(|event| {
-            let identity: &Identity = match &event.data {
-                EventData::Request(record) => &record.identity,
-                EventData::Dropped(dropped) => &dropped.identity,
+            let Some(identity) = event.identity() else {
+                return Some(format!(
+                    "event {:?} is not a proxy's event: only the collector records queries",
+                    event.id
+                ));
             };
             (identity.namespace != *namespace || identity.service_account != *service_account).then(
                 || {

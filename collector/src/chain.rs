@@ -145,9 +145,48 @@ pub fn decode(line: &[u8]) -> Result<Record, Broken> {
     Ok(record)
 }
 
+/// The event's bytes of a line whose content matches its hash, without parsing the line: what
+/// queries read. (Whether the chain links hold is `verify`'s question, via [`decode`].)
+pub fn verified_event(line: &[u8]) -> Result<&[u8], Damage> {
+    let misplaced = || Damage::Malformed("the hash is not where it belongs".into());
+    if line.len() < TRAILER || !line.ends_with(b"\"}") {
+        return Err(misplaced());
+    }
+    let (body, trailer) = line.split_at(line.len() - TRAILER);
+    if !trailer.starts_with(b",\"hash\":\"") {
+        return Err(misplaced());
+    }
+    let stored = &trailer[9..9 + HASH_HEX];
+    let computed = Sha256::digest(body);
+    let mut expected = [0u8; 32];
+    if hex::decode_to_slice(stored, &mut expected).is_err() {
+        return Err(misplaced());
+    }
+    if computed.as_slice() != expected {
+        return Err(Damage::HashMismatch {
+            stored: String::from_utf8_lossy(stored).into_owned(),
+            computed: hex::encode(computed),
+        });
+    }
+    event_bytes(line).ok_or_else(|| Damage::Malformed("no event in the record".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_reads_the_event_of_an_intact_line_only() {
+        let json = r#"{"id":"s:1","data":{"effect":"Deny"}}"#;
+        let (line, _) = encode(3, GENESIS, json);
+        assert_eq!(verified_event(line.as_bytes()), Ok(json.as_bytes()));
+        let forged = line.replace("Deny", "Allo");
+        assert!(matches!(
+            verified_event(forged.as_bytes()),
+            Err(Damage::HashMismatch { .. })
+        ));
+        assert!(verified_event(b"{}").is_err());
+    }
 
     #[test]
     fn an_encoded_record_decodes_and_chains() {

@@ -8,17 +8,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use streamward_collector::access::{self, QueryAccess};
 use streamward_collector::alert::Alerts;
 use streamward_collector::auth::{AUDIENCE, Authenticator, TokenFile, TokenReviewer};
 use streamward_collector::checkpoint::{self, PublicKey, SigningKey};
 use streamward_collector::forward;
-use streamward_collector::ingest::{self, WriterSettings};
 use streamward_collector::metrics::Metrics;
 use streamward_collector::query::{self, Filter, Format};
-use streamward_collector::server::{self, App, Listen};
+use streamward_collector::server::{self, Listen};
 use streamward_collector::sessions;
+use streamward_collector::state::App;
 use streamward_collector::store::{self, Retention, Store};
 use streamward_collector::verify;
+use streamward_collector::writer::{self, WriterSettings};
 
 #[derive(Parser)]
 #[command(
@@ -73,9 +75,18 @@ struct ServeArgs {
     /// The audience the tokens must be minted for.
     #[arg(long, default_value = AUDIENCE)]
     audience: String,
-    /// Tokens that may use the query API (`GET /v1/events`); without it the API is off.
+    /// Static tokens that may use the query API (automation); they read everything.
     #[arg(long)]
     query_token_file: Option<PathBuf>,
+    /// `kubernetes`: a Kubernetes user may query when a TokenReview authenticates their bearer
+    /// token and RBAC lets them `list` `auditevents.streamward.io` (SubjectAccessReview).
+    /// With neither this nor `--query-token-file` the query API is off.
+    #[arg(long, value_enum, default_value = "none")]
+    query_authorization: QueryAuthorization,
+    /// The ClusterRole that grants reading the audit trail, named in the answer to a reader
+    /// RBAC refuses.
+    #[arg(long, default_value = access::READER_ROLE)]
+    query_reader_role: String,
     /// The Ed25519 key that signs checkpoints; default `<data>/signing.key`. It is made only
     /// when the data folder is empty: a store with history and no key (or another key) does
     /// not start. Keep it off the data volume (a read-only Secret) so that whoever can write
@@ -109,6 +120,15 @@ struct ServeArgs {
     /// HTTPS: the PEM private key.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+}
+
+/// How Kubernetes users are authorized to query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum QueryAuthorization {
+    /// No Kubernetes users (only query tokens, if any).
+    None,
+    /// TokenReview, then a SubjectAccessReview for `list` on `auditevents.streamward.io`.
+    Kubernetes,
 }
 
 #[derive(clap::Args)]
@@ -164,6 +184,9 @@ struct QueryArgs {
     /// The proxy session id.
     #[arg(long)]
     session: Option<String>,
+    /// Kinds of event (default: request and dropped; `query` shows who read the audit trail).
+    #[arg(long = "type", value_enum, value_delimiter = ',')]
+    kinds: Vec<query::Kind>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
@@ -258,6 +281,7 @@ fn run_query(args: QueryArgs) -> Result<()> {
         api_key: args.api_key,
         decision: args.decision,
         session: args.session,
+        kinds: (!args.kinds.is_empty()).then_some(args.kinds),
     };
     if !args.data.join(store::SEGMENTS).is_dir() {
         bail!(
@@ -281,25 +305,40 @@ fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn serve_async(args: ServeArgs) -> Result<()> {
-    let auth = match (&args.token_file, args.token_review) {
-        (Some(path), false) => Authenticator::Tokens(TokenFile::read(path)?),
-        (None, true) => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let client = kube::Client::try_default()
+    let needs_kubernetes =
+        args.token_review || args.query_authorization == QueryAuthorization::Kubernetes;
+    let kubernetes = if needs_kubernetes {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Some(
+            kube::Client::try_default()
                 .await
-                .context("connecting to the Kubernetes API server for TokenReview")?;
-            Authenticator::TokenReview(TokenReviewer::new(client, args.audience.clone()))
+                .context("connecting to the Kubernetes API server for TokenReview")?,
+        )
+    } else {
+        None
+    };
+    let auth = match (&args.token_file, args.token_review, &kubernetes) {
+        (Some(path), false, _) => Authenticator::Tokens(TokenFile::read(path)?),
+        (None, true, Some(client)) => {
+            Authenticator::TokenReview(TokenReviewer::new(client.clone(), args.audience.clone()))
         }
         _ => bail!(
             "say how proxies authenticate: --token-file FILE (local mode) or --token-review \
              (Kubernetes); the collector takes no unauthenticated events"
         ),
     };
-    let query_tokens = args
-        .query_token_file
-        .as_deref()
-        .map(TokenFile::read)
-        .transpose()?;
+    let access = QueryAccess {
+        tokens: args
+            .query_token_file
+            .as_deref()
+            .map(TokenFile::read)
+            .transpose()?,
+        kubernetes: match args.query_authorization {
+            QueryAuthorization::Kubernetes => kubernetes,
+            QueryAuthorization::None => None,
+        },
+        reader_role: args.query_reader_role.clone(),
+    };
     let signing_key = args
         .signing_key
         .clone()
@@ -312,7 +351,7 @@ async fn serve_async(args: ServeArgs) -> Result<()> {
         listeners.push(Alerts::read(path)?.start(metrics.clone())?);
     }
 
-    let (writer, jobs) = ingest::queue();
+    let (writer, jobs) = writer::queue();
     let settings = WriterSettings {
         checkpoint_every: Duration::from_secs(args.checkpoint_seconds.max(1)),
         retention: Retention {
@@ -324,17 +363,17 @@ async fn serve_async(args: ServeArgs) -> Result<()> {
     let handle = tokio::runtime::Handle::current();
     let writer_thread = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || ingest::run_writer(store, jobs, settings, handle))
+        .spawn(move || writer::run_writer(store, jobs, settings, handle))
         .context("starting the store writer")?;
 
-    let app = Arc::new(App {
+    let app = Arc::new(App::new(
         auth,
-        query_tokens,
-        data: args.data.clone(),
+        access,
+        args.data.clone(),
         public_key,
         writer,
         metrics,
-    });
+    ));
     if let Some(topic) = args.kafka_topic.clone() {
         let target = forward::Target {
             bootstrap: args.kafka_bootstrap.clone(),

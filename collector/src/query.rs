@@ -12,6 +12,7 @@ use jiff::Timestamp;
 use streamward_api::audit::{AuditEvent, EventData};
 
 use crate::chain;
+use crate::index::SegmentIndex;
 use crate::store;
 
 /// Which events a query returns. Every field that is set must match.
@@ -36,6 +37,46 @@ pub struct Filter {
     pub decision: Option<String>,
     /// The proxy session.
     pub session: Option<String>,
+    /// The kinds of event; `None` means the proxies' events (requests and drop reports), not
+    /// the collector's records of queries.
+    pub kinds: Option<Vec<Kind>>,
+}
+
+/// The kinds of stored event, by their CloudEvents `type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Kind {
+    /// A Kafka request a proxy decided.
+    Request,
+    /// A proxy's report of events it had to drop.
+    Dropped,
+    /// A read of the audit trail, recorded by the collector.
+    Query,
+}
+
+impl Kind {
+    /// The kind of `event`.
+    pub fn of(event: &AuditEvent) -> Kind {
+        match &event.data {
+            EventData::Request(_) => Kind::Request,
+            EventData::Dropped(_) => Kind::Dropped,
+            EventData::Query(_) => Kind::Query,
+        }
+    }
+
+    /// The kinds a query returns when it does not say (`type` unset).
+    pub const DEFAULT: [Kind; 2] = [Kind::Request, Kind::Dropped];
+}
+
+impl std::str::FromStr for Kind {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> Result<Kind> {
+        match text.to_ascii_lowercase().as_str() {
+            "request" => Ok(Kind::Request),
+            "dropped" => Ok(Kind::Dropped),
+            "query" => Ok(Kind::Query),
+            other => bail!("unknown event type {other:?}: use request, dropped or query"),
+        }
+    }
 }
 
 /// How a query's events are written.
@@ -80,16 +121,24 @@ fn eq(want: &Option<String>, have: Option<&str>) -> bool {
 }
 
 impl Filter {
-    /// Builds a filter from URL query parameters (`since`, `until`, `namespace`,
-    /// `serviceAccount`, `user`, `topic`, `apiKey`, `decision`, `session`); other parameters
-    /// (`format`, `limit`) are ignored here.
+    /// Builds a filter from URL query parameters (`since` or `from`, `until` or `to`,
+    /// `namespace`, `serviceAccount`, `user`, `topic`, `apiKey`, `decision`, `session`, `type`
+    /// as a comma-separated list); other parameters (`format`, `limit`) are ignored here.
     pub fn from_params<'a>(params: impl Iterator<Item = (&'a str, &'a str)>) -> Result<Filter> {
         let mut filter = Filter::default();
         for (name, value) in params {
             let value = value.to_string();
             match name {
-                "since" => filter.since = Some(parse_time(&value)?),
-                "until" => filter.until = Some(parse_time(&value)?),
+                "since" | "from" => filter.since = Some(parse_time(&value)?),
+                "until" | "to" => filter.until = Some(parse_time(&value)?),
+                "type" => {
+                    filter.kinds = Some(
+                        value
+                            .split(',')
+                            .map(|kind| kind.trim().parse())
+                            .collect::<Result<_>>()?,
+                    )
+                }
                 "namespace" => filter.namespace = Some(value),
                 "serviceAccount" => filter.service_account = Some(value),
                 "user" => filter.user = Some(value),
@@ -104,16 +153,35 @@ impl Filter {
         Ok(filter)
     }
 
+    /// Whether events of `kind` may pass.
+    pub fn wants(&self, kind: Kind) -> bool {
+        match &self.kinds {
+            Some(kinds) => kinds.contains(&kind),
+            None => Kind::DEFAULT.contains(&kind),
+        }
+    }
+
     /// Whether `event` passes.
     pub fn matches(&self, event: &AuditEvent) -> bool {
         if self.since.is_some_and(|since| event.time < since)
             || self.until.is_some_and(|until| event.time >= until)
+            || !self.wants(Kind::of(event))
         {
             return false;
         }
         let identity = match &event.data {
             EventData::Request(record) => &record.identity,
             EventData::Dropped(dropped) => &dropped.identity,
+            // A query is about no workload; its user is the reader.
+            EventData::Query(query) => {
+                return self.namespace.is_none()
+                    && self.service_account.is_none()
+                    && self.topic.is_none()
+                    && self.api_key.is_none()
+                    && self.decision.is_none()
+                    && self.session.is_none()
+                    && eq(&self.user, Some(&query.reader.user));
+            }
         };
         if !eq(&self.namespace, Some(&identity.namespace))
             || !eq(&self.service_account, Some(&identity.service_account))
@@ -174,49 +242,124 @@ pub fn parse_time(text: &str) -> Result<Timestamp> {
         .with_context(|| format!("{text:?} is not an RFC 3339 time (2026-12-01T10:00:00Z)"))
 }
 
+/// What a scan read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scanned {
+    /// Events passed to the caller.
+    pub matched: usize,
+    /// Segment files in the store.
+    pub segments: usize,
+    /// Segment files read (the others were skipped by their index, or after the limit).
+    pub read: usize,
+    /// Segments whose index said nothing in them could match.
+    pub skipped: usize,
+}
+
 /// Calls `each` with every stored event that passes `filter`, oldest first, up to `limit`.
 /// Damaged records are skipped with a warning (`verify` is the tool that reports them).
 pub fn scan(
     dir: &Path,
     filter: &Filter,
     limit: Option<usize>,
-    mut each: impl FnMut(&AuditEvent) -> Result<()>,
+    each: impl FnMut(&AuditEvent) -> Result<()>,
 ) -> Result<usize> {
-    let mut count = 0;
-    for path in store::segment_files(dir)? {
-        let bytes = match std::fs::read(&path) {
+    Ok(scan_segments(dir, filter, limit, each)?.matched)
+}
+
+/// [`scan`], saying how many segments it read and skipped. Sealed segments whose
+/// [`SegmentIndex`] rules out a match are not read; those without a usable index are indexed
+/// as they are read.
+pub fn scan_segments(
+    dir: &Path,
+    filter: &Filter,
+    limit: Option<usize>,
+    mut each: impl FnMut(&AuditEvent) -> Result<()>,
+) -> Result<Scanned> {
+    let files = store::segment_files(dir)?;
+    let mut scanned = Scanned {
+        segments: files.len(),
+        ..Scanned::default()
+    };
+    let newest = files.len().saturating_sub(1);
+    for (n, path) in files.iter().enumerate() {
+        if limit.is_some_and(|limit| scanned.matched >= limit) {
+            break;
+        }
+        let sealed = n < newest;
+        let mut index = None;
+        if sealed {
+            let bytes = match std::fs::metadata(path) {
+                Ok(meta) => meta.len(),
+                // Retention removed it while we were listing.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            };
+            match SegmentIndex::load(path, bytes) {
+                Some(known) if !known.may_match(filter) => {
+                    scanned.skipped += 1;
+                    continue;
+                }
+                Some(_) => {}
+                None => index = Some(SegmentIndex::new(bytes)),
+            }
+        }
+        let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
-            // Retention removed it while we were listing.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
+        scanned.read += 1;
+        if index
+            .as_ref()
+            .is_some_and(|i| i.bytes != bytes.len() as u64)
+        {
+            // It changed between the two looks: do not index what we did not see whole.
+            index = None;
+        }
         // Only complete lines: the last one may still be being written.
         let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+        let mut stopped = false;
         for line in bytes[..complete].split(|b| *b == b'\n') {
             if line.is_empty() {
                 continue;
             }
-            let event = match chain::decode(line)
-                .map_err(|broken| broken.damage.to_string())
-                .and_then(|r| {
-                    serde_json::from_value::<AuditEvent>(r.event).map_err(|e| e.to_string())
-                }) {
+            let event = match read_event(line) {
                 Ok(event) => event,
                 Err(error) => {
                     tracing::warn!(segment = %path.display(), %error, "skipping a damaged record");
                     continue;
                 }
             };
-            if filter.matches(&event) {
-                if limit.is_some_and(|limit| count >= limit) {
-                    return Ok(count);
-                }
-                each(&event)?;
-                count += 1;
+            if let Some(index) = &mut index {
+                index.add(&event);
             }
+            if stopped || !filter.matches(&event) {
+                continue;
+            }
+            if limit.is_some_and(|limit| scanned.matched >= limit) {
+                if index.is_none() {
+                    return Ok(scanned);
+                }
+                // Finish indexing the segment, passing nothing more on.
+                stopped = true;
+                continue;
+            }
+            each(&event)?;
+            scanned.matched += 1;
+        }
+        if let Some(index) = index
+            && let Err(error) = index.save(path)
+        {
+            tracing::debug!(error = format!("{error:#}"), "leaving a segment unindexed");
         }
     }
-    Ok(count)
+    Ok(scanned)
+}
+
+/// The event of one record line, after checking the line against its hash.
+fn read_event(line: &[u8]) -> Result<AuditEvent, String> {
+    let event = chain::verified_event(line).map_err(|damage| damage.to_string())?;
+    serde_json::from_slice(event).map_err(|e| e.to_string())
 }
 
 /// The columns of the table and CSV formats.
@@ -269,6 +412,20 @@ fn row(event: &AuditEvent) -> [String; 12] {
             String::new(),
             String::new(),
             format!("Dropped {}", d.dropped),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ],
+        EventData::Query(q) => [
+            time,
+            event.id.clone(),
+            String::new(),
+            String::new(),
+            q.reader.user.clone(),
+            String::new(),
+            q.path.clone(),
+            format!("Query {}", q.status),
             String::new(),
             String::new(),
             String::new(),

@@ -6,42 +6,24 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use axum::Router;
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::State;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use streamward_api::audit::INGEST_PATH;
-use tokio::sync::mpsc;
 
-use crate::auth::{Authenticator, TokenFile, bearer};
-use crate::checkpoint::PublicKey;
-use crate::ingest::{self, Job};
-use crate::metrics::Metrics;
-use crate::query::{self, Filter, Format};
-use crate::sessions::{self, Sessions};
-
-/// What the handlers share.
-pub struct App {
-    /// How senders authenticate.
-    pub auth: Authenticator,
-    /// Who may query (`None`: the query API is off).
-    pub query_tokens: Option<TokenFile>,
-    /// The data folder (queries read it).
-    pub data: PathBuf,
-    /// The key that verifies the checkpoints (published at `GET /v1/key`).
-    pub public_key: PublicKey,
-    /// The queue to the writer.
-    pub writer: mpsc::Sender<Job>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-}
+use crate::ingest;
+use crate::queries;
+use crate::state::App;
 
 /// The routes.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route(INGEST_PATH, post(ingest::ingest).get(query_events))
-        .route("/v1/sessions", get(query_sessions))
+        .route(INGEST_PATH, post(ingest::ingest).get(queries::events))
+        .route("/v1/sessions", get(queries::sessions))
+        .route("/v1/sessions/{session}/timeline", get(queries::timeline))
+        .route("/v1/aggregate", get(queries::aggregate))
         .route("/v1/key", get(key))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
@@ -69,142 +51,6 @@ async fn key(State(app): State<Arc<App>>) -> Response {
         "fingerprint": app.public_key.fingerprint(),
     }))
     .into_response()
-}
-
-const DEFAULT_LIMIT: usize = 1_000;
-const MAX_LIMIT: usize = 100_000;
-
-fn error(status: StatusCode, message: String) -> Response {
-    (status, axum::Json(json!({ "error": message }))).into_response()
-}
-
-/// The query API's answer to a caller without a query token, if it has none.
-fn refuse_query(app: &App, headers: &HeaderMap) -> Option<Response> {
-    let Some(tokens) = &app.query_tokens else {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "the query API is off: start the collector with --query-token-file".into(),
-        ));
-    };
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if bearer(authorization).is_none_or(|token| !tokens.contains(token)) {
-        return Some(error(
-            StatusCode::UNAUTHORIZED,
-            "a valid query token is required (Authorization: Bearer <token>)".into(),
-        ));
-    }
-    None
-}
-
-/// `GET /v1/sessions?quietAfter=15m&namespace=…&limit=N`: the proxy sessions of the events
-/// that match, with missing sequence numbers and whether each went quiet, most recently seen
-/// first.
-async fn query_sessions(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Response {
-    if let Some(refused) = refuse_query(&app, &headers) {
-        return refused;
-    }
-    let raw = raw.unwrap_or_default();
-    let params: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
-        .into_owned()
-        .collect();
-    let pairs = || params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    let filter = match Filter::from_params(pairs().filter(|(k, _)| *k != "quietAfter")) {
-        Ok(filter) => filter,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
-    };
-    let mut quiet_after = sessions::DEFAULT_QUIET_AFTER;
-    let mut limit = DEFAULT_LIMIT;
-    for (name, value) in pairs() {
-        match name {
-            "quietAfter" => match sessions::parse_duration(value) {
-                Ok(d) => quiet_after = d,
-                Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
-            },
-            "limit" => match parse_limit(value) {
-                Ok(n) => limit = n,
-                Err(message) => return error(StatusCode::BAD_REQUEST, message),
-            },
-            _ => {}
-        }
-    }
-    let data = app.data.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
-        let mut sessions = Sessions::default();
-        query::scan(&data, &filter, None, |event| {
-            sessions.add_event(event);
-            Ok(())
-        })?;
-        // Counted from the first sequence number seen: the query may not reach back to the
-        // session's start (`verify` counts from 1 when the store holds its first record).
-        let mut all = sessions.finish(false, jiff::Timestamp::now(), quiet_after);
-        all.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
-        let total = all.len();
-        all.truncate(limit);
-        Ok(json!({
-            "quietAfterSeconds": quiet_after.as_secs(),
-            "total": total,
-            "sessions": all,
-        }))
-    })
-    .await;
-    match result {
-        Ok(Ok(body)) => axum::Json(body).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-/// `GET /v1/events?since=…&namespace=…&format=ndjson|csv|table&limit=N`.
-async fn query_events(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Response {
-    if let Some(refused) = refuse_query(&app, &headers) {
-        return refused;
-    }
-    let raw = raw.unwrap_or_default();
-    let params: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
-        .into_owned()
-        .collect();
-    let pairs = || params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    let filter = match Filter::from_params(pairs()) {
-        Ok(filter) => filter,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
-    };
-    let mut format = Format::Ndjson;
-    let mut limit = DEFAULT_LIMIT;
-    for (name, value) in pairs() {
-        match name {
-            "format" => match value.parse() {
-                Ok(f) => format = f,
-                Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
-            },
-            "limit" => match parse_limit(value) {
-                Ok(n) => limit = n,
-                Err(message) => return error(StatusCode::BAD_REQUEST, message),
-            },
-            _ => {}
-        }
-    }
-    let data = app.data.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-        let mut writer = query::Writer::new(Vec::new(), format);
-        query::scan(&data, &filter, Some(limit), |event| writer.write(event))?;
-        writer.finish()
-    })
-    .await;
-    match result {
-        Ok(Ok(body)) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
 }
 
 /// Where and how to listen.
@@ -287,13 +133,5 @@ async fn reload_certificate(
             // A half-written pair is read again on the next round.
             Err(error) => tracing::warn!(%error, "reloading the TLS certificate"),
         }
-    }
-}
-
-/// The `limit` query parameter, or why it is refused.
-fn parse_limit(value: &str) -> Result<usize, String> {
-    match value.parse::<usize>() {
-        Ok(n) if n <= MAX_LIMIT => Ok(n),
-        _ => Err(format!("limit is a number up to {MAX_LIMIT}")),
     }
 }

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use jiff::Timestamp;
+use streamward_api::audit::{AuditEvent, QUERY_EVENT};
 
 use crate::chain::{self, GENESIS};
 use crate::checkpoint::{Checkpoint, PublicKey, SigningKey};
@@ -71,8 +72,23 @@ pub fn identity_key(namespace: &str, service_account: &str) -> String {
     format!("{namespace}/{service_account}")
 }
 
+/// The key ids of `event` are de-duplicated under (see [`identity_key`]).
+pub fn event_identity(event: &AuditEvent) -> String {
+    match event.identity() {
+        Some(identity) => identity_key(&identity.namespace, &identity.service_account),
+        None => QUERIES_IDENTITY.to_string(),
+    }
+}
+
+/// The key the collector's own query events are de-duplicated under: without a `/`, so no
+/// workload's key (see [`identity_key`]) can be it.
+pub const QUERIES_IDENTITY: &str = "streamward-collector";
+
 /// The identity key of a stored event (JSON), as [`identity_key`].
 fn stored_identity(event: &serde_json::Value) -> String {
+    if event["type"].as_str() == Some(QUERY_EVENT) {
+        return QUERIES_IDENTITY.to_string();
+    }
     let identity = &event["data"]["identity"];
     identity_key(
         identity["namespace"].as_str().unwrap_or_default(),
@@ -858,6 +874,8 @@ impl Store {
             }
             std::fs::remove_file(&path)
                 .with_context(|| format!("removing segment {}", path.display()))?;
+            // Its query index goes with it (it may never have been made).
+            let _ = std::fs::remove_file(crate::index::SegmentIndex::path(&path));
             total -= oldest.bytes;
             removed.push(oldest.name.clone());
             last_removed = self.sealed.pop_front();

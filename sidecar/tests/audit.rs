@@ -488,7 +488,7 @@ fn with_audit_full_refuse_a_full_spool_refuses_requests_and_loses_no_forwarded_e
         .iter()
         .map(|e| match &e.data {
             EventData::Dropped(d) => d.dropped,
-            EventData::Request(_) => 0,
+            EventData::Request(_) | EventData::Query(_) => 0,
         })
         .sum();
     assert_eq!(reported as f64, dropped, "every loss is reported");

@@ -592,7 +592,7 @@ mod tests {
                 .iter()
                 .map(|e| match &e.data {
                     EventData::Dropped(d) => d.dropped,
-                    EventData::Request(_) => 0,
+                    EventData::Request(_) | EventData::Query(_) => 0,
                 })
                 .sum();
             reported >= 1 && reported + sequences(&stored).len() as u64 == 10
