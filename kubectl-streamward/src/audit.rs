@@ -343,6 +343,22 @@ fn row(event: &AuditEvent) -> [String; 8] {
             String::new(),
             String::new(),
         ],
+        // A read of the audit trail, recorded by the collector.
+        EventData::Query(q) => [
+            time,
+            "(audit reader)".to_owned(),
+            q.reader.user.clone(),
+            "query".to_owned(),
+            q.path.clone(),
+            match &q.reason {
+                Some(reason) => format!("{} {reason}", q.status),
+                None => q.status.to_string(),
+            },
+            String::new(),
+            q.results
+                .map(|n| format!("{n} results"))
+                .unwrap_or_default(),
+        ],
     }
 }
 
