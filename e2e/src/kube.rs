@@ -406,6 +406,30 @@ current-context: {service_account}
         self.dir.path()
     }
 
+    /// Applies Streamward's CRDs (`crds/`) and waits until they are established.
+    pub fn install_crds(&self) -> Result<()> {
+        let crds = cache::source_root().join("crds");
+        for args in [
+            vec![
+                "apply".to_owned(),
+                "-f".to_owned(),
+                crds.display().to_string(),
+            ],
+            [
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd",
+                "--all",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ] {
+            crate::process::run(&format!("kubectl {args:?}"), self.kubectl().args(&args))?;
+        }
+        Ok(())
+    }
+
     /// A `kubectl` command with the admin kubeconfig.
     pub fn kubectl(&self) -> Command {
         let mut command = Command::new(self.binaries.path("kubectl"));

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use streamward_e2e::kube::KubeApiServer;
 use streamward_e2e::process::{Process, run};
-use streamward_e2e::{cache, net, wait_for, workspace_binary};
+use streamward_e2e::{net, wait_for, workspace_binary};
 
 const NS: &str = "payments";
 const LEASE_NAMESPACE: &str = "streamward-system";
@@ -184,18 +184,7 @@ fn plugin_as(
 /// The API server, the CRDs, the operator (admin credentials) with its webhooks, the RBAC.
 fn setup() -> (KubeApiServer, Process) {
     let server = KubeApiServer::start().unwrap();
-    let crds = cache::source_root().join("crds").display().to_string();
-    kubectl(&server, &["apply", "-f", &crds]);
-    kubectl(
-        &server,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "--all",
-        ],
-    );
+    server.install_crds().unwrap();
     kubectl(&server, &["create", "namespace", LEASE_NAMESPACE]);
     kubectl(&server, &["create", "namespace", NS]);
     kubectl(&server, &["create", "serviceaccount", "-n", NS, "ledger"]);

@@ -187,18 +187,7 @@ fn forged(
 #[test]
 fn broker_credentials_reach_only_the_proxy_the_operator_injected() {
     let server = KubeApiServer::start().unwrap();
-    let crds = cache::source_root().join("crds").display().to_string();
-    kubectl(&server, &["apply", "-f", &crds]);
-    kubectl(
-        &server,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "--all",
-        ],
-    );
+    server.install_crds().unwrap();
     for ns in ["streamward-system", "shop", "other"] {
         kubectl(&server, &["create", "namespace", ns]);
     }
@@ -311,6 +300,16 @@ spec:
         "no Secret is mounted into the pod: {volumes:#?}"
     );
     let dir = cache::run_dir("operator-secrets").unwrap();
+    // What the operator answers the proxy of `pod` in `namespace` (`None`: a token bound to
+    // no pod) presenting a token for `audience`.
+    let ask_as = |namespace: &str, pod: Option<&Value>, audience: &str| {
+        ask(
+            &url,
+            &ca,
+            &token(&server, namespace, pod, audience),
+            dir.path(),
+        )
+    };
 
     // The proxy of the injected pod gets the credentials and reaches the SASL listener.
     let token_file = dir.path().join("secrets-token");
@@ -347,13 +346,7 @@ spec:
 
     // Another namespace naming the same Secret in its StreamTarget gets nothing.
     let other = pod(&server, "other", "orders");
-    let answer = ask(
-        &url,
-        &ca,
-        &token(&server, "other", Some(&other), AUDIENCE),
-        dir.path(),
-    )
-    .unwrap();
+    let answer = ask_as("other", Some(&other), AUDIENCE).unwrap();
     assert!(answer.secrets.is_empty(), "{:?}", answer.secrets.keys());
     assert!(
         answer.withheld["kafka-creds"].contains("not for namespace other"),
@@ -387,13 +380,7 @@ spec:
     )
     .unwrap();
     let redirect = pod(&server, "shop", "redirect");
-    let answer = ask(
-        &url,
-        &ca,
-        &token(&server, "shop", Some(&redirect), AUDIENCE),
-        dir.path(),
-    )
-    .unwrap();
+    let answer = ask_as("shop", Some(&redirect), AUDIENCE).unwrap();
     assert!(answer.secrets.is_empty(), "{:?}", answer.secrets.keys());
     assert!(
         answer.withheld["kafka-creds"].contains("does not list 127.0.0.1:1"),
@@ -402,27 +389,9 @@ spec:
     );
 
     // Tokens that are not the proxy's.
+    refused(ask_as("shop", None, AUDIENCE), "not bound to a pod");
     refused(
-        ask(
-            &url,
-            &ca,
-            &token(&server, "shop", None, AUDIENCE),
-            dir.path(),
-        ),
-        "not bound to a pod",
-    );
-    refused(
-        ask(
-            &url,
-            &ca,
-            &token(
-                &server,
-                "shop",
-                Some(&orders),
-                "https://kubernetes.default.svc",
-            ),
-            dir.path(),
-        ),
+        ask_as("shop", Some(&orders), "https://kubernetes.default.svc"),
         "not valid for audience",
     );
     // Pods a namespace editor can make with the same service account, out of the webhook's
@@ -432,12 +401,7 @@ spec:
         p["metadata"]["annotations"] = json!({});
     });
     refused(
-        ask(
-            &url,
-            &ca,
-            &token(&server, "shop", Some(&plain), AUDIENCE),
-            dir.path(),
-        ),
+        ask_as("shop", Some(&plain), AUDIENCE),
         "has no Streamward proxy",
     );
     let redirected = forged(&server, &orders, "redirected", |p| {
@@ -448,24 +412,14 @@ spec:
         args[at + 1] = json!("https://attacker.example:443");
     });
     refused(
-        ask(
-            &url,
-            &ca,
-            &token(&server, "shop", Some(&redirected), AUDIENCE),
-            dir.path(),
-        ),
+        ask_as("shop", Some(&redirected), AUDIENCE),
         "not one the Streamward webhook injected",
     );
     let sharing = forged(&server, &orders, "sharing", |p| {
         p["spec"]["shareProcessNamespace"] = json!(true);
     });
     refused(
-        ask(
-            &url,
-            &ca,
-            &token(&server, "shop", Some(&sharing), AUDIENCE),
-            dir.path(),
-        ),
+        ask_as("shop", Some(&sharing), AUDIENCE),
         "shareProcessNamespace",
     );
     let mounting = forged(&server, &orders, "mounting", |p| {
@@ -473,12 +427,7 @@ spec:
             json!([{"name": "streamward-secrets-token", "mountPath": "/steal"}]);
     });
     refused(
-        ask(
-            &url,
-            &ca,
-            &token(&server, "shop", Some(&mounting), AUDIENCE),
-            dir.path(),
-        ),
+        ask_as("shop", Some(&mounting), AUDIENCE),
         "mounts the proxy's token volume",
     );
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use streamward_e2e::kube::KubeApiServer;
 use streamward_e2e::process::{Process, run};
-use streamward_e2e::{cache, helm, net, wait_for};
+use streamward_e2e::{helm, net, wait_for};
 
 /// The namespace of the operator's leader-election Lease in the tests.
 pub const LEASE_NAMESPACE: &str = "streamward-system";
@@ -31,18 +31,7 @@ pub fn kubectl_apply(server: &KubeApiServer, yaml: &str) {
 /// A started apiserver with the CRDs established and the Lease namespace created.
 pub fn cluster() -> KubeApiServer {
     let server = KubeApiServer::start().unwrap();
-    let crds = cache::source_root().join("crds").display().to_string();
-    kubectl(&server, &["apply", "-f", &crds]);
-    kubectl(
-        &server,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "--all",
-        ],
-    );
+    server.install_crds().unwrap();
     kubectl(&server, &["create", "namespace", LEASE_NAMESPACE]);
     server
 }
