@@ -340,7 +340,10 @@ fn contain_refuses_an_open_producer_revokes_its_grant_and_release_restores_it() 
     );
     assert_eq!(code, 1, "{out}{err}");
     assert!(
-        err.contains("Error from server (Forbidden)") && err.contains("\"mallory\""),
+        err.contains(&format!(
+            "Error from server (Forbidden): streampolicies.streamward.io \"{POLICY}\" is \
+             forbidden: User \"mallory\" cannot get resource \"streampolicies\""
+        )),
         "{err}"
     );
     assert_eq!(produce(&mut connection, ORDERS), 0);
