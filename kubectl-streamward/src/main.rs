@@ -6,6 +6,7 @@
 
 mod audit;
 mod cluster;
+mod contain;
 mod policy;
 mod status;
 
@@ -23,7 +24,7 @@ use policy::folder::Folder;
     name = "kubectl streamward",
     bin_name = "kubectl streamward",
     version,
-    about = "Streamward from kubectl: test and diff policies, approve, grant, query the audit trail"
+    about = "Streamward from kubectl: test and diff policies, approve, grant, contain, query the audit trail"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +42,10 @@ enum Command {
     Deny(cluster::DecideArgs),
     /// Create a just-in-time AccessGrant.
     Grant(Box<cluster::GrantArgs>),
+    /// Incident response: deny an identity everything and revoke its AccessGrants.
+    Contain(Box<contain::ContainArgs>),
+    /// Lift a containment (the grants it revoked stay revoked).
+    Release(contain::IdentityArgs),
     /// Query the audit trail from the collector.
     Audit(Box<audit::AuditArgs>),
     /// The operator's and the collector's readiness, and each workload's config hash.
@@ -112,6 +117,8 @@ fn main() -> ExitCode {
         Command::Approve(args) => run_async(cluster::decide(args, true)),
         Command::Deny(args) => run_async(cluster::decide(args, false)),
         Command::Grant(args) => run_async(cluster::grant(*args)),
+        Command::Contain(args) => run_async(contain::contain(*args)),
+        Command::Release(args) => run_async(contain::release(args)),
         Command::Audit(args) => run_async(audit::run(*args)),
         Command::Status(args) => run_async(status::run(args)),
     };
