@@ -236,7 +236,7 @@ current-context: x
     assert_eq!(code, 1);
     assert!(
         err.contains(
-            "the collector refused the query (401 Unauthorized): a valid query token is required"
+            "the collector refused the query (401 Unauthorized): the token is not a query token"
         ),
         "{err}"
     );
