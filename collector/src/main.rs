@@ -352,7 +352,9 @@ async fn serve_async(args: ServeArgs) -> Result<()> {
     }
 
     let (writer, jobs) = writer::queue();
+    let files = writer::FilesLock::default();
     let settings = WriterSettings {
+        files: files.clone(),
         checkpoint_every: Duration::from_secs(args.checkpoint_seconds.max(1)),
         retention: Retention {
             max_age: args.retain_seconds.map(Duration::from_secs),
@@ -372,6 +374,7 @@ async fn serve_async(args: ServeArgs) -> Result<()> {
         args.data.clone(),
         public_key,
         writer,
+        files,
         metrics,
     ));
     if let Some(topic) = args.kafka_topic.clone() {

@@ -1,5 +1,5 @@
-//! The query API: `GET /v1/events`, `/v1/sessions`, `/v1/sessions/{id}/timeline` and
-//! `/v1/aggregate`, for readers the [`access`](crate::access) lets in. Every query is recorded
+//! The query API: `GET /v1/events`, `/v1/sessions`, `/v1/sessions/{id}/timeline`,
+//! `/v1/aggregate` and `/v1/verify`, for readers the [`access`](crate::access) lets in. Every query is recorded
 //! in the trail (who, what, how many results) before it is answered, and so is every reader
 //! RBAC refuses.
 
@@ -19,6 +19,7 @@ use crate::sessions::{self, Sessions};
 use crate::state::App;
 use crate::store::{self, Prepared};
 use crate::timeline::{self, TimelineError};
+use crate::verify;
 
 /// Where a reader may put `Bearer <token>` when `Authorization` cannot reach the collector
 /// (through `kubectl`'s service proxy).
@@ -297,5 +298,88 @@ pub async fn aggregate(
     .await?
     .map_err(ApiError::internal)?;
     record(&app, asked, 200, Some(count), None).await?;
+    Ok(axum::Json(body).into_response())
+}
+
+/// `GET /v1/verify[?quietAfter=15m]`: the chain verification of the store (see
+/// [`verify::verify`]) as it stood at the moment of the call, with every checkpoint read and
+/// whether its signature is the collector key's. The writer keeps appending meanwhile: the
+/// files are cut between two of its writes and only what they held then is read.
+pub async fn verify(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(raw);
+    let mut quiet_after = sessions::DEFAULT_QUIET_AFTER;
+    for (name, value) in params.pairs() {
+        match name {
+            "quietAfter" => {
+                quiet_after = sessions::parse_duration(value).map_err(ApiError::bad_request)?;
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown parameter {other:?}: verify takes quietAfter"
+                )));
+            }
+        }
+    }
+    // The whole store: a cluster-wide read.
+    let asked = admit(
+        &app,
+        &headers,
+        "/v1/verify".into(),
+        params,
+        &Filter::default(),
+    )
+    .await?;
+    let data = app.data.clone();
+    let key = app.public_key.clone();
+    let files = app.files.clone();
+    let (body, problems) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let cut = {
+            let _files = files.hold();
+            verify::Cut::take(&data)?
+        };
+        let mut report = verify::verify_cut(&data, &key, quiet_after, &cut)?;
+        report.trust("the collector's signing key".into(), false, None);
+        let checkpoints: Vec<serde_json::Value> =
+            store::read_checkpoints_upto(&data, Some(cut.checkpoints))?
+                .into_iter()
+                .map(|line| match line.checkpoint {
+                    Ok(c) => json!({
+                        "line": line.number,
+                        "seq": c.seq,
+                        "segment": c.segment,
+                        "firstIndex": c.first_index,
+                        "lastIndex": c.last_index,
+                        "sealed": c.sealed,
+                        "removed": c.removed,
+                        "stopped": c.stopped,
+                        "time": c.time,
+                        "signature": if c.is_signed_by(&key) { "valid" } else { "invalid" },
+                    }),
+                    Err(error) => json!({
+                        "line": line.number,
+                        "signature": "unreadable",
+                        "error": error,
+                    }),
+                })
+                .collect();
+        let problems = report.problems.len() as u64;
+        let mut body = serde_json::to_value(&report)?;
+        body["checkpointLines"] = json!(checkpoints);
+        body["cut"] = json!({
+            "segments": cut.segments.iter().map(|(path, length)| json!({
+                "segment": path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "bytes": length,
+            })).collect::<Vec<_>>(),
+            "checkpointBytes": cut.checkpoints,
+        });
+        Ok((body, problems))
+    })
+    .await?
+    .map_err(ApiError::internal)?;
+    record(&app, asked, 200, Some(problems), None).await?;
     Ok(axum::Json(body).into_response())
 }

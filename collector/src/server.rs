@@ -24,6 +24,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/sessions", get(queries::sessions))
         .route("/v1/sessions/{session}/timeline", get(queries::timeline))
         .route("/v1/aggregate", get(queries::aggregate))
+        .route("/v1/verify", get(queries::verify))
         .route("/v1/key", get(key))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))

@@ -14,7 +14,7 @@ use crate::checkpoint::PublicKey;
 use crate::http_error::ApiError;
 use crate::metrics::Metrics;
 use crate::store::{Appended, Prepared};
-use crate::writer::Job;
+use crate::writer::{FilesLock, Job};
 
 /// The collector's shared state.
 pub struct App {
@@ -28,6 +28,8 @@ pub struct App {
     pub public_key: PublicKey,
     /// The queue to the writer.
     pub writer: mpsc::Sender<Job>,
+    /// Held by the writer while it changes the files (a verification's cut waits for it).
+    pub files: FilesLock,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Ids of the collector's own query events: `query:<start time>:<n>`.
@@ -43,6 +45,7 @@ impl App {
         data: PathBuf,
         public_key: PublicKey,
         writer: mpsc::Sender<Job>,
+        files: FilesLock,
         metrics: Arc<Metrics>,
     ) -> App {
         App {
@@ -51,6 +54,7 @@ impl App {
             data,
             public_key,
             writer,
+            files,
             metrics,
             started: jiff::Timestamp::now().as_nanosecond(),
             queries: AtomicU64::new(0),

@@ -214,12 +214,18 @@ pub struct CheckpointLine {
 /// The checkpoints of a data folder, in the order they were written. A line that does not
 /// parse is returned as an error, for `verify` to report.
 pub fn read_checkpoints(dir: &Path) -> Result<Vec<CheckpointLine>> {
+    read_checkpoints_upto(dir, None)
+}
+
+/// The checkpoints in the first `length` bytes of the checkpoints file (all with `None`).
+pub fn read_checkpoints_upto(dir: &Path, length: Option<u64>) -> Result<Vec<CheckpointLine>> {
     let path = dir.join(CHECKPOINTS);
     let file = match File::open(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
+    let file = file.take(length.unwrap_or(u64::MAX));
     let mut out = Vec::new();
     for (number, line) in BufReader::new(file).split(b'\n').enumerate() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;

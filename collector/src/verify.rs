@@ -22,10 +22,10 @@
 //! sessions that went quiet.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::chain::{self, GENESIS};
@@ -179,19 +179,64 @@ struct Skipped {
     reordered: Problem,
 }
 
+/// What of a store one verification reads: the segment files and the checkpoints file, each
+/// up to the length it had when the cut was taken. A cut taken while the writer is between
+/// writes is a consistent store however much the writer appends after it.
+#[derive(Clone, Debug)]
+pub struct Cut {
+    /// The segment files, oldest first, with their lengths.
+    pub segments: Vec<(PathBuf, u64)>,
+    /// The length of the checkpoints file.
+    pub checkpoints: u64,
+}
+
+impl Cut {
+    /// The store in `dir` as it is now (whole files).
+    pub fn take(dir: &Path) -> Result<Cut> {
+        let mut segments = Vec::new();
+        for path in store::segment_files(dir)? {
+            let length = std::fs::metadata(&path)
+                .with_context(|| format!("reading the length of {}", path.display()))?
+                .len();
+            segments.push((path, length));
+        }
+        let checkpoints = match std::fs::metadata(dir.join(store::CHECKPOINTS)) {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "reading the length of {}",
+                        dir.join(store::CHECKPOINTS).display()
+                    )
+                });
+            }
+        };
+        Ok(Cut {
+            segments,
+            checkpoints,
+        })
+    }
+}
+
 /// Verifies the store in `dir` with the checkpoint key `key`.
 ///
 /// Segments are read one at a time and records are not kept, so memory stays small however
 /// large the store is: what is kept per record is its session's sequence number.
 pub fn verify(dir: &Path, key: &PublicKey, quiet_after: Duration) -> Result<Report> {
-    let files = store::segment_files(dir)?;
+    verify_cut(dir, key, quiet_after, &Cut::take(dir)?)
+}
+
+/// Verifies what `cut` holds of the store in `dir` (see [`verify`]).
+pub fn verify_cut(dir: &Path, key: &PublicKey, quiet_after: Duration, cut: &Cut) -> Result<Report> {
+    let files: Vec<PathBuf> = cut.segments.iter().map(|(p, _)| p.clone()).collect();
 
     let mut checkpoints: Vec<Checkpoint> = Vec::new();
     let mut problems = Vec::new();
     let mut checkpoint_gap = None;
     // (hash, seq) of the line before.
     let mut before: Option<(String, Option<u64>)> = None;
-    for line in store::read_checkpoints(dir)? {
+    for line in store::read_checkpoints_upto(dir, Some(cut.checkpoints))? {
         let number = line.number;
         let this = (
             line.hash.clone(),
@@ -263,12 +308,14 @@ pub fn verify(dir: &Path, key: &PublicKey, quiet_after: Duration) -> Result<Repo
     let mut previous: Option<(u64, String)> = None;
     let mut first_index = None;
     let mut last_index = None;
-    for path in &files {
+    for (path, length) in &cut.segments {
         let segment = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let bytes = std::fs::read(path)?;
+        let mut bytes = std::fs::read(path)
+            .with_context(|| format!("reading the segment {}", path.display()))?;
+        bytes.truncate(usize::try_from(*length).unwrap_or(usize::MAX));
         for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
             if line.is_empty() {
                 continue;

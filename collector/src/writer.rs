@@ -61,8 +61,26 @@ pub struct Conflicting {
     pub refused_sha256: String,
 }
 
+/// Held by the writer while it changes the store's files (appends, checkpoints, retention),
+/// and by a reader for the moment it takes a [`Cut`](crate::verify::Cut): so the cut falls
+/// between two writes and is a consistent store.
+#[derive(Clone, Default)]
+pub struct FilesLock(Arc<std::sync::Mutex<()>>);
+
+impl FilesLock {
+    /// Holds the files until the guard is dropped.
+    pub fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The lock guards no data: a holder that panicked left nothing half-changed in it.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// What the writer does besides appending.
 pub struct WriterSettings {
+    /// Held while the files change.
+    pub files: FilesLock,
     /// How often a checkpoint of the open segment is signed (when records arrived).
     pub checkpoint_every: Duration,
     /// What retention keeps.
@@ -98,6 +116,7 @@ pub fn run_writer(
                 Err(_) => break,
             }
         }
+        let _files = settings.files.hold();
         if !group.is_empty() {
             append(&mut store, group, &settings.listeners);
         }

@@ -259,3 +259,95 @@ fn a_checkpoint_changed_by_hand_is_not_trusted_and_another_key_proves_nothing() 
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["checkpoints"], 0, "{report:#}");
 }
+
+/// `GET /v1/verify` with `token`: (status, body as JSON).
+fn verify_api(collector: &Collector, token: Option<&str>) -> (u16, serde_json::Value) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| vec![("Authorization", b)])
+        .unwrap_or_default();
+    let (status, body) = common::request(&collector.addr, "GET", "/v1/verify", &headers, "");
+    let body = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (status, body)
+}
+
+#[test]
+fn the_running_collector_verifies_its_store_over_http_and_names_a_record_altered_on_disk() {
+    let collector = Collector::start(&["--checkpoint-seconds", "1"]);
+    let about = About::default();
+    let events: Vec<_> = (1..=11)
+        .filter(|n| *n != 7)
+        .map(|n| event("s1", n, &about))
+        .collect();
+    collector.send(&events);
+
+    // No token: refused like every other query.
+    assert_eq!(verify_api(&collector, None).0, 401);
+
+    // Clean, once a signed checkpoint covers the events.
+    let report = streamward_e2e::wait_for(
+        "a checkpoint covering the events",
+        std::time::Duration::from_secs(30),
+        || {
+            let (status, report) = verify_api(&collector, Some(common::QUERY_TOKEN));
+            assert_eq!(status, 200, "{report:#}");
+            Ok((report["lastSignedIndex"].as_u64() >= Some(9)).then_some(report))
+        },
+    )
+    .unwrap();
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert!(report["records"].as_u64().unwrap() >= 10, "{report:#}");
+    assert_eq!(
+        report["key"]["fingerprint"],
+        serde_json::from_str::<serde_json::Value>(
+            &common::request(&collector.addr, "GET", "/v1/key", &[], "").1
+        )
+        .unwrap()["fingerprint"]
+    );
+    let checkpoints = report["checkpointLines"].as_array().unwrap();
+    assert!(!checkpoints.is_empty(), "{report:#}");
+    assert!(
+        checkpoints.iter().all(|c| c["signature"] == "valid"),
+        "{report:#}"
+    );
+    assert_eq!(report["gaps"][0]["session"], "s1");
+    assert_eq!(report["gaps"][0]["missing"], serde_json::json!([[7, 7]]));
+
+    // Each verification is itself in the trail.
+    let segment = std::fs::read_dir(collector.data.join("segments"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        std::fs::read_to_string(&segment)
+            .unwrap()
+            .contains("\"path\":\"/v1/verify\""),
+        "the query event of /v1/verify"
+    );
+
+    // One byte of s1:4 (line 4) flipped in place, while the collector keeps appending.
+    let text = std::fs::read_to_string(&segment).unwrap();
+    let line4: usize = text.lines().take(3).map(|l| l.len() + 1).sum();
+    let at = line4 + text.lines().nth(3).unwrap().find("orders.created").unwrap();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        file.seek(SeekFrom::Start(at as u64)).unwrap();
+        file.write_all(b"n").unwrap();
+    }
+    let (status, report) = verify_api(&collector, Some(common::QUERY_TOKEN));
+    assert_eq!(status, 200, "{report:#}");
+    assert_eq!(report["ok"], false, "{report:#}");
+    let problem = &report["problems"][0];
+    assert_eq!(problem["kind"], "altered", "{report:#}");
+    assert_eq!(problem["segment"], segment_name(&segment));
+    assert_eq!(problem["line"], 4);
+    assert_eq!(problem["eventId"], "s1:4");
+}
