@@ -145,7 +145,7 @@ pub fn query_params(args: &AuditArgs) -> Result<Vec<(&'static str, String)>, Bad
     Ok(params)
 }
 
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     let mut out = String::new();
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
@@ -157,9 +157,10 @@ fn encode(text: &str) -> String {
     out
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<bytes::Bytes>>;
+pub(crate) type HttpClient =
+    Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<bytes::Bytes>>;
 
-fn http_client(ca_file: Option<&Path>) -> anyhow::Result<HttpClient> {
+pub(crate) fn http_client(ca_file: Option<&Path>) -> anyhow::Result<HttpClient> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
@@ -190,10 +191,13 @@ fn http_client(ca_file: Option<&Path>) -> anyhow::Result<HttpClient> {
 }
 
 /// The kubeconfig user's bearer token, if it has one.
-async fn kubeconfig_token(args: &AuditArgs) -> anyhow::Result<String> {
+pub(crate) async fn kubeconfig_token(
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+) -> anyhow::Result<String> {
     let kube = KubeArgs {
-        kubeconfig: args.kubeconfig.clone(),
-        context: args.context.clone(),
+        kubeconfig,
+        context,
         namespace: None,
     };
     let config = kube.config().await?;
@@ -230,7 +234,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
     let mut params = query_params(&args)?;
     let token = match &args.token {
         Some(token) => token.clone(),
-        None => kubeconfig_token(&args).await?,
+        None => kubeconfig_token(args.kubeconfig.clone(), args.context.clone()).await?,
     };
     let client = http_client(args.collector_ca.as_deref())?;
     let mut out = std::io::stdout().lock();
@@ -276,10 +280,38 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn fetch(client: &HttpClient, url: &str, token: &str) -> anyhow::Result<Vec<AuditEvent>> {
+pub(crate) async fn fetch(
+    client: &HttpClient,
+    url: &str,
+    token: &str,
+) -> anyhow::Result<Vec<AuditEvent>> {
+    let text = get(client, url, token, "application/x-ndjson").await?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str(line).with_context(|| {
+                format!("the collector answered something that is not an audit event: {line}")
+            })
+        })
+        .collect()
+}
+
+/// A JSON answer of the collector.
+pub(crate) async fn get_json(
+    client: &HttpClient,
+    url: &str,
+    token: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let text = get(client, url, token, "application/json").await?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("the collector's answer to {url} is not JSON: {text}"))
+}
+
+/// The body of a successful GET of `url`, or the collector's refusal as an error.
+async fn get(client: &HttpClient, url: &str, token: &str, accept: &str) -> anyhow::Result<String> {
     let request = http::Request::get(url)
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(http::header::ACCEPT, "application/x-ndjson")
+        .header(http::header::ACCEPT, accept)
         .body(Empty::new())
         .map_err(|e| BadInput(format!("--collector-url: {e}")))?;
     let response = client
@@ -302,14 +334,7 @@ async fn fetch(client: &HttpClient, url: &str, token: &str) -> anyhow::Result<Ve
             .unwrap_or_else(|| text.trim().to_owned());
         bail!("the collector refused the query ({status}): {message}");
     }
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            serde_json::from_str(line).with_context(|| {
-                format!("the collector answered something that is not an audit event: {line}")
-            })
-        })
-        .collect()
+    Ok(text.into_owned())
 }
 
 fn row(event: &AuditEvent) -> [String; 8] {

@@ -7,6 +7,7 @@
 mod audit;
 mod cluster;
 mod contain;
+mod evidence;
 mod policy;
 mod status;
 
@@ -24,7 +25,7 @@ use policy::folder::Folder;
     name = "kubectl streamward",
     bin_name = "kubectl streamward",
     version,
-    about = "Streamward from kubectl: test and diff policies, approve, grant, contain, query the audit trail"
+    about = "Streamward from kubectl: test and diff policies, approve, grant, contain, query the audit trail, evidence for auditors"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,6 +49,9 @@ enum Command {
     Release(contain::IdentityArgs),
     /// Query the audit trail from the collector.
     Audit(Box<audit::AuditArgs>),
+    /// A report for an auditor: per NIST SP 800-53 / SOC 2 control, what the audit trail holds
+    /// for a period, and its chain verification (evidence.json and evidence.html).
+    Evidence(Box<evidence::EvidenceArgs>),
     /// The operator's and the collector's readiness, and each workload's config hash.
     Status(status::StatusArgs),
 }
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
         Command::Contain(args) => run_async(contain::contain(*args)),
         Command::Release(args) => run_async(contain::release(args)),
         Command::Audit(args) => run_async(audit::run(*args)),
+        Command::Evidence(args) => run_async(evidence::run(*args)),
         Command::Status(args) => run_async(status::run(args)),
     };
     match outcome {
