@@ -250,6 +250,7 @@ struct Gathered {
     grant_samples: Vec<Value>,
     approvals: Vec<Value>,
     approval_steps: BTreeMap<String, u64>,
+    approvers: BTreeSet<String>,
     /// (rule, topic) → (events, values masked).
     masking: BTreeMap<(String, String), (u64, u64)>,
     /// config hash → (first seen, last seen, events).
@@ -315,6 +316,7 @@ fn gather(events: &[AuditEvent]) -> Gathered {
                         .unwrap_or_default();
                     *g.approval_steps.entry(step.clone()).or_default() += 1;
                     let mut text = format!("{step} {} for {what}", approval.request);
+                    g.approvers.extend(approval.approvers.iter().cloned());
                     if !approval.approvers.is_empty() {
                         let _ = write!(text, "; approvers: {}", approval.approvers.join(", "));
                     }
@@ -461,13 +463,7 @@ fn evidence(
                 .iter()
                 .map(|(k, n)| (k.clone(), *n))
                 .collect();
-            let approvers: BTreeSet<&str> = g
-                .approvals
-                .iter()
-                .filter_map(|a| a["what"].as_str())
-                .filter_map(|w| w.split("; approvers: ").nth(1))
-                .flat_map(|a| a.split(';').next().unwrap_or("").split(", "))
-                .collect();
+
             (
                 vec![if steps.is_empty() {
                     "no request was held for approval".to_owned()
@@ -475,14 +471,14 @@ fn evidence(
                     format!(
                         "held requests by step: {}; approvers: {}",
                         list(&steps),
-                        if approvers.is_empty() {
+                        if g.approvers.is_empty() {
                             "none".to_owned()
                         } else {
-                            approvers.into_iter().collect::<Vec<_>>().join(", ")
+                            g.approvers.iter().cloned().collect::<Vec<_>>().join(", ")
                         }
                     )
                 }],
-                json!({"bySteps": g.approval_steps, "events": g.approvals}),
+                json!({"bySteps": g.approval_steps, "approvers": g.approvers, "events": g.approvals}),
             )
         }
         Kind::Masking => {
