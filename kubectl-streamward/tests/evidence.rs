@@ -294,7 +294,7 @@ fn evidence_fills_every_control_from_real_events_and_leads_with_a_failed_chain_c
 
     // Once the collector has signed a checkpoint of them.
     let out = dir.path().join("report");
-    let (stdout, report, html) = wait_for("a signed checkpoint", Duration::from_secs(30), || {
+    let (stdout, report, html) = wait_for("a signed checkpoint", Duration::from_secs(60), || {
         let (_, stdout, report, html) = evidence(&collector, from, to, &out);
         let signed = report["evidence"]["chain"]["checkpoints"]
             .as_array()
