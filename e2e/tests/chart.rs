@@ -252,6 +252,9 @@ fn the_default_rendering_runs_the_operator_and_collector_as_documented() {
             "--token-review",
             "--tls-cert=/etc/streamward/tls/tls.crt",
             "--tls-key=/etc/streamward/tls/tls.key",
+            // Reading the audit trail is Kubernetes RBAC's decision (SubjectAccessReview).
+            "--query-authorization=kubernetes",
+            "--query-reader-role=streamward-audit-reader",
         ]
     );
 
