@@ -10,7 +10,10 @@
 //!   with RBAC but not an approver, with the webhook's;
 //! - bob asks for a grant; the namespace requires approval; alice approves it and it is Active.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{plugin_as, plugin_dir};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -138,47 +141,6 @@ fn wait_condition(
         },
     )
     .unwrap()
-}
-
-/// A folder holding only the plugin, as `kubectl-streamward` (how krew or a user installs it).
-fn plugin_dir(server: &KubeApiServer) -> PathBuf {
-    let dir = server.dir().join("plugins");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::os::unix::fs::symlink(
-        env!("CARGO_BIN_EXE_kubectl-streamward"),
-        dir.join("kubectl-streamward"),
-    )
-    .unwrap();
-    dir
-}
-
-/// `kubectl streamward ARGS` as the person of `kubeconfig`: (exit code, stdout, stderr).
-fn plugin_as(
-    server: &KubeApiServer,
-    plugins: &Path,
-    kubeconfig: &Path,
-    args: &[&str],
-) -> (i32, String, String) {
-    let kubectl = server.binary("kubectl");
-    let kubectl_dir = kubectl.parent().unwrap();
-    let path = format!(
-        "{}:{}:{}",
-        plugins.display(),
-        kubectl_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let output = Command::new(&kubectl)
-        .arg("streamward")
-        .args(args)
-        .env("PATH", path)
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 /// The API server, the CRDs, the operator (admin credentials) with its webhooks, the RBAC.
