@@ -165,6 +165,130 @@ pub struct Resource {
     /// The first and last offsets fetched or produced, where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsets: Option<OffsetRange>,
+    /// Per partition, digests of the records as the broker holds them (a Fetch: as the broker
+    /// answered, before masking; a Produce: as written, after it), so they can be read again
+    /// from Kafka and compared (`kubectl streamward replay`). At audit level `PayloadDigest`
+    /// and above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stored: Vec<StoredRecords>,
+}
+
+/// The records of one partition a request read or wrote, as the broker holds them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredRecords {
+    /// The partition.
+    pub partition: i32,
+    /// The first and last offsets (for a Produce, once the broker answered with them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsets: Option<OffsetRange>,
+    /// How many records (control records of transactions are not counted).
+    pub records: u64,
+    /// SHA-256 (hex) of the records' [`record_digest`]s, in order: covers every record.
+    pub sha256: String,
+    /// Each record's offset and the first [`RECORD_DIGEST_HEX`] hex digits of its
+    /// [`record_digest`], to name the first record that differs; at most [`RECORD_DIGESTS`]
+    /// per event (`sha256` covers the rest). Empty when the offsets are unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<RecordDigest>,
+}
+
+/// One record's offset and the start of its [`record_digest`] (hex), as `[offset, "digest"]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordDigest(pub i64, pub String);
+
+/// The most [`RecordDigest`]s one event lists.
+pub const RECORD_DIGESTS: usize = 1000;
+/// Hex digits of a record's digest a [`RecordDigest`] keeps (64 bits: enough to name which
+/// record differs; [`StoredRecords::sha256`] is what proves none does).
+pub const RECORD_DIGEST_HEX: usize = 16;
+
+/// The digest of one Kafka record's content: its key, value and headers, each length-prefixed
+/// (`-1` for null), so the same record has the same digest in a Produce request, in the broker's
+/// log and in a Fetch response, whatever the batch's compression. Offsets and timestamps are
+/// not part of it (the broker may set both).
+pub fn record_digest<'a>(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: impl ExactSizeIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    fn field(hash: &mut Sha256, bytes: Option<&[u8]>) {
+        match bytes {
+            Some(bytes) => {
+                hash.update((bytes.len() as i64).to_be_bytes());
+                hash.update(bytes);
+            }
+            None => hash.update((-1i64).to_be_bytes()),
+        }
+    }
+    let mut hash = Sha256::new();
+    field(&mut hash, key);
+    field(&mut hash, value);
+    hash.update((headers.len() as i64).to_be_bytes());
+    for (name, value) in headers {
+        field(&mut hash, Some(name));
+        field(&mut hash, value);
+    }
+    hash.finalize().into()
+}
+
+/// Builds a [`StoredRecords`] from one partition's records, in offset order.
+#[derive(Debug)]
+pub struct StoredRecordsBuilder {
+    stored: StoredRecords,
+    hash: sha2::Sha256,
+}
+
+impl StoredRecordsBuilder {
+    /// An empty partition.
+    pub fn new(partition: i32) -> StoredRecordsBuilder {
+        use sha2::Digest;
+        StoredRecordsBuilder {
+            stored: StoredRecords {
+                partition,
+                ..StoredRecords::default()
+            },
+            hash: sha2::Sha256::new(),
+        }
+    }
+
+    /// Adds the record at `offset` with `digest`; lists it when `budget` (the event's room for
+    /// [`RecordDigest`]s) has room.
+    pub fn add(&mut self, offset: i64, digest: &[u8; 32], budget: &mut usize) {
+        use sha2::Digest;
+        self.hash.update(digest);
+        self.stored.records += 1;
+        self.stored.offsets = Some(match self.stored.offsets {
+            Some(r) => OffsetRange {
+                first: r.first.min(offset),
+                last: r.last.max(offset),
+            },
+            None => OffsetRange {
+                first: offset,
+                last: offset,
+            },
+        });
+        if *budget > 0 {
+            *budget -= 1;
+            let hex = hex::encode(&digest[..RECORD_DIGEST_HEX / 2]);
+            self.stored.digests.push(RecordDigest(offset, hex));
+        }
+    }
+
+    /// How many records were added.
+    pub fn records(&self) -> u64 {
+        self.stored.records
+    }
+
+    /// The partition's records.
+    pub fn finish(self) -> StoredRecords {
+        use sha2::Digest;
+        StoredRecords {
+            sha256: hex::encode(self.hash.finalize()),
+            ..self.stored
+        }
+    }
 }
 
 /// An inclusive range of offsets.
@@ -419,6 +543,7 @@ mod tests {
                 records: Some(3),
                 bytes: Some(211),
                 offsets: None,
+                stored: Vec::new(),
             }],
             decision: Decision {
                 effect: "Allow".into(),

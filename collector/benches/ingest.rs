@@ -61,6 +61,7 @@ fn event(session: &str, sequence: u64) -> AuditEvent {
                 records: Some(10),
                 bytes: Some(4096),
                 offsets: None,
+                stored: Vec::new(),
             }],
             decision: Decision {
                 effect: "Allow".into(),

@@ -91,6 +91,7 @@ fn event(n: usize, total: usize, sequences: &mut HashMap<String, u64>) -> AuditE
                 records: Some(10),
                 bytes: Some(10_240),
                 offsets: None,
+                stored: Vec::new(),
             }],
             decision: Decision {
                 effect: effect.into(),

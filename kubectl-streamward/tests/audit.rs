@@ -96,6 +96,7 @@ fn event(
                 records: Some(1),
                 bytes: Some(100),
                 offsets: None,
+                stored: Vec::new(),
             }],
             decision: Decision {
                 effect: effect.into(),

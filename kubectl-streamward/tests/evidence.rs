@@ -127,6 +127,7 @@ fn event(start: Timestamp, req: Req) -> AuditEvent {
                 records: Some(1),
                 bytes: Some(100),
                 offsets: None,
+                stored: Vec::new(),
             }],
             decision: Decision {
                 effect: req.effect.into(),

@@ -83,6 +83,7 @@ pub fn fix(
     let must_decode = matches!(fixup, Fixup::Produce(_) | Fixup::Fetch(_))
         || masking.is_some()
         || (event.is_some() && api_key == ApiKey::Fetch)
+        || (api_key == ApiKey::Produce && event.as_deref().is_some_and(Draft::awaits_offsets))
         || api_key == ApiKey::ApiVersions
         || crate::brokers::carries_addresses(start.api_key);
     if !must_decode {
@@ -112,6 +113,9 @@ pub fn fix(
     }
     match &mut response {
         ResponseKind::Fetch(r) => {
+            if let Some(event) = event.as_deref_mut() {
+                event.read_from_broker(r, version, &shared.topic_ids);
+            }
             if let Some(masking) = &masking {
                 let mut tally = event.as_deref_mut();
                 changed |= masking.apply_counted(r, &shared.metrics, &mut tally);
@@ -124,6 +128,11 @@ pub fn fix(
             if let Some(masking) = &masking {
                 let mut tally = event.as_deref_mut();
                 changed |= masking.apply_share(r, &shared.topic_ids, &shared.metrics, &mut tally);
+            }
+        }
+        ResponseKind::Produce(r) => {
+            if let Some(event) = event.as_deref_mut() {
+                event.produce_answered(r, version, &shared.topic_ids);
             }
         }
         ResponseKind::ApiVersions(r) => {

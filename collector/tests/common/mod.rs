@@ -270,6 +270,7 @@ pub fn event(session: &str, sequence: u64, about: &About) -> AuditEvent {
                 records: Some(1),
                 bytes: Some(100),
                 offsets: None,
+                stored: Vec::new(),
             }],
             decision: Decision {
                 effect: about.effect.into(),

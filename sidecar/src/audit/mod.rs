@@ -18,6 +18,7 @@
 //!   the collector answers 200; while the collector is away the spool grows (up to its bound)
 //!   and is delivered, in order, when it is back — or by the next run of the proxy.
 
+pub mod records;
 pub mod sender;
 pub mod session;
 pub mod spool;

@@ -11,19 +11,19 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use jiff::Timestamp;
-use kafka_protocol::messages::{FetchResponse, ProduceRequest, TopicName};
+use kafka_protocol::messages::{FetchResponse, ProduceRequest, ProduceResponse, TopicName};
 use sha2::{Digest, Sha256};
 use streamward_api::audit::{
-    AuditEvent, Client, Decision, Identity, Masked, OffsetRange, Payload, Request, RequestRecord,
-    Resource,
+    AuditEvent, Client, Decision, Identity, Masked, OffsetRange, Payload, RECORD_DIGESTS,
+    RecordDigest, Request, RequestRecord, Resource, StoredRecords,
 };
 use streamward_api::config::{AuditLevel, ProxyConfig};
 use streamward_api::decide::Principal;
 
 use super::Emitter;
+use super::records;
 use crate::authorize::{Access, TopicNames};
 use crate::frame::RequestStart;
-use crate::mask::budget::MemoryBudget;
 use crate::masking::{AuditMasking, CachedPlan, RecordedValues, recorded_values};
 use crate::policy::ClientIdentity;
 use crate::source::Loaded;
@@ -35,8 +35,6 @@ const BY_ID: i16 = 13;
 const PAYLOAD_RECORDS: usize = 100;
 /// Most bytes of record values one event carries.
 const PAYLOAD_BYTES: usize = 64 * 1024;
-/// Most bytes a batch is decompressed to for the event (a larger batch is left out).
-const PAYLOAD_BATCH_LIMIT: usize = 4 << 20;
 
 /// A random (v4) UUID.
 pub fn new_uuid() -> String {
@@ -175,6 +173,8 @@ impl SessionAudit {
             values: None,
             masking: None,
             withheld: Vec::new(),
+            digests_left: RECORD_DIGESTS,
+            unanswered: Vec::new(),
         }
     }
 }
@@ -201,6 +201,11 @@ pub struct Draft {
     masking: Option<AuditMasking>,
     /// Partitions the proxy answered with an error because their records could not be masked.
     withheld: Vec<String>,
+    /// Room left for per-record digests ([`RECORD_DIGESTS`] per event).
+    digests_left: usize,
+    /// A Produce's records per topic, their offsets relative to their batch until the broker
+    /// answers with where it wrote them.
+    unanswered: Vec<(String, StoredRecords)>,
 }
 
 /// Record values collected for an event, within [`PAYLOAD_RECORDS`] and [`PAYLOAD_BYTES`].
@@ -330,6 +335,8 @@ impl Draft {
         let mut digest = self.digest.take();
         let mut values = self.values.take();
         let self_masking = self.masking.take();
+        let mut budget = self.digests_left;
+        let mut unanswered = Vec::new();
         if let Some(record) = self.record() {
             for topic in &request.topic_data {
                 let name = topic_name(&topic.name, &topic.topic_id, version, names);
@@ -340,6 +347,12 @@ impl Draft {
                     stats.partitions.push(partition.index);
                     if let Some(records) = &partition.records {
                         stats.add(records, &mut digest, &mut values, &mask);
+                        if digest.is_some()
+                            && let Some(stored) =
+                                records::stored_records(partition.index, records, &mut budget)
+                        {
+                            unanswered.push((name.clone(), stored));
+                        }
                     }
                 }
                 stats.apply(record, &name, "Write");
@@ -348,6 +361,82 @@ impl Draft {
         self.digest = digest;
         self.values = values;
         self.masking = self_masking;
+        self.digests_left = budget;
+        self.unanswered = unanswered;
+    }
+
+    /// Whether a Produce's records wait for the offsets the broker wrote them at.
+    pub fn awaits_offsets(&self) -> bool {
+        !self.unanswered.is_empty()
+    }
+
+    /// The broker's answer to a Produce: each partition written gets its records' offsets; a
+    /// partition refused keeps no record digests (nothing was stored).
+    pub fn produce_answered(
+        &mut self,
+        response: &ProduceResponse,
+        version: i16,
+        names: &dyn TopicNames,
+    ) {
+        let mut unanswered = std::mem::take(&mut self.unanswered);
+        let Some(record) = self.record() else { return };
+        for topic in &response.responses {
+            let name = topic_name(&topic.name, &topic.topic_id, version, names);
+            for answer in &topic.partition_responses {
+                let Some(at) = unanswered
+                    .iter()
+                    .position(|(t, s)| *t == name && s.partition == answer.index)
+                else {
+                    continue;
+                };
+                let (_, mut stored) = unanswered.swap_remove(at);
+                if answer.error_code != 0 || answer.base_offset < 0 {
+                    continue;
+                }
+                let shift = |offset: i64| offset.saturating_add(answer.base_offset);
+                stored.offsets = stored.offsets.map(|r| OffsetRange {
+                    first: shift(r.first),
+                    last: shift(r.last),
+                });
+                for RecordDigest(offset, _) in &mut stored.digests {
+                    *offset = shift(*offset);
+                }
+                attach(record, &name, "Write", stored);
+            }
+        }
+        // Partitions the answer did not name: their offsets stay unknown.
+        self.unanswered = unanswered;
+    }
+
+    /// Records what a Fetch response held as the broker sent it, before masking: per partition,
+    /// the digests `kubectl streamward replay` compares with Kafka (at `PayloadDigest` and up).
+    pub fn read_from_broker(
+        &mut self,
+        response: &FetchResponse,
+        version: i16,
+        names: &dyn TopicNames,
+    ) {
+        if self.digest.is_none() {
+            return;
+        }
+        let mut budget = self.digests_left;
+        if let Some(record) = self.record() {
+            for topic in &response.responses {
+                let name = topic_name(&topic.topic, &topic.topic_id, version, names);
+                for partition in &topic.partitions {
+                    if partition.error_code != 0 {
+                        continue;
+                    }
+                    if let Some(records) = &partition.records
+                        && let Some(stored) =
+                            records::stored_records(partition.partition_index, records, &mut budget)
+                    {
+                        attach(record, &name, "Read", stored);
+                    }
+                }
+            }
+        }
+        self.digests_left = budget;
     }
 
     /// Adds what a Fetch response carried (after masking) to the resources it read.
@@ -414,6 +503,13 @@ impl Draft {
             return;
         };
         let (time, mut record) = *event;
+        // A Produce never answered (acks=0, or the session ended): what was sent, without
+        // offsets.
+        for (name, mut stored) in std::mem::take(&mut self.unanswered) {
+            stored.offsets = None;
+            stored.digests.clear();
+            attach(&mut record, &name, "Write", stored);
+        }
         if let Some(digest) = self.digest.take()
             && self.level >= AuditLevel::PayloadDigest
         {
@@ -458,6 +554,17 @@ fn audit_plan(
 ) -> Option<CachedPlan> {
     values.as_ref()?;
     masking.as_ref()?.plan(name, flow)
+}
+
+/// Adds `stored` to the resource for topic `name` and `operation`.
+fn attach(record: &mut RequestRecord, name: &str, operation: &str, stored: StoredRecords) {
+    if let Some(resource) = record
+        .resources
+        .iter_mut()
+        .find(|r| r.resource_type == "Topic" && r.name == name && r.operation == operation)
+    {
+        resource.stored.push(stored);
+    }
 }
 
 fn effect_of(access: &Access) -> &'static str {
@@ -541,101 +648,22 @@ impl Values {
 
     /// Adds the values of the records in the v2 batches of `records` (control batches and
     /// batches that do not decompress within the limit are left out: the digest has them).
-    fn add(&mut self, mut records: &[u8], mask: &RecordedValues<'_>) {
-        const HEADER: usize = 61;
-        if matches!(mask, RecordedValues::Withheld) {
+    fn add(&mut self, records: &[u8], mask: &RecordedValues<'_>) {
+        if matches!(mask, RecordedValues::Withheld) || self.full() {
             return;
         }
-        let mut plain = Vec::new();
-        while records.len() >= HEADER && !self.full() {
-            let Ok(length) = usize::try_from(i32::from_be_bytes(
-                records[8..12].try_into().unwrap_or_default(),
-            )) else {
-                return;
-            };
-            let Some(total) = length.checked_add(12).filter(|&t| t <= records.len()) else {
-                return;
-            };
-            let batch = &records[..total];
-            records = &records[total..];
-            if batch[16] != 2 {
-                return;
-            }
-            let attributes = i16::from_be_bytes([batch[21], batch[22]]);
-            if attributes & 0x20 != 0 {
-                continue; // a control batch: transaction markers, no values
-            }
-            let Some(codec) = crate::mask::compression::codec(attributes) else {
-                continue;
-            };
-            // Within the proxy's masking memory: a batch that does not fit is left out (the
-            // digest has it).
-            let mut allowance = MemoryBudget::proxy().allowance();
-            if crate::mask::compression::decompress_within(
-                codec,
-                &batch[HEADER..],
-                PAYLOAD_BATCH_LIMIT,
-                &mut plain,
-                &mut |n| allowance.hold(n),
-            )
-            .is_err()
-            {
-                continue;
-            }
-            let count = i32::from_be_bytes(batch[57..61].try_into().unwrap_or_default());
-            let mut body: &[u8] = &plain;
-            for _ in 0..count.max(0) {
-                if self.full() {
-                    return;
-                }
-                let Some(value) = next_value(&mut body) else {
-                    break;
-                };
-                let value = value.map(|value| match mask {
-                    RecordedValues::Masked(plan) => crate::mask::mask_value(plan, value).bytes,
-                    _ => std::borrow::Cow::Borrowed(value),
-                });
-                let value = value.as_deref();
-                self.bytes += value.map_or(0, <[u8]>::len);
-                self.values.push(value_json(value));
-            }
-        }
+        // A batch that cannot be read ends the values recorded: the digest has it.
+        let _ = records::for_each_record(records, &mut |record| {
+            let value = record.value.map(|value| match mask {
+                RecordedValues::Masked(plan) => crate::mask::mask_value(plan, value).bytes,
+                _ => std::borrow::Cow::Borrowed(value),
+            });
+            let value = value.as_deref();
+            self.bytes += value.map_or(0, <[u8]>::len);
+            self.values.push(value_json(value));
+            !self.full()
+        });
     }
-}
-
-/// Reads one record (v2 format) from `body`, returning its value (`None` for a null value),
-/// or `None` when the record is cut short.
-fn next_value<'a>(body: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
-    let length = usize::try_from(varint(body)?).ok()?;
-    let record = body.get(..length)?;
-    *body = &body[length..];
-    let mut r = record;
-    r = r.get(1..)?; // attributes
-    varint(&mut r)?; // timestamp delta
-    varint(&mut r)?; // offset delta
-    let key = varint(&mut r)?;
-    if key > 0 {
-        r = r.get(usize::try_from(key).ok()?..)?;
-    }
-    let value = varint(&mut r)?;
-    if value < 0 {
-        return Some(None);
-    }
-    Some(Some(r.get(..usize::try_from(value).ok()?)?))
-}
-
-/// A zig-zag varint (Kafka's record fields).
-fn varint(bytes: &mut &[u8]) -> Option<i64> {
-    let mut raw: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = bytes.split_first()?;
-        *bytes = rest;
-        raw |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some((raw >> 1) as i64 ^ -((raw & 1) as i64));
-        }
-    }
-    None
 }
 
 /// A record value as JSON: itself when it is JSON, else a string when it is text, else
