@@ -35,6 +35,26 @@ impl Collector {
         Collector::start_mode(binary, dir, mode, Vec::new())
     }
 
+    /// Like [`Collector::start`], also answering queries (`GET /v1/…`) that carry
+    /// `query_token` (a static token that reads everything, as automation uses).
+    pub fn start_with_query_token(
+        binary: &Path,
+        dir: &Path,
+        token: &str,
+        workload: &str,
+        query_token: &str,
+    ) -> Result<Collector> {
+        std::fs::write(dir.join("tokens"), format!("{token} {workload}\n"))?;
+        std::fs::write(dir.join("query-tokens"), format!("{query_token}\n"))?;
+        let mode = vec![
+            "--token-file".into(),
+            dir.join("tokens").into(),
+            "--query-token-file".into(),
+            dir.join("query-tokens").into(),
+        ];
+        Collector::start_mode(binary, dir, mode, Vec::new())
+    }
+
     /// Starts `binary` as it runs in a cluster: proxies' projected tokens checked with
     /// TokenReview through `kubeconfig`, served over HTTPS with a certificate for 127.0.0.1
     /// issued by `ca`.

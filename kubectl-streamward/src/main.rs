@@ -9,6 +9,7 @@ mod cluster;
 mod contain;
 mod evidence;
 mod policy;
+mod replay;
 mod status;
 
 use std::path::PathBuf;
@@ -54,6 +55,9 @@ enum Command {
     Evidence(Box<evidence::EvidenceArgs>),
     /// The operator's and the collector's readiness, and each workload's config hash.
     Status(status::StatusArgs),
+    /// One client session request by request, with the records it read or wrote checked
+    /// against Kafka (exit 1 when one differs).
+    Replay(Box<replay::ReplayArgs>),
 }
 
 #[derive(Subcommand)]
@@ -126,6 +130,11 @@ fn main() -> ExitCode {
         Command::Audit(args) => run_async(audit::run(*args)),
         Command::Evidence(args) => run_async(evidence::run(*args)),
         Command::Status(args) => run_async(status::run(args)),
+        Command::Replay(args) => match run_async(replay::run(*args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Failure::Checks),
+            Err(failure) => Err(failure),
+        },
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -141,7 +150,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> Result<(), Failure> {
+fn run_async<T>(
+    future: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> Result<T, Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -237,6 +237,11 @@ impl KafkaNode {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Its `log.dirs`: a folder per partition, holding the log segments.
+    pub fn log_dir(&self) -> PathBuf {
+        self.config.with_file_name("data")
+    }
+
     /// `<host>:<port>` of the secured client listener with `protocol`, if the cluster has one
     /// (the host is 127.0.0.1 unless [`KafkaOptions::secured_host`] said otherwise).
     pub fn secured_addr(&self, protocol: SecurityProtocol) -> Option<String> {
