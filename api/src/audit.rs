@@ -186,22 +186,37 @@ pub struct StoredRecords {
     pub records: u64,
     /// SHA-256 (hex) of the records' [`record_digest`]s, in order: covers every record.
     pub sha256: String,
-    /// Each record's offset and the first [`RECORD_DIGEST_HEX`] hex digits of its
-    /// [`record_digest`], to name the first record that differs; at most [`RECORD_DIGESTS`]
-    /// per event (`sha256` covers the rest). Empty when the offsets are unknown.
+    /// The records in runs, to name the one that differs: each run's first offset and the
+    /// first [`RECORD_DIGEST_HEX`] hex digits of the SHA-256 of its records' [`record_digest`]s.
+    /// A run reaches to the next run's offset (the last to `offsets.last`); each is one record
+    /// unless the partition held more records than the event could list ([`RECORD_DIGESTS`]
+    /// runs per event, [`PARTITION_DIGESTS`] per partition). Empty when the offsets are unknown.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub digests: Vec<RecordDigest>,
 }
 
-/// One record's offset and the start of its [`record_digest`] (hex), as `[offset, "digest"]`.
+/// A run of records: its first offset and the start of its digest (hex), as
+/// `[offset, "digest"]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordDigest(pub i64, pub String);
 
 /// The most [`RecordDigest`]s one event lists.
-pub const RECORD_DIGESTS: usize = 1000;
-/// Hex digits of a record's digest a [`RecordDigest`] keeps (64 bits: enough to name which
-/// record differs; [`StoredRecords::sha256`] is what proves none does).
+pub const RECORD_DIGESTS: usize = 256;
+/// The most [`RecordDigest`]s one partition of an event lists.
+pub const PARTITION_DIGESTS: usize = 128;
+/// Hex digits of a run's digest a [`RecordDigest`] keeps (64 bits: enough to name which
+/// records differ; [`StoredRecords::sha256`] is what proves none does).
 pub const RECORD_DIGEST_HEX: usize = 16;
+
+/// The digest of a run of records from their [`record_digest`]s, as [`RecordDigest`] keeps it.
+pub fn run_digest<'a>(records: impl IntoIterator<Item = &'a [u8; 32]>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for digest in records {
+        hash.update(digest);
+    }
+    hex::encode(&hash.finalize()[..RECORD_DIGEST_HEX / 2])
+}
 
 /// The digest of one Kafka record's content: its key, value and headers, each length-prefixed
 /// (`-1` for null), so the same record has the same digest in a Produce request, in the broker's
@@ -238,24 +253,38 @@ pub fn record_digest<'a>(
 pub struct StoredRecordsBuilder {
     stored: StoredRecords,
     hash: sha2::Sha256,
+    /// Records per run (0: no runs are listed).
+    run_length: u64,
+    /// The open run: its first offset, its records' digests so far, and how many.
+    run: Option<(i64, sha2::Sha256, u64)>,
 }
 
 impl StoredRecordsBuilder {
-    /// An empty partition.
-    pub fn new(partition: i32) -> StoredRecordsBuilder {
+    /// An empty partition about to receive about `expected` records; takes its runs from
+    /// `budget` (the event's room for [`RecordDigest`]s).
+    pub fn new(partition: i32, expected: u64, budget: &mut usize) -> StoredRecordsBuilder {
         use sha2::Digest;
+        let runs = (*budget).min(PARTITION_DIGESTS) as u64;
+        let run_length = if runs == 0 {
+            0
+        } else {
+            expected.max(1).div_ceil(runs)
+        };
+        // What is not used is not given back: the event's runs stay bounded whatever comes.
+        *budget -= runs.min(expected.max(1)) as usize;
         StoredRecordsBuilder {
             stored: StoredRecords {
                 partition,
                 ..StoredRecords::default()
             },
             hash: sha2::Sha256::new(),
+            run_length,
+            run: None,
         }
     }
 
-    /// Adds the record at `offset` with `digest`; lists it when `budget` (the event's room for
-    /// [`RecordDigest`]s) has room.
-    pub fn add(&mut self, offset: i64, digest: &[u8; 32], budget: &mut usize) {
+    /// Adds the record at `offset` with `digest`.
+    pub fn add(&mut self, offset: i64, digest: &[u8; 32]) {
         use sha2::Digest;
         self.hash.update(digest);
         self.stored.records += 1;
@@ -269,10 +298,24 @@ impl StoredRecordsBuilder {
                 last: offset,
             },
         });
-        if *budget > 0 {
-            *budget -= 1;
-            let hex = hex::encode(&digest[..RECORD_DIGEST_HEX / 2]);
-            self.stored.digests.push(RecordDigest(offset, hex));
+        if self.run_length == 0 {
+            return;
+        }
+        let (_, hash, count) = self
+            .run
+            .get_or_insert_with(|| (offset, sha2::Sha256::new(), 0));
+        hash.update(digest);
+        *count += 1;
+        if *count >= self.run_length {
+            self.close_run();
+        }
+    }
+
+    fn close_run(&mut self) {
+        use sha2::Digest;
+        if let Some((first, hash, _)) = self.run.take() {
+            let hex = hex::encode(&hash.finalize()[..RECORD_DIGEST_HEX / 2]);
+            self.stored.digests.push(RecordDigest(first, hex));
         }
     }
 
@@ -282,8 +325,9 @@ impl StoredRecordsBuilder {
     }
 
     /// The partition's records.
-    pub fn finish(self) -> StoredRecords {
+    pub fn finish(mut self) -> StoredRecords {
         use sha2::Digest;
+        self.close_run();
         StoredRecords {
             sha256: hex::encode(self.hash.finalize()),
             ..self.stored

@@ -30,8 +30,8 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, Str
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use streamward_api::audit::{
-    Approval, Client, Decision, Masked, Payload, RECORD_DIGEST_HEX, RecordDigest, Request as Req,
-    Resource, StoredRecords,
+    Approval, Client, Decision, Masked, Payload, RecordDigest, Request as Req, Resource,
+    StoredRecords, run_digest,
 };
 use streamward_sidecar::audit::records::for_each_record;
 use streamward_sidecar::audit::session::batch_stats;
@@ -174,14 +174,16 @@ pub enum Check {
         /// Records compared.
         records: u64,
     },
-    /// A record differs: the first one found.
+    /// A record differs: in the first run of records found different (one record, unless the
+    /// partition held more records than the event could list one by one).
     Differs {
-        /// Its offset, when it is among the records listed one by one (otherwise one of the
-        /// records after them differs: only the partition's digest covers those).
-        offset: Option<i64>,
-        /// Its recorded digest (the first hex digits).
+        /// The run's first offset.
+        offset: i64,
+        /// Its last offset (the same, for one record).
+        through: i64,
+        /// The run's recorded digest (the first hex digits), when runs were recorded.
         recorded: Option<String>,
-        /// Its digest in Kafka now (the first hex digits), or `None` when it is gone.
+        /// Its digest in Kafka now.
         found: Option<String>,
     },
     /// Kafka no longer has (some of) the records: retention or compaction removed them.
@@ -548,23 +550,37 @@ enum Read {
 
 /// Compares the recorded digests of a partition with what Kafka holds now.
 fn compare(stored: &StoredRecords, found: &BTreeMap<i64, [u8; 32]>) -> Check {
-    for RecordDigest(offset, recorded) in &stored.digests {
-        let now = found
-            .get(offset)
-            .map(|digest| hex::encode(&digest[..RECORD_DIGEST_HEX / 2]));
-        match now {
-            Some(now) if now == *recorded => {}
-            Some(now) => {
-                return Check::Differs {
-                    offset: Some(*offset),
-                    recorded: Some(recorded.clone()),
-                    found: Some(now),
-                };
-            }
-            None => return Check::Gone { offset: *offset },
+    let Some(range) = stored.offsets else {
+        return Check::NotChecked {
+            reason: "no offsets recorded".into(),
+        };
+    };
+    if found.is_empty() {
+        return Check::Gone {
+            offset: range.first,
+        };
+    }
+    // Run by run: the first run that differs is where the first differing record is.
+    for (i, RecordDigest(start, recorded)) in stored.digests.iter().enumerate() {
+        let end = stored
+            .digests
+            .get(i + 1)
+            .map_or(range.last, |next| next.0 - 1);
+        let run: Vec<&[u8; 32]> = found.range(*start..=end).map(|(_, d)| d).collect();
+        if run.is_empty() {
+            return Check::Gone { offset: *start };
+        }
+        let now = run_digest(run);
+        if now != *recorded {
+            return Check::Differs {
+                offset: *start,
+                through: end,
+                recorded: Some(recorded.clone()),
+                found: Some(now),
+            };
         }
     }
-    // Every listed record matches: the partition digest covers the rest.
+    // Every run matches (or none was listed): the partition's digest covers every record.
     let mut hash = Sha256::new();
     for digest in found.values() {
         hash.update(digest);
@@ -576,20 +592,16 @@ fn compare(stored: &StoredRecords, found: &BTreeMap<i64, [u8; 32]>) -> Check {
         };
     }
     if (found.len() as u64) < stored.records {
-        let first_missing = stored
-            .offsets
-            .map(|r| {
-                (r.first..=r.last)
-                    .find(|o| !found.contains_key(o))
-                    .unwrap_or(r.first)
-            })
-            .unwrap_or_default();
+        let first_missing = (range.first..=range.last)
+            .find(|o| !found.contains_key(o))
+            .unwrap_or(range.first);
         return Check::Gone {
             offset: first_missing,
         };
     }
     Check::Differs {
-        offset: None,
+        offset: range.first,
+        through: range.last,
         recorded: None,
         found: None,
     }
@@ -702,17 +714,21 @@ fn render(out: &mut String, timeline: &Timeline, checks: &[PartitionCheck]) -> a
                     format!("exactly what was {what} ({records} records)")
                 }
                 Check::Differs {
-                    offset: Some(offset),
+                    offset,
+                    through,
                     recorded,
                     found,
-                } => format!(
-                    "DIFFERS: the record at offset {offset} is not what was {what} (digest \
-                     {} then, {} now)",
-                    recorded.as_deref().unwrap_or("?"),
-                    found.as_deref().unwrap_or("?")
-                ),
-                Check::Differs { offset: None, .. } => {
-                    format!("DIFFERS: a record after the first listed ones is not what was {what}")
+                } => {
+                    let which = if offset == through {
+                        format!("the record at offset {offset} is")
+                    } else {
+                        format!("a record at offsets {offset}–{through} is")
+                    };
+                    let digests = match (recorded, found) {
+                        (Some(then), Some(now)) => format!(" (digest {then} then, {now} now)"),
+                        _ => String::new(),
+                    };
+                    format!("DIFFERS: {which} not what was {what}{digests}")
                 }
                 Check::Gone { offset } => {
                     format!("no longer in Kafka from offset {offset} (retention or compaction)")
@@ -725,10 +741,15 @@ fn render(out: &mut String, timeline: &Timeline, checks: &[PartitionCheck]) -> a
     let differs: Vec<String> = checks
         .iter()
         .filter_map(|c| match c.check {
-            Check::Differs { offset, .. } => Some(match offset {
-                Some(offset) => format!("{}-{} offset {offset}", c.topic, c.partition),
-                None => format!("{}-{}", c.topic, c.partition),
-            }),
+            Check::Differs {
+                offset, through, ..
+            } if offset == through => Some(format!("{}-{} offset {offset}", c.topic, c.partition)),
+            Check::Differs {
+                offset, through, ..
+            } => Some(format!(
+                "{}-{} offsets {offset}–{through}",
+                c.topic, c.partition
+            )),
             _ => None,
         })
         .collect();
@@ -763,48 +784,76 @@ mod tests {
         [n; 32]
     }
 
-    fn stored(records: &[(i64, u8)], listed: usize) -> StoredRecords {
-        let mut builder = StoredRecordsBuilder::new(0);
-        let mut budget = listed;
+    fn stored(records: &[(i64, u8)], runs: usize) -> StoredRecords {
+        let mut budget = runs;
+        let mut builder = StoredRecordsBuilder::new(0, records.len() as u64, &mut budget);
         for (offset, n) in records {
-            builder.add(*offset, &digest(*n), &mut budget);
+            builder.add(*offset, &digest(*n));
         }
         builder.finish()
+    }
+
+    fn kafka(records: &[(i64, u8)]) -> BTreeMap<i64, [u8; 32]> {
+        records.iter().map(|(o, n)| (*o, digest(*n))).collect()
     }
 
     #[test]
     fn the_first_differing_record_is_named() {
         let recorded = stored(&[(5, 1), (6, 2), (7, 3)], 10);
-        let same: BTreeMap<i64, [u8; 32]> = [(5, digest(1)), (6, digest(2)), (7, digest(3))].into();
-        assert_eq!(compare(&recorded, &same), Check::Same { records: 3 });
-        let mut altered = same.clone();
-        altered.insert(6, digest(9));
-        altered.insert(7, digest(9));
-        assert!(matches!(
-            compare(&recorded, &altered),
-            Check::Differs {
-                offset: Some(6),
-                ..
-            }
-        ));
-        let mut gone = same.clone();
-        gone.remove(&5);
-        assert_eq!(compare(&recorded, &gone), Check::Gone { offset: 5 });
+        assert_eq!(
+            compare(&recorded, &kafka(&[(5, 1), (6, 2), (7, 3)])),
+            Check::Same { records: 3 }
+        );
+        let altered = compare(&recorded, &kafka(&[(5, 1), (6, 9), (7, 9)]));
+        assert!(
+            matches!(
+                altered,
+                Check::Differs {
+                    offset: 6,
+                    through: 6,
+                    ..
+                }
+            ),
+            "{altered:?}"
+        );
+        assert_eq!(
+            compare(&recorded, &kafka(&[(6, 2), (7, 3)])),
+            Check::Gone { offset: 5 }
+        );
+        assert_eq!(compare(&recorded, &kafka(&[])), Check::Gone { offset: 5 });
     }
 
     #[test]
-    fn records_beyond_the_listed_ones_are_covered_by_the_partition_digest() {
-        let recorded = stored(&[(0, 1), (1, 2), (2, 3)], 1);
-        assert_eq!(recorded.offsets, Some(OffsetRange { first: 0, last: 2 }));
-        let altered: BTreeMap<i64, [u8; 32]> =
-            [(0, digest(1)), (1, digest(2)), (2, digest(4))].into();
+    fn runs_of_records_narrow_a_difference_to_their_offsets() {
+        // Five records in two runs: 0–2 and 3–4.
+        let recorded = stored(&[(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)], 2);
+        assert_eq!(recorded.offsets, Some(OffsetRange { first: 0, last: 4 }));
+        let altered = compare(&recorded, &kafka(&[(0, 1), (1, 2), (2, 3), (3, 4), (4, 6)]));
+        assert!(
+            matches!(
+                altered,
+                Check::Differs {
+                    offset: 3,
+                    through: 4,
+                    ..
+                }
+            ),
+            "{altered:?}"
+        );
+        // Without runs, the partition digest still tells.
+        let unlisted = stored(&[(0, 1), (1, 2)], 0);
         assert_eq!(
-            compare(&recorded, &altered),
+            compare(&unlisted, &kafka(&[(0, 1), (1, 7)])),
             Check::Differs {
-                offset: None,
+                offset: 0,
+                through: 1,
                 recorded: None,
                 found: None
             }
+        );
+        assert_eq!(
+            compare(&unlisted, &kafka(&[(0, 1), (1, 2)])),
+            Check::Same { records: 2 }
         );
     }
 }

@@ -340,6 +340,7 @@ fn replay_shows_what_a_consumer_got_masked_and_names_a_record_altered_on_disk() 
         .find(|c| c["outcome"] == "differs")
         .unwrap_or_else(|| panic!("{out}"));
     assert_eq!(differs["offset"], 1);
+    assert_eq!(differs["through"], 1);
     assert_eq!(differs["topic"], topic.as_str());
     drop(proxy);
 }

@@ -98,13 +98,17 @@ pub fn for_each_record(
 }
 
 /// Digests of the records of one partition's record set, as [`StoredRecords`]; `budget` is the
-/// event's room for per-record digests. `None` when it holds no record. Records after a batch
+/// event's room for runs of records ([`streamward_api::audit::RecordDigest`]). `None` when it holds no record. Records after a batch
 /// that cannot be read are left out (the offsets say which were covered).
 pub fn stored_records(partition: i32, records: &[u8], budget: &mut usize) -> Option<StoredRecords> {
-    let mut builder = StoredRecordsBuilder::new(partition);
+    let (expected, _) = super::session::batch_stats(records);
+    if expected == 0 {
+        return None;
+    }
+    let mut builder = StoredRecordsBuilder::new(partition, expected, budget);
     // A batch that cannot be read ends what is covered: the offsets say how far.
     let _ = for_each_record(records, &mut |record| {
-        builder.add(record.offset, &record.digest(), budget);
+        builder.add(record.offset, &record.digest());
         true
     });
     (builder.records() > 0).then(|| builder.finish())
@@ -272,18 +276,23 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_bounds_listed_digests_not_the_partition_digest() {
+    fn the_budget_makes_runs_of_records_and_leaves_the_partition_digest_whole() {
         let records: Vec<Record> = (0..5).map(|o| record(o, "v", false)).collect();
         let bytes = encode(&records, Compression::Lz4);
         let mut budget = 2;
         let stored = stored_records(0, &bytes, &mut budget).unwrap();
         assert_eq!(budget, 0);
         assert_eq!(stored.records, 5);
-        assert_eq!(stored.digests.len(), 2);
-        assert_eq!(
-            stored.sha256,
-            stored_records(0, &bytes, &mut 9).unwrap().sha256
-        );
+        // Two runs: offsets 0–2 and 3–4.
+        let starts: Vec<i64> = stored.digests.iter().map(|d| d.0).collect();
+        assert_eq!(starts, vec![0, 3]);
+        let one_each = stored_records(0, &bytes, &mut 9).unwrap();
+        assert_eq!(one_each.digests.len(), 5);
+        assert_eq!(stored.sha256, one_each.sha256);
+        // Without room, only the partition digest.
+        let none = stored_records(0, &bytes, &mut 0).unwrap();
+        assert!(none.digests.is_empty());
+        assert_eq!(none.sha256, one_each.sha256);
     }
 
     #[test]

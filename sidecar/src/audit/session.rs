@@ -201,7 +201,7 @@ pub struct Draft {
     masking: Option<AuditMasking>,
     /// Partitions the proxy answered with an error because their records could not be masked.
     withheld: Vec<String>,
-    /// Room left for per-record digests ([`RECORD_DIGESTS`] per event).
+    /// Room left for runs of record digests ([`RECORD_DIGESTS`] per event).
     digests_left: usize,
     /// A Produce's records per topic, their offsets relative to their batch until the broker
     /// answers with where it wrote them.
