@@ -1,6 +1,7 @@
 //! `audit`: the audit trail, from the collector's query API (`GET /v1/events`), as the kubectl
-//! user: the request carries the kubeconfig's bearer token (or `--token`), and the collector
-//! decides what that caller may read.
+//! user: through the API server's service proxy or `--collector-url` (see [`crate::collector`]),
+//! with the kubeconfig's bearer token (or `--token`); the collector decides what that caller may
+//! read.
 //!
 //! Events are fetched as NDJSON and printed here as a table, JSON (one event per line) or CSV,
 //! so the output is the same whatever the collector's own formats. `--follow` asks again every
@@ -8,35 +9,20 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jiff::Timestamp;
-use secrecy::ExposeSecret;
 use streamward_api::audit::{AuditEvent, EventData};
 
-use crate::cluster::KubeArgs;
+use crate::collector::{Collector, CollectorArgs};
 use crate::policy::BadInput;
 
 /// `audit` flags.
 #[derive(Args, Debug)]
 pub struct AuditArgs {
-    /// The collector's URL (`https://streamward-collector.streamward-system.svc:8443`, or
-    /// `http://127.0.0.1:8080` through `kubectl port-forward`).
-    #[arg(long, env = "STREAMWARD_COLLECTOR_URL")]
-    pub collector_url: Option<String>,
-    /// A CA bundle (PEM) the collector's certificate is signed by (default: the system's).
-    #[arg(long)]
-    pub collector_ca: Option<PathBuf>,
-    /// The bearer token to query with (default: the kubeconfig user's token).
-    #[arg(long, env = "STREAMWARD_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub collector: CollectorArgs,
     /// The workload: `namespace/serviceaccount`, or a service account of `--namespace`.
     #[arg(long)]
     pub identity: Option<String>,
@@ -76,12 +62,6 @@ pub struct AuditArgs {
     /// How often --follow polls.
     #[arg(long, default_value = "2s")]
     pub interval: String,
-    /// The kubeconfig (for its token).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context.
-    #[arg(long)]
-    pub context: Option<String>,
 }
 
 /// Output formats.
@@ -157,86 +137,13 @@ pub(crate) fn encode(text: &str) -> String {
     out
 }
 
-pub(crate) type HttpClient =
-    Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<bytes::Bytes>>;
-
-pub(crate) fn http_client(ca_file: Option<&Path>) -> anyhow::Result<HttpClient> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("reading --collector-ca {}", path.display()))?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                roots
-                    .add(cert.with_context(|| format!("reading {}", path.display()))?)
-                    .with_context(|| format!("adding a CA from {}", path.display()))?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
-}
-
-/// The kubeconfig user's bearer token, if it has one.
-pub(crate) async fn kubeconfig_token(
-    kubeconfig: Option<PathBuf>,
-    context: Option<String>,
-) -> anyhow::Result<String> {
-    let kube = KubeArgs {
-        kubeconfig,
-        context,
-        namespace: None,
-    };
-    let config = kube.config().await?;
-    if let Some(token) = &config.auth_info.token {
-        return Ok(token.expose_secret().to_owned());
-    }
-    if let Some(file) = &config.auth_info.token_file {
-        let token = std::fs::read_to_string(file)
-            .with_context(|| format!("reading the kubeconfig's tokenFile {file}"))?;
-        return Ok(token.trim().to_owned());
-    }
-    bail!(
-        "the kubeconfig's user has no bearer token (it may authenticate with a client \
-         certificate or an exec plugin); the collector needs one: pass --token (for example \
-         from `kubectl create token`)"
-    )
-}
-
 /// Runs the query (and keeps polling with `--follow`).
 pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
-    let Some(base) = args.collector_url.clone() else {
-        return Err(BadInput(
-            "say where the collector is with --collector-url (or STREAMWARD_COLLECTOR_URL), for \
-             example after `kubectl -n streamward-system port-forward svc/streamward-collector \
-             8443` use https://127.0.0.1:8443 with --collector-ca"
-                .into(),
-        )
-        .into());
-    };
-    let base = base.trim_end_matches('/').to_owned();
     let interval = crate::cluster::duration(&args.interval)?;
     let interval = Duration::try_from(interval)
         .map_err(|_| BadInput(format!("--interval {:?} is negative", args.interval)))?;
     let mut params = query_params(&args)?;
-    let token = match &args.token {
-        Some(token) => token.clone(),
-        None => kubeconfig_token(args.kubeconfig.clone(), args.context.clone()).await?,
-    };
-    let client = http_client(args.collector_ca.as_deref())?;
+    let collector = Collector::connect(&args.collector).await?;
     let mut out = std::io::stdout().lock();
     let mut printed_header = false;
     // Events at the last printed instant, so a poll from that instant skips them.
@@ -246,8 +153,9 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(k, v)| format!("{k}={}", encode(v)))
             .collect();
-        let url = format!("{base}/v1/events?{}", query.join("&"));
-        let events = fetch(&client, &url, &token).await?;
+        let events = collector
+            .events(&format!("/v1/events?{}", query.join("&")))
+            .await?;
         let fresh: Vec<AuditEvent> = events
             .into_iter()
             .filter(|e| {
@@ -278,63 +186,6 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(interval).await;
     }
-}
-
-pub(crate) async fn fetch(
-    client: &HttpClient,
-    url: &str,
-    token: &str,
-) -> anyhow::Result<Vec<AuditEvent>> {
-    let text = get(client, url, token, "application/x-ndjson").await?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            serde_json::from_str(line).with_context(|| {
-                format!("the collector answered something that is not an audit event: {line}")
-            })
-        })
-        .collect()
-}
-
-/// A JSON answer of the collector.
-pub(crate) async fn get_json(
-    client: &HttpClient,
-    url: &str,
-    token: &str,
-) -> anyhow::Result<serde_json::Value> {
-    let text = get(client, url, token, "application/json").await?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("the collector's answer to {url} is not JSON: {text}"))
-}
-
-/// The body of a successful GET of `url`, or the collector's refusal as an error.
-async fn get(client: &HttpClient, url: &str, token: &str, accept: &str) -> anyhow::Result<String> {
-    let request = http::Request::get(url)
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(http::header::ACCEPT, accept)
-        .body(Empty::new())
-        .map_err(|e| BadInput(format!("--collector-url: {e}")))?;
-    let response = client
-        .request(request)
-        .await
-        .with_context(|| format!("querying the collector at {url}"))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .context("reading the collector's answer")?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&body);
-    if !status.is_success() {
-        // The collector answers errors as {"error": "..."}.
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| text.trim().to_owned());
-        bail!("the collector refused the query ({status}): {message}");
-    }
-    Ok(text.into_owned())
 }
 
 fn row(event: &AuditEvent) -> [String; 8] {

@@ -16,7 +16,8 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use streamward_api::audit::{AuditEvent, EventData};
 
-use crate::audit::{HttpClient, encode, fetch, get_json, http_client, kubeconfig_token};
+use crate::audit::encode;
+use crate::collector::{Collector, CollectorArgs};
 use crate::policy::BadInput;
 
 /// Events read for the report at most (the collector's largest page).
@@ -39,21 +40,8 @@ pub struct EvidenceArgs {
     /// The folder the report is written to (created if missing).
     #[arg(short = 'o', long)]
     pub output: PathBuf,
-    /// The collector's URL (as for `audit`).
-    #[arg(long, env = "STREAMWARD_COLLECTOR_URL")]
-    pub collector_url: Option<String>,
-    /// A CA bundle (PEM) the collector's certificate is signed by (default: the system's).
-    #[arg(long)]
-    pub collector_ca: Option<PathBuf>,
-    /// The bearer token to query with (default: the kubeconfig user's token).
-    #[arg(long, env = "STREAMWARD_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// The kubeconfig (for its token).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context.
-    #[arg(long)]
-    pub context: Option<String>,
+    #[command(flatten)]
+    pub collector: CollectorArgs,
 }
 
 /// A kind of evidence the report gathers once and the controls cite.
@@ -650,13 +638,6 @@ struct Report {
 
 /// Writes the report; fails only when the collector cannot be asked.
 pub async fn run(args: EvidenceArgs) -> anyhow::Result<()> {
-    let Some(base) = args.collector_url.clone() else {
-        return Err(BadInput(
-            "say where the collector is with --collector-url (or STREAMWARD_COLLECTOR_URL)".into(),
-        )
-        .into());
-    };
-    let base = base.trim_end_matches('/').to_owned();
     let now = Timestamp::now();
     let from = instant("--from", &args.from, now)?;
     let to = instant("--to", &args.to, now)?;
@@ -672,40 +653,31 @@ pub async fn run(args: EvidenceArgs) -> anyhow::Result<()> {
             .into());
         }
     }
-    let token = match &args.token {
-        Some(token) => token.clone(),
-        None => kubeconfig_token(args.kubeconfig.clone(), args.context.clone()).await?,
-    };
-    let client = http_client(args.collector_ca.as_deref())?;
+    let collector = Collector::connect(&args.collector).await?;
     let period = format!(
         "since={}&until={}",
         encode(&from.to_string()),
         encode(&to.to_string())
     );
-    let ask = |path: String| {
-        let client: &HttpClient = &client;
-        let token = &token;
-        async move { get_json(client, &path, token).await }
-    };
-
-    let verification = ask(format!("{base}/v1/verify")).await?;
-    let decisions = ask(format!("{base}/v1/aggregate?by=decision&{period}")).await?;
-    let over_time = ask(format!(
-        "{base}/v1/aggregate?by=hour,decision&limit=10000&{period}"
-    ))
-    .await?;
-    let top_denied = ask(format!(
-        "{base}/v1/aggregate?by=identity&decision=Deny&limit=10&{period}"
-    ))
-    .await?;
-    let events = fetch(
-        &client,
-        &format!(
-            "{base}/v1/events?type=request,dropped,query&format=ndjson&limit={MAX_EVENTS}&{period}"
-        ),
-        &token,
-    )
-    .await?;
+    let verification = collector.get_json("/v1/verify").await?;
+    let decisions = collector
+        .get_json(&format!("/v1/aggregate?by=decision&{period}"))
+        .await?;
+    let over_time = collector
+        .get_json(&format!(
+            "/v1/aggregate?by=hour,decision&limit=10000&{period}"
+        ))
+        .await?;
+    let top_denied = collector
+        .get_json(&format!(
+            "/v1/aggregate?by=identity&decision=Deny&limit=10&{period}"
+        ))
+        .await?;
+    let events = collector
+        .events(&format!(
+            "/v1/events?type=request,dropped,query&format=ndjson&limit={MAX_EVENTS}&{period}"
+        ))
+        .await?;
 
     let gathered = gather(&events);
     let decisions = counts(&decisions, "decision");
@@ -739,7 +711,7 @@ pub async fn run(args: EvidenceArgs) -> anyhow::Result<()> {
         verification_problem: problem.clone(),
         period: json!({"from": from, "to": to}),
         generated_at: now,
-        collector: base,
+        collector: collector.location(),
         events_read: gathered.events,
         events_truncated: gathered.events >= MAX_EVENTS,
         controls: controls.clone(),

@@ -6,6 +6,7 @@
 
 mod audit;
 mod cluster;
+mod collector;
 mod contain;
 mod evidence;
 mod policy;
