@@ -64,6 +64,17 @@ impl Collector {
         kubeconfig: &Path,
         ca: &Ca,
     ) -> Result<Collector> {
+        Collector::start_in_cluster_mode_with(binary, dir, kubeconfig, ca, &[])
+    }
+
+    /// [`Collector::start_in_cluster_mode`] with more flags (`--query-authorization=kubernetes`).
+    pub fn start_in_cluster_mode_with(
+        binary: &Path,
+        dir: &Path,
+        kubeconfig: &Path,
+        ca: &Ca,
+        extra: &[&str],
+    ) -> Result<Collector> {
         let serving = ca.issue_server(&["127.0.0.1"])?;
         std::fs::write(dir.join("tls.crt"), &serving.cert_pem)?;
         std::fs::write(dir.join("tls.key"), &serving.key_pem)?;
@@ -74,6 +85,10 @@ impl Collector {
             "--tls-key".into(),
             dir.join("tls.key").into(),
         ];
+        let mode = mode
+            .into_iter()
+            .chain(extra.iter().map(OsString::from))
+            .collect();
         let envs = vec![("KUBECONFIG".into(), kubeconfig.into())];
         Collector::start_mode(binary, dir, mode, envs)
     }

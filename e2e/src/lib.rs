@@ -17,6 +17,7 @@ pub mod clients;
 pub mod cluster;
 pub mod collector;
 pub mod data;
+pub mod egress;
 pub mod helm;
 pub mod image;
 pub mod kafka;

@@ -44,11 +44,15 @@ pub struct AuditArgs {
     /// The proxy session.
     #[arg(long)]
     pub session: Option<String>,
+    /// The kinds of event, comma-separated: `request`, `dropped` (the default: the proxies'
+    /// events) and `query` (who read the audit trail, recorded by the collector).
+    #[arg(long = "type", value_name = "KINDS")]
+    pub kinds: Option<String>,
     /// From (RFC 3339, or relative: `-15m`, `-24h`, `-7d`).
-    #[arg(long, alias = "since")]
+    #[arg(long, alias = "since", allow_hyphen_values = true)]
     pub from: Option<String>,
     /// Until (exclusive; RFC 3339 or relative).
-    #[arg(long, alias = "until")]
+    #[arg(long, alias = "until", allow_hyphen_values = true)]
     pub to: Option<String>,
     /// At most this many events (per poll with --follow).
     #[arg(long, default_value_t = 1000)]
@@ -99,6 +103,7 @@ pub fn query_params(args: &AuditArgs) -> Result<Vec<(&'static str, String)>, Bad
     push("decision", &args.decision);
     push("apiKey", &args.api);
     push("session", &args.session);
+    push("type", &args.kinds);
     push("since", &args.from);
     push("until", &args.to);
     match (&args.identity, &args.namespace) {

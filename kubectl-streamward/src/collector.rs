@@ -329,13 +329,16 @@ fn proxied_answer(
     };
     let message = refusal["message"].as_str().unwrap_or("").to_owned();
     let ServiceRef {
-        namespace, name, ..
+        namespace,
+        name,
+        port,
     } = service;
     let hint = match status {
         http::StatusCode::FORBIDDEN => format!(
             "; reaching the collector through the API server needs `get services/proxy` on \
-             {name} in {namespace}: the ClusterRole streamward-audit-reader grants it (bind it \
-             with a ClusterRoleBinding, or a RoleBinding in {namespace}), or use --collector-url"
+             https:{name}:{port} in {namespace}: the ClusterRole streamward-audit-reader grants \
+             it (bind it with a ClusterRoleBinding, or a RoleBinding in {namespace}), or use \
+             --collector-url"
         ),
         http::StatusCode::NOT_FOUND | http::StatusCode::SERVICE_UNAVAILABLE => format!(
             "; is the collector installed as Service {namespace}/{name} and ready? Say where it \
@@ -384,7 +387,7 @@ mod tests {
         assert!(error.starts_with("the API server refused to proxy to the collector (403 Forbidden): services \"streamward-collector\" is forbidden"), "{error}");
         assert!(
             error.contains(
-                "needs `get services/proxy` on streamward-collector in streamward-system"
+                "needs `get services/proxy` on https:streamward-collector:8443 in streamward-system"
             ),
             "{error}"
         );

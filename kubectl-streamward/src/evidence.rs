@@ -29,10 +29,10 @@ const SAMPLES: usize = 10;
 #[derive(Args, Debug)]
 pub struct EvidenceArgs {
     /// The start of the period (RFC 3339, or relative: `-24h`, `-7d`).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub from: String,
     /// The end of the period, exclusive (RFC 3339 or relative; `now`).
-    #[arg(long, default_value = "now")]
+    #[arg(long, default_value = "now", allow_hyphen_values = true)]
     pub to: String,
     /// The frameworks: `nist-800-53`, `soc2` (comma-separated).
     #[arg(long, default_value = "nist-800-53,soc2")]

@@ -1,6 +1,10 @@
 //! `kubectl streamward audit` against a real collector: filters reach the query API, the three
 //! output formats, the kubeconfig's bearer token (or `--token`), the collector's refusal, and
-//! `--follow` printing events as they arrive.
+//! `--follow` printing events as they arrive; then, with no `--collector-url`, through a real
+//! kube-apiserver's service proxy as the kubectl user, where RBAC (the chart's
+//! `streamward-audit-reader`) decides who gets through.
+
+mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -11,10 +15,13 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use streamward_api::audit::{
-    AuditEvent, Client, Decision, Identity, Request, RequestRecord, Resource,
+    AuditEvent, Client, Decision, EventData, Identity, Request, RequestRecord, Resource,
 };
-use streamward_e2e::process::Process;
-use streamward_e2e::{net, wait_for, workspace_binary};
+use streamward_e2e::egress::{self, ClusterEgress};
+use streamward_e2e::helm::{self, Helm};
+use streamward_e2e::kube::{ApiServerOptions, KubeApiServer};
+use streamward_e2e::process::{Process, run};
+use streamward_e2e::{collector, net, wait_for, workspace_binary};
 
 const TOKEN: &str = "proxy-token-0123456789abcdef";
 const QUERY_TOKEN: &str = "query-token-0123456789abcdef";
@@ -280,4 +287,240 @@ current-context: x
     assert!(line.contains(",DeleteTopics,"), "{line}");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+const ALICE: &str = "alice-token-0123456789abcdef";
+const BOB: &str = "bob-token-0123456789abcdef";
+const CAROL: &str = "carol-token-0123456789abcdef";
+/// The collector pod's address as the API server sees it (the egress maps it to 127.0.0.1).
+const POD_IP: &str = "10.244.0.10";
+
+fn kubectl(server: &KubeApiServer, args: &[&str]) {
+    run(&format!("kubectl {args:?}"), server.kubectl().args(args)).unwrap();
+}
+
+/// A kubeconfig that authenticates with `token` (as an OIDC login leaves one).
+fn token_kubeconfig(server: &KubeApiServer, name: &str, token: &str) -> std::path::PathBuf {
+    let file = server.dir().join(format!("{name}.kubeconfig"));
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters: [{{name: e2e, cluster: {{server: '{}', certificate-authority: '{}'}}}}]
+users: [{{name: {name}, user: {{token: {token}}}}}]
+contexts: [{{name: {name}, context: {{cluster: e2e, user: {name}}}}}]
+current-context: {name}
+",
+            server.url(),
+            server.ca_file().display()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn query_events(json_lines: &str) -> Vec<(String, u16)> {
+    json_lines
+        .lines()
+        .map(|l| serde_json::from_str::<AuditEvent>(l).unwrap())
+        .filter_map(|e| match e.data {
+            EventData::Query(q) => Some((q.reader.user.clone(), q.status)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn audit_reaches_the_collector_through_the_api_servers_service_proxy_as_the_kubectl_user() {
+    // People with bearer tokens, as an OIDC login would give them.
+    let people = tempfile::tempdir().unwrap();
+    let tokens = people.path().join("tokens.csv");
+    std::fs::write(
+        &tokens,
+        format!(
+            "{ALICE},alice,alice-uid,\"auditors\"\n{BOB},bob,bob-uid,\"developers\"\n\
+             {CAROL},carol,carol-uid,\"developers\"\n"
+        ),
+    )
+    .unwrap();
+    // The API server reaches pods through the cluster egress, as through konnectivity.
+    let cluster_egress = ClusterEgress::start(people.path()).unwrap();
+    let server = KubeApiServer::start_with(ApiServerOptions {
+        extra_args: vec![
+            format!("--token-auth-file={}", tokens.display()),
+            cluster_egress.apiserver_arg(),
+        ],
+        ..ApiServerOptions::default()
+    })
+    .unwrap();
+    let plugins = common::plugin_dir(&server);
+
+    // The collector's RBAC and the reader ClusterRole as the chart renders them.
+    kubectl(&server, &["create", "namespace", helm::NAMESPACE]);
+    let rendered = Helm::offline()
+        .unwrap()
+        .template_with(
+            &[],
+            &[
+                "--show-only",
+                "templates/serviceaccounts.yaml",
+                "--show-only",
+                "templates/collector-rbac.yaml",
+            ],
+        )
+        .unwrap();
+    let file = server.dir().join("collector-rbac.yaml");
+    std::fs::write(&file, rendered).unwrap();
+    kubectl(&server, &["apply", "-f", &file.display().to_string()]);
+    // alice's group reads the audit trail; carol may reach the collector but not read it.
+    kubectl(
+        &server,
+        &[
+            "create",
+            "clusterrolebinding",
+            "auditors-read-audit",
+            "--clusterrole=streamward-audit-reader",
+            "--group=auditors",
+        ],
+    );
+    kubectl(
+        &server,
+        &[
+            "create",
+            "role",
+            "-n",
+            helm::NAMESPACE,
+            "reach-collector",
+            "--verb=get",
+            "--resource=services/proxy",
+            "--resource-name=https:streamward-collector:8443",
+        ],
+    );
+    kubectl(
+        &server,
+        &[
+            "create",
+            "rolebinding",
+            "-n",
+            helm::NAMESPACE,
+            "carol-reaches-collector",
+            "--role=reach-collector",
+            "--user=carol",
+        ],
+    );
+
+    // The collector as the chart runs it (HTTPS, TokenReview, RBAC-authorized queries), on
+    // 127.0.0.1, playing the pod behind the chart's Service `streamward-collector` (https, 8443).
+    let collector_kubeconfig = server
+        .service_account_kubeconfig(helm::NAMESPACE, "streamward-collector")
+        .unwrap();
+    let run_dir = streamward_e2e::cache::run_dir("plugin-service-proxy").unwrap();
+    let binary = workspace_binary("streamward-collector", "streamward-collector").unwrap();
+    let collector = collector::Collector::start_in_cluster_mode_with(
+        &binary,
+        run_dir.path(),
+        &collector_kubeconfig,
+        server.ca(),
+        &["--query-authorization=kubernetes"],
+    )
+    .unwrap();
+    egress::serve_as_pod(
+        &server,
+        helm::NAMESPACE,
+        "streamward-collector",
+        "https",
+        8443,
+        POD_IP,
+    )
+    .unwrap();
+    cluster_egress.route(
+        format!("{POD_IP}:8443").parse().unwrap(),
+        collector.addr().parse().unwrap(),
+    );
+
+    let audit_as = |kubeconfig: &Path, extra: &[&str]| {
+        let mut args = vec!["audit", "-o", "json"];
+        args.extend_from_slice(extra);
+        common::plugin_as(&server, &plugins, kubeconfig, &args)
+    };
+    let alice = token_kubeconfig(&server, "alice", ALICE);
+    let bob = token_kubeconfig(&server, "bob", BOB);
+    let carol = token_kubeconfig(&server, "carol", CAROL);
+
+    // alice, bound to streamward-audit-reader, gets through: no --collector-url, no
+    // port-forward. Her first query is in the trail her second one reads.
+    let (code, _, err) = audit_as(&alice, &[]);
+    assert_eq!(code, 0, "{err}");
+
+    // bob has no binding: the API server refuses to proxy, and the plugin says what he lacks.
+    let (code, _, err) = audit_as(&bob, &[]);
+    assert_eq!(code, 1, "{err}");
+    for needle in [
+        "the API server refused to proxy to the collector (403 Forbidden)",
+        "User \"bob\" cannot get resource \"services/proxy\"",
+        "needs `get services/proxy` on https:streamward-collector:8443 in streamward-system",
+        "streamward-audit-reader",
+    ] {
+        assert!(err.contains(needle), "{needle:?} in {err}");
+    }
+
+    // carol reaches the collector, which asks RBAC whether she may read: no.
+    let (code, _, err) = audit_as(&carol, &[]);
+    assert_eq!(code, 1, "{err}");
+    for needle in [
+        "the collector refused the query (403 Forbidden)",
+        "user \"carol\"",
+        "list on auditevents.streamward.io",
+    ] {
+        assert!(err.contains(needle), "{needle:?} in {err}");
+    }
+
+    // alice reads who queried: her own first query and carol's refused one, as the collector
+    // authenticated them from the tokens that came through the service proxy.
+    let (code, out, err) = audit_as(&alice, &["--type", "query"]);
+    assert_eq!(code, 0, "{err}");
+    let queries = query_events(&out);
+    assert!(queries.contains(&("alice".to_owned(), 200)), "{queries:?}");
+    assert!(queries.contains(&("carol".to_owned(), 403)), "{queries:?}");
+    assert!(
+        !queries.iter().any(|(user, _)| user == "bob"),
+        "{queries:?}"
+    );
+
+    // evidence takes the same way in.
+    let report = server.dir().join("evidence");
+    let (code, _, err) = common::plugin_as(
+        &server,
+        &plugins,
+        &alice,
+        &[
+            "evidence",
+            "--from",
+            "-1h",
+            "-o",
+            &report.display().to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("evidence.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        json["collector"].as_str().unwrap(),
+        format!(
+            "service streamward-system/streamward-collector:8443 through the API server {}",
+            server.url()
+        )
+    );
+
+    // A kubeconfig that logs in with a client certificate has no token for the collector.
+    let dave = server.user_kubeconfig("dave", &["auditors"]).unwrap();
+    let (code, _, err) = audit_as(&dave, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the kubeconfig's user has no bearer token")
+            && err.contains("--token \"$(kubectl create token"),
+        "{err}"
+    );
 }
