@@ -283,7 +283,8 @@ fn http_client(ca_file: Option<&Path>) -> anyhow::Result<HttpClient> {
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
-/// The kubeconfig user's bearer token: `token`, or the content of `tokenFile`.
+/// The kubeconfig user's bearer token: `token`, the content of `tokenFile`, or the token an
+/// exec plugin (EKS, GKE, OIDC login helpers) answers.
 fn kubeconfig_token(config: &kube::Config) -> anyhow::Result<String> {
     if let Some(token) = &config.auth_info.token {
         return Ok(token.expose_secret().to_owned());
@@ -293,12 +294,65 @@ fn kubeconfig_token(config: &kube::Config) -> anyhow::Result<String> {
             .with_context(|| format!("reading the kubeconfig's tokenFile {file}"))?;
         return Ok(token.trim().to_owned());
     }
+    if let Some(exec) = &config.auth_info.exec
+        && let Some(token) = exec_token(exec)?
+    {
+        return Ok(token);
+    }
     bail!(
-        "the kubeconfig's user has no bearer token (it authenticates with a client certificate \
-         or an exec plugin), and the collector checks a token itself: pass one with --token, \
-         for example --token \"$(kubectl create token NAME -n NAMESPACE)\" for a service account \
-         bound to the ClusterRole streamward-audit-reader"
+        "the kubeconfig's user has no bearer token (it authenticates with a client certificate), \
+         and the collector checks a token itself: pass one with --token, for example \
+         --token \"$(kubectl create token NAME -n NAMESPACE)\" for a service account bound to \
+         the ClusterRole streamward-audit-reader"
     )
+}
+
+/// Runs the kubeconfig's exec plugin as kubectl does (`KUBERNETES_EXEC_INFO`, its env, stdin
+/// and stderr the user's unless it is never interactive) for the token of its ExecCredential;
+/// `None` when it answers a client certificate instead.
+fn exec_token(exec: &kube::config::ExecConfig) -> anyhow::Result<Option<String>> {
+    use kube::config::ExecInteractiveMode;
+    let command = exec
+        .command
+        .as_deref()
+        .context("the kubeconfig's exec plugin names no command")?;
+    let mut run = std::process::Command::new(command);
+    run.args(exec.args.iter().flatten());
+    for var in exec.env.iter().flatten() {
+        if let (Some(name), Some(value)) = (var.get("name"), var.get("value")) {
+            run.env(name, value);
+        }
+    }
+    let interactive = exec.interactive_mode != Some(ExecInteractiveMode::Never);
+    if interactive {
+        run.stdin(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::inherit());
+    }
+    let mut spec = serde_json::json!({"interactive": interactive});
+    if exec.provide_cluster_info
+        && let Some(cluster) = &exec.cluster
+    {
+        spec["cluster"] = serde_json::to_value(cluster)?;
+    }
+    let info = serde_json::json!({
+        "apiVersion": exec.api_version,
+        "kind": "ExecCredential",
+        "spec": spec,
+    });
+    run.env("KUBERNETES_EXEC_INFO", info.to_string());
+    let output = run
+        .output()
+        .with_context(|| format!("running the kubeconfig's exec plugin {command}"))?;
+    if !output.status.success() {
+        bail!(
+            "the kubeconfig's exec plugin {command} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let credential: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("the exec plugin {command} answered no ExecCredential JSON"))?;
+    Ok(credential["status"]["token"].as_str().map(str::to_owned))
 }
 
 /// The collector's answer: its body when it succeeded, its `{"error": ...}` otherwise.

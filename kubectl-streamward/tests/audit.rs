@@ -292,6 +292,7 @@ current-context: x
 const ALICE: &str = "alice-token-0123456789abcdef";
 const BOB: &str = "bob-token-0123456789abcdef";
 const CAROL: &str = "carol-token-0123456789abcdef";
+const ERIN: &str = "erin-token-0123456789abcdef";
 /// The collector pod's address as the API server sees it (the egress maps it to 127.0.0.1).
 const POD_IP: &str = "10.244.0.10";
 
@@ -340,7 +341,7 @@ fn audit_reaches_the_collector_through_the_api_servers_service_proxy_as_the_kube
         &tokens,
         format!(
             "{ALICE},alice,alice-uid,\"auditors\"\n{BOB},bob,bob-uid,\"developers\"\n\
-             {CAROL},carol,carol-uid,\"developers\"\n"
+             {CAROL},carol,carol-uid,\"developers\"\n{ERIN},erin,erin-uid,\"auditors\"\n"
         ),
     )
     .unwrap();
@@ -512,6 +513,42 @@ fn audit_reaches_the_collector_through_the_api_servers_service_proxy_as_the_kube
             "service streamward-system/streamward-collector:8443 through the API server {}",
             server.url()
         )
+    );
+
+    // A kubeconfig whose exec plugin logs in (as EKS's, GKE's, OIDC helpers do): its token.
+    let login = server.dir().join("erin-login.sh");
+    std::fs::write(
+        &login,
+        format!(
+            "#!/bin/sh\necho '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\
+             \"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{ERIN}\"}}}}'\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&login, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let erin = server.dir().join("erin.kubeconfig");
+    std::fs::write(
+        &erin,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters: [{{name: e2e, cluster: {{server: '{}', certificate-authority: '{}'}}}}]
+users: [{{name: erin, user: {{exec: {{apiVersion: client.authentication.k8s.io/v1, command: '{}', interactiveMode: Never}}}}}}]
+contexts: [{{name: erin, context: {{cluster: e2e, user: erin}}}}]
+current-context: erin
+",
+            server.url(),
+            server.ca_file().display(),
+            login.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = audit_as(&erin, &[]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = audit_as(&alice, &["--type", "query"]);
+    assert!(
+        query_events(&out).contains(&("erin".to_owned(), 200)),
+        "{out}"
     );
 
     // A kubeconfig that logs in with a client certificate has no token for the collector.
