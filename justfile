@@ -129,9 +129,10 @@ bench-audit records="1000000": provision
 bench-collector events="200000" senders="8":
     cargo bench -p streamward-collector --bench ingest -- --events {{events}} --senders {{senders}}
 
-# Benchmark: query, timeline, aggregation and verify times over a store of 1,000,000 events written through the real store code (a markdown table).
+# Benchmark: query, timeline, aggregation, verify and `kubectl streamward evidence` times over a store of 1,000,000 events written through the real store code (a markdown table).
 bench-query events="1000000":
-    cargo bench -q -p streamward-collector --bench query -- --events {{events}}
+    cargo build -q --release -p streamward-collector -p kubectl-streamward
+    cargo bench -q -p streamward-collector --bench query -- --events {{events}} --collector {{target_dir}}/release/streamward-collector --plugin {{target_dir}}/release/kubectl-streamward
 
 # Benchmark: compile 1,000 StreamPolicies and 10,000 AccessGrants, and the operator's plan of that namespace.
 bench-operator:

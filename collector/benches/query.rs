@@ -1,14 +1,18 @@
 //! `just bench-query`: how long the collector's reads take over a store of 1,000,000 events
 //! written through the real store code (64 MiB segments, as `serve` seals them): a narrow query
 //! (one workload, one hour) before and after the segments are indexed, a full-range query with
-//! a limit, one session's timeline, aggregations by decision and by hour, and `verify`. Prints a
-//! markdown table.
+//! a limit, one session's timeline, aggregations by decision and by hour, and `verify`; then,
+//! given the binaries, the whole-day report of `kubectl streamward evidence` against a
+//! `streamward-collector serve` on that store (over HTTP: its verify, aggregations and up to
+//! 100,000 events, and the report written). Prints a markdown table.
 //!
 //! Flags (after `--`): `--events N` (default 1000000), `--dir PATH` (default a temporary
-//! folder, removed afterwards).
+//! folder, removed afterwards), `--collector PATH` and `--plugin PATH` (release builds of
+//! `streamward-collector` and `kubectl-streamward`; `just bench-query` passes them).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -20,6 +24,8 @@ use streamward_collector::checkpoint::PublicKey;
 use streamward_collector::query::{self, Filter, Format, Scanned};
 use streamward_collector::store::{self, Prepared, Store};
 use streamward_collector::{timeline, verify};
+use streamward_e2e::process::Process;
+use streamward_e2e::{net, wait_for};
 
 const IDENTITIES: usize = 200;
 const TOPICS: usize = 100;
@@ -268,6 +274,12 @@ fn main() {
         )
     });
 
+    if let (Some(collector), Some(plugin)) = (flag("--collector"), flag("--plugin")) {
+        evidence(&dir, collector.into(), plugin.into(), &mut rows);
+    } else {
+        eprintln!("no --collector and --plugin: the evidence report is not timed");
+    }
+
     println!("\n| what | time | result | segments read / skipped |");
     println!("|---|---:|---|---|");
     for row in rows {
@@ -283,4 +295,82 @@ fn main() {
             segments
         );
     }
+}
+
+/// Times `kubectl streamward evidence` over the whole day against the collector serving `dir`.
+fn evidence(dir: &Path, collector: PathBuf, plugin: PathBuf, rows: &mut Vec<Row>) {
+    const QUERY_TOKEN: &str = "bench-query-token-0123456789abcdef";
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let tokens = work.path().join("tokens");
+    let query_tokens = work.path().join("query-tokens");
+    std::fs::write(&tokens, "bench-proxy-token-0123456789abcdef\n").expect("the token file");
+    std::fs::write(&query_tokens, format!("{QUERY_TOKEN}\n")).expect("the query token file");
+    let addr = format!("127.0.0.1:{}", net::free_port().expect("a free port"));
+    let mut command = Command::new(collector);
+    command
+        .arg("serve")
+        .arg("--data")
+        .arg(dir)
+        .args(["--listen", &addr])
+        .arg("--token-file")
+        .arg(&tokens)
+        .arg("--query-token-file")
+        .arg(&query_tokens);
+    let mut server = Process::spawn(
+        "streamward-collector",
+        command,
+        &work.path().join("collector.log"),
+    )
+    .expect("the collector");
+    wait_for("the collector to listen", Duration::from_secs(120), || {
+        server.check_running()?;
+        Ok(net::http_get(&addr, "/healthz")
+            .ok()
+            .filter(|(status, _)| *status == 200))
+    })
+    .expect("the collector answers");
+    let report = work.path().join("evidence");
+    timed(
+        "evidence report, whole day (`kubectl streamward evidence`)",
+        rows,
+        || {
+            let output = Command::new(&plugin)
+                .arg("evidence")
+                .args(["--collector-url", &format!("http://{addr}")])
+                .args(["--token", QUERY_TOKEN])
+                .args([
+                    "--from",
+                    "2026-12-01T00:00:00Z",
+                    "--to",
+                    "2026-12-02T00:00:00Z",
+                ])
+                .arg("-o")
+                .arg(&report)
+                .output()
+                .expect("running kubectl-streamward");
+            assert!(
+                output.status.success(),
+                "kubectl streamward evidence failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let json: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(report.join("evidence.json")).expect("evidence.json"),
+            )
+            .expect("evidence.json is JSON");
+            (
+                (),
+                None,
+                format!(
+                    "verified={}, {} events read{}",
+                    json["verified"],
+                    json["eventsRead"],
+                    if json["eventsTruncated"] == true {
+                        " (the report's cap)"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        },
+    );
 }
