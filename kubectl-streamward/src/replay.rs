@@ -40,7 +40,8 @@ use streamward_sidecar::upstream::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::audit::{encode, get_json, http_client, kubeconfig_token};
+use crate::audit::encode;
+use crate::collector::{Collector, CollectorArgs};
 use crate::policy::BadInput;
 
 /// Fetch v12: the newest version that names topics rather than ids.
@@ -84,21 +85,8 @@ pub struct ReplayArgs {
     /// The output: a readable account, or JSON (the timeline and each partition's check).
     #[arg(short = 'o', long, value_enum, default_value_t = ReplayOutput::Text)]
     pub output: ReplayOutput,
-    /// The collector's URL (as for `audit`).
-    #[arg(long, env = "STREAMWARD_COLLECTOR_URL")]
-    pub collector_url: Option<String>,
-    /// A CA bundle (PEM) the collector's certificate is signed by (default: the system's).
-    #[arg(long)]
-    pub collector_ca: Option<PathBuf>,
-    /// The bearer token to query with (default: the kubeconfig user's token).
-    #[arg(long, env = "STREAMWARD_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// The kubeconfig (for its token).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context.
-    #[arg(long)]
-    pub context: Option<String>,
+    #[command(flatten)]
+    pub collector: CollectorArgs,
 }
 
 /// Output formats.
@@ -272,17 +260,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<bool> {
 }
 
 async fn timeline(args: &ReplayArgs) -> anyhow::Result<Timeline> {
-    let Some(base) = args.collector_url.as_deref() else {
-        return Err(BadInput(
-            "say where the collector is with --collector-url (or STREAMWARD_COLLECTOR_URL)".into(),
-        )
-        .into());
-    };
-    let token = match &args.token {
-        Some(token) => token.clone(),
-        None => kubeconfig_token(args.kubeconfig.clone(), args.context.clone()).await?,
-    };
-    let client = http_client(args.collector_ca.as_deref())?;
+    let collector = Collector::connect(&args.collector).await?;
     let mut query = Vec::new();
     if let Some(namespace) = &args.namespace {
         query.push(format!("namespace={}", encode(namespace)));
@@ -290,13 +268,12 @@ async fn timeline(args: &ReplayArgs) -> anyhow::Result<Timeline> {
     if let Some(service_account) = &args.service_account {
         query.push(format!("serviceAccount={}", encode(service_account)));
     }
-    let url = format!(
-        "{}/v1/sessions/{}/timeline?{}",
-        base.trim_end_matches('/'),
+    let path = format!(
+        "/v1/sessions/{}/timeline?{}",
         encode(&args.session),
         query.join("&")
     );
-    let json = get_json(&client, &url, &token).await?;
+    let json = collector.get_json(&path).await?;
     serde_json::from_value(json).context("the collector's timeline")
 }
 
