@@ -51,7 +51,7 @@ pub(crate) enum Normalize {
 pub(crate) struct TextFacts {
     len: usize,
     digits: usize,
-    /// The [`CLASS`] bits of every byte, or-ed.
+    /// Which of [`UPPER`], [`AT`], [`DOT`] and [`CAPITAL_A`] occur in the text, or-ed.
     classes: u8,
 }
 
@@ -60,28 +60,23 @@ const AT: u8 = 2;
 const DOT: u8 = 4;
 const CAPITAL_A: u8 = 8;
 
-/// Byte classes for [`TextFacts`].
-static CLASS: [u8; 256] = {
-    let mut table = [0u8; 256];
-    let mut c = b'A';
-    while c <= b'Z' {
-        table[c as usize] = UPPER;
-        c += 1;
-    }
-    table[b'A' as usize] = UPPER | CAPITAL_A;
-    table[b'@' as usize] = AT;
-    table[b'.' as usize] = DOT;
-    table
-};
-
 impl TextFacts {
     pub(crate) fn of(text: &[u8]) -> TextFacts {
-        let mut digits = 0;
-        let mut classes = 0;
+        // Comparisons rather than a table lookup, so the compiler can vectorize the loop (every
+        // string leaf long enough for some detector goes through here).
+        let mut digits = 0usize;
+        let (mut upper, mut at, mut dot, mut capital_a) = (false, false, false, false);
         for &b in text {
             digits += usize::from(b.wrapping_sub(b'0') < 10);
-            classes |= CLASS[usize::from(b)];
+            upper |= b.wrapping_sub(b'A') < 26;
+            at |= b == b'@';
+            dot |= b == b'.';
+            capital_a |= b == b'A';
         }
+        let classes = u8::from(upper) * UPPER
+            | u8::from(at) * AT
+            | u8::from(dot) * DOT
+            | u8::from(capital_a) * CAPITAL_A;
         TextFacts {
             len: text.len(),
             digits,
@@ -862,6 +857,34 @@ mod tests {
             "2024-01-15T10:00:00Z",
         ] {
             finds(&card, not_a_card, &[]);
+        }
+    }
+
+    #[test]
+    fn text_facts_see_every_byte() {
+        // Each byte alone, then at every position of a longer text (the loop may be
+        // vectorized: no lane may be missed).
+        for b in 0..=255u8 {
+            let facts = TextFacts::of(&[b]);
+            assert_eq!(facts.digits, usize::from(b.is_ascii_digit()), "{b:#x}");
+            assert_eq!(facts.has(UPPER), b.is_ascii_uppercase(), "{b:#x}");
+            assert_eq!(facts.has(AT), b == b'@', "{b:#x}");
+            assert_eq!(facts.has(DOT), b == b'.', "{b:#x}");
+            assert_eq!(facts.has(CAPITAL_A), b == b'A', "{b:#x}");
+        }
+        for len in [1, 7, 8, 15, 16, 31, 32, 33, 64, 100] {
+            for at in 0..len {
+                for b in [b'@', b'.', b'A', b'Q'] {
+                    let mut text = vec![b'x'; len];
+                    text[at] = b;
+                    let facts = TextFacts::of(&text);
+                    assert_eq!(facts.classes, TextFacts::of(&[b]).classes, "{len} {at}");
+                }
+                let mut text = vec![0xC3u8; len];
+                text[at] = b'7';
+                assert_eq!(TextFacts::of(&text).digits, 1);
+                assert_eq!(TextFacts::of(&vec![b'9'; len]).digits, len);
+            }
         }
     }
 

@@ -498,15 +498,45 @@ static STRING_SPECIAL: [bool; 256] = {
     table
 };
 
+/// The first position at or after `j` holding a [`STRING_SPECIAL`] byte (or `b.len()`).
+///
+/// Eight bytes at a time (SWAR): string contents are mostly plain, and a byte-by-byte loop
+/// was the largest part of scanning. In each word, a byte's high bit is set in `found` when it
+/// is `"`, `\` or below 0x20; a borrow can set bits only above a byte that really matched, so
+/// the lowest set bit is exact.
+#[inline]
+fn skip_plain(b: &[u8], mut j: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    const SPACE: u64 = u64::from_ne_bytes([0x20; 8]);
+    const QUOTE: u64 = u64::from_ne_bytes([b'"'; 8]);
+    const BACKSLASH: u64 = u64::from_ne_bytes([b'\\'; 8]);
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    while let Some(chunk) = b.get(j..j + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        // Little-endian order, so the first byte in memory is the lowest one.
+        let x = u64::from_le_bytes(word);
+        let found =
+            zero_byte(x ^ QUOTE) | zero_byte(x ^ BACKSLASH) | (x.wrapping_sub(SPACE) & !x & HIGH);
+        if found != 0 {
+            return j + (found.trailing_zeros() / 8) as usize;
+        }
+        j += 8;
+    }
+    while j < b.len() && !STRING_SPECIAL[usize::from(b[j])] {
+        j += 1;
+    }
+    j
+}
+
 /// Scans the string starting at `i` (its opening quote). Returns the position after the
 /// closing quote and whether it has escapes.
 fn scan_string(b: &[u8], i: usize) -> Result<(usize, bool), ParseError> {
     let mut j = i + 1;
     let mut escaped = false;
     loop {
-        while j < b.len() && !STRING_SPECIAL[usize::from(b[j])] {
-            j += 1;
-        }
+        j = skip_plain(b, j);
         match b.get(j) {
             Some(b'"') => return Ok((j + 1, escaped)),
             Some(b'\\') => {
@@ -640,4 +670,51 @@ pub(crate) fn write_json_string(s: &str, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(&bytes[copied..]);
     out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte-by-byte scan `skip_plain` replaces.
+    fn skip_plain_slowly(b: &[u8], mut j: usize) -> usize {
+        while j < b.len() && !STRING_SPECIAL[usize::from(b[j])] {
+            j += 1;
+        }
+        j
+    }
+
+    #[test]
+    fn skip_plain_stops_at_the_first_special_byte() {
+        // Every byte value at every offset of words and tails, after plain bytes of both halves
+        // of the byte range (0x7f, 0x80 and 0xff are near the bit tricks' edges).
+        for fill in [b'a', 0x7f, 0x80, 0xff, 0x20, 0x21, 0x5d] {
+            for len in 1..=20 {
+                for at in 0..len {
+                    for special in 0..=255u8 {
+                        let mut text = vec![fill; len];
+                        text[at] = special;
+                        for from in 0..=at.min(3) {
+                            assert_eq!(
+                                skip_plain(&text, from),
+                                skip_plain_slowly(&text, from),
+                                "fill {fill:#x} len {len} byte {special:#x} at {at} from {from}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Two specials in one word: the first one wins, whatever follows (borrows).
+        for first in [0u8, 0x1f, b'"', b'\\'] {
+            for second in [0u8, 0x01, 0x1f, b'"', b'\\'] {
+                for at in 0..7 {
+                    let mut text = [b'x'; 8];
+                    text[at] = first;
+                    text[at + 1] = second;
+                    assert_eq!(skip_plain(&text, 0), at);
+                }
+            }
+        }
+    }
 }
