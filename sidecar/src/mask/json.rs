@@ -11,6 +11,7 @@
 //! reach any more is walked without looking at its keys.
 
 use streamward_api::config::DEFAULT_PLACEHOLDER;
+use streamward_api::masking::Step;
 
 use super::detect::{Normalize, TextFacts, normalized};
 use super::plan::{DetectorMask, JsonStage};
@@ -169,12 +170,13 @@ pub(crate) fn mask_json(
                     frames.pop();
                     i += 1;
                 } else if array {
-                    (mask, live) = enter(stage, states, frames, Child::Element(0));
+                    (mask, live) = enter(stage, states, frames, Child::Element(0), opens(b, i));
                     continue 'value;
                 } else {
                     let (after, span) = read_key(b, text, i, key)?;
                     let name = span.map_or(key.as_bytes(), |(start, end)| &b[start..end]);
-                    (mask, live) = enter(stage, states, frames, Child::Member(name));
+                    (mask, live) =
+                        enter(stage, states, frames, Child::Member(name), opens(b, after));
                     i = after;
                     continue 'value;
                 }
@@ -259,11 +261,13 @@ pub(crate) fn mask_json(
                     if frame.array {
                         frame.index += 1;
                         let index = frame.index;
-                        (mask, live) = enter(stage, states, frames, Child::Element(index));
+                        (mask, live) =
+                            enter(stage, states, frames, Child::Element(index), opens(b, i));
                     } else {
                         let (after, span) = read_key(b, text, i, key)?;
                         let name = span.map_or(key.as_bytes(), |(start, end)| &b[start..end]);
-                        (mask, live) = enter(stage, states, frames, Child::Member(name));
+                        (mask, live) =
+                            enter(stage, states, frames, Child::Member(name), opens(b, after));
                         i = after;
                     }
                     continue 'value;
@@ -310,15 +314,34 @@ fn read_key(
     Ok((skip_ws(b, colon + 1), span))
 }
 
+/// Whether the value at `i` is an object or an array (and so has children whose paths matter).
+#[inline]
+fn opens(b: &[u8], i: usize) -> bool {
+    #[cfg(test)]
+    if EVERY_CHILD_A_CONTAINER.with(std::cell::Cell::get) {
+        return true;
+    }
+    matches!(b.get(i), Some(b'{' | b'['))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests compare the leaf shortcut of [`enter`] with the full computation.
+    pub(super) static EVERY_CHILD_A_CONTAINER: std::cell::Cell<bool> =
+        const { std::cell::Cell::new(false) };
+}
+
 /// Computes the path states of a child of the innermost open container into the next slot,
 /// and returns how the child is seen: the field masking it whole, if any, and whether some path
-/// may still select something inside it.
+/// may still select something inside it. A child that is not a `container` (most are leaves)
+/// only needs the first: its states would never be read, so they are not computed.
 #[inline]
 fn enter(
     stage: &JsonStage,
     states: &mut Vec<u64>,
     frames: &[Frame],
     child: Child<'_>,
+    container: bool,
 ) -> (Option<u16>, bool) {
     let fields = &stage.fields;
     let depth = frames.len();
@@ -342,6 +365,27 @@ fn enter(
         Child::Member(name) => summary.wildcards || summary.may_name(name),
         Child::Element(_) => summary.wildcards || summary.indices,
     };
+    let hit = |step: &Step| match &child {
+        Child::Member(name) => step.selector.matches_member(name),
+        Child::Element(index) => step.selector.matches_element(*index),
+    };
+    if !container {
+        // A leaf is selected when a path's last step is active and matches it; the first such
+        // path masks it, as below.
+        if !can_advance {
+            return (None, false);
+        }
+        let pairs = fields.iter().zip(parent_states.iter());
+        for (index, (field, &parent)) in pairs.enumerate() {
+            let Some(last) = field.steps.len().checked_sub(1) else {
+                continue;
+            };
+            if parent & (1 << last) != 0 && hit(&field.steps[last]) {
+                return (Some(index as u16), false);
+            }
+        }
+        return (None, false);
+    }
     if !can_advance {
         // No selector matches this child: only descendant steps carry on.
         for ((field, &parent), slot) in fields.iter().zip(parent_states).zip(child_states) {
@@ -361,11 +405,7 @@ fn enter(
             let Some(step) = field.steps.get(k) else {
                 break;
             };
-            let hit = match &child {
-                Child::Member(name) => step.selector.matches_member(name),
-                Child::Element(index) => step.selector.matches_element(*index),
-            };
-            if hit {
+            if hit(step) {
                 next |= 1 << (k + 1);
             }
         }
