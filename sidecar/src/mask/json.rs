@@ -685,7 +685,9 @@ pub(crate) fn write_json_string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut copied = 0;
-    for (i, &c) in bytes.iter().enumerate() {
+    // The bytes to escape are the ones that end a plain run when scanning.
+    let mut i = skip_plain(bytes, 0);
+    while let Some(&c) = bytes.get(i) {
         let escape: &[u8] = match c {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -694,8 +696,7 @@ pub(crate) fn write_json_string(s: &str, out: &mut Vec<u8>) {
             b'\t' => b"\\t",
             0x08 => b"\\b",
             0x0c => b"\\f",
-            0..=0x1f => b"",
-            _ => continue,
+            _ => b"",
         };
         out.extend_from_slice(&bytes[copied..i]);
         if escape.is_empty() {
@@ -707,6 +708,7 @@ pub(crate) fn write_json_string(s: &str, out: &mut Vec<u8>) {
             out.extend_from_slice(escape);
         }
         copied = i + 1;
+        i = skip_plain(bytes, i + 1);
     }
     out.extend_from_slice(&bytes[copied..]);
     out.push(b'"');
@@ -722,6 +724,25 @@ mod tests {
             j += 1;
         }
         j
+    }
+
+    #[test]
+    fn json_strings_are_escaped_as_serde_json_escapes_them() {
+        let mut every_char: String = (0..=0x7fu8).map(char::from).collect();
+        every_char.push_str("é 😀 \u{2028} plain text after the escapes \"\\");
+        let mut out = Vec::new();
+        for text in [
+            every_char.as_str(),
+            "",
+            "plain",
+            "\"",
+            "12345678\n",
+            "\u{1f}x",
+        ] {
+            out.clear();
+            write_json_string(text, &mut out);
+            assert_eq!(out, serde_json::to_vec(text).unwrap(), "{text:?}");
+        }
     }
 
     #[test]
