@@ -11,6 +11,7 @@
 //! reach any more is walked without looking at its keys.
 
 use streamward_api::config::DEFAULT_PLACEHOLDER;
+use streamward_api::masking::Step;
 
 use super::detect::{Normalize, TextFacts, normalized};
 use super::plan::{DetectorMask, JsonStage};
@@ -169,12 +170,13 @@ pub(crate) fn mask_json(
                     frames.pop();
                     i += 1;
                 } else if array {
-                    (mask, live) = enter(stage, states, frames, Child::Element(0));
+                    (mask, live) = enter(stage, states, frames, Child::Element(0), opens(b, i));
                     continue 'value;
                 } else {
                     let (after, span) = read_key(b, text, i, key)?;
                     let name = span.map_or(key.as_bytes(), |(start, end)| &b[start..end]);
-                    (mask, live) = enter(stage, states, frames, Child::Member(name));
+                    (mask, live) =
+                        enter(stage, states, frames, Child::Member(name), opens(b, after));
                     i = after;
                     continue 'value;
                 }
@@ -259,11 +261,13 @@ pub(crate) fn mask_json(
                     if frame.array {
                         frame.index += 1;
                         let index = frame.index;
-                        (mask, live) = enter(stage, states, frames, Child::Element(index));
+                        (mask, live) =
+                            enter(stage, states, frames, Child::Element(index), opens(b, i));
                     } else {
                         let (after, span) = read_key(b, text, i, key)?;
                         let name = span.map_or(key.as_bytes(), |(start, end)| &b[start..end]);
-                        (mask, live) = enter(stage, states, frames, Child::Member(name));
+                        (mask, live) =
+                            enter(stage, states, frames, Child::Member(name), opens(b, after));
                         i = after;
                     }
                     continue 'value;
@@ -310,15 +314,34 @@ fn read_key(
     Ok((skip_ws(b, colon + 1), span))
 }
 
+/// Whether the value at `i` is an object or an array (and so has children whose paths matter).
+#[inline]
+fn opens(b: &[u8], i: usize) -> bool {
+    #[cfg(test)]
+    if EVERY_CHILD_A_CONTAINER.with(std::cell::Cell::get) {
+        return true;
+    }
+    matches!(b.get(i), Some(b'{' | b'['))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests compare the leaf shortcut of [`enter`] with the full computation.
+    pub(super) static EVERY_CHILD_A_CONTAINER: std::cell::Cell<bool> =
+        const { std::cell::Cell::new(false) };
+}
+
 /// Computes the path states of a child of the innermost open container into the next slot,
 /// and returns how the child is seen: the field masking it whole, if any, and whether some path
-/// may still select something inside it.
+/// may still select something inside it. A child that is not a `container` (most are leaves)
+/// only needs the first: its states would never be read, so they are not computed.
 #[inline]
 fn enter(
     stage: &JsonStage,
     states: &mut Vec<u64>,
     frames: &[Frame],
     child: Child<'_>,
+    container: bool,
 ) -> (Option<u16>, bool) {
     let fields = &stage.fields;
     let depth = frames.len();
@@ -342,6 +365,27 @@ fn enter(
         Child::Member(name) => summary.wildcards || summary.may_name(name),
         Child::Element(_) => summary.wildcards || summary.indices,
     };
+    let hit = |step: &Step| match &child {
+        Child::Member(name) => step.selector.matches_member(name),
+        Child::Element(index) => step.selector.matches_element(*index),
+    };
+    if !container {
+        // A leaf is selected when a path's last step is active and matches it; the first such
+        // path masks it, as below.
+        if !can_advance {
+            return (None, false);
+        }
+        let pairs = fields.iter().zip(parent_states.iter());
+        for (index, (field, &parent)) in pairs.enumerate() {
+            let Some(last) = field.steps.len().checked_sub(1) else {
+                continue;
+            };
+            if parent & (1 << last) != 0 && hit(&field.steps[last]) {
+                return (Some(index as u16), false);
+            }
+        }
+        return (None, false);
+    }
     if !can_advance {
         // No selector matches this child: only descendant steps carry on.
         for ((field, &parent), slot) in fields.iter().zip(parent_states).zip(child_states) {
@@ -361,11 +405,7 @@ fn enter(
             let Some(step) = field.steps.get(k) else {
                 break;
             };
-            let hit = match &child {
-                Child::Member(name) => step.selector.matches_member(name),
-                Child::Element(index) => step.selector.matches_element(*index),
-            };
-            if hit {
+            if hit(step) {
                 next |= 1 << (k + 1);
             }
         }
@@ -498,15 +538,45 @@ static STRING_SPECIAL: [bool; 256] = {
     table
 };
 
+/// The first position at or after `j` holding a [`STRING_SPECIAL`] byte (or `b.len()`).
+///
+/// Eight bytes at a time (SWAR): string contents are mostly plain, and a byte-by-byte loop
+/// was the largest part of scanning. In each word, a byte's high bit is set in `found` when it
+/// is `"`, `\` or below 0x20; a borrow can set bits only above a byte that really matched, so
+/// the lowest set bit is exact.
+#[inline]
+fn skip_plain(b: &[u8], mut j: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    const SPACE: u64 = u64::from_ne_bytes([0x20; 8]);
+    const QUOTE: u64 = u64::from_ne_bytes([b'"'; 8]);
+    const BACKSLASH: u64 = u64::from_ne_bytes([b'\\'; 8]);
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    while let Some(chunk) = b.get(j..j + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        // Little-endian order, so the first byte in memory is the lowest one.
+        let x = u64::from_le_bytes(word);
+        let found =
+            zero_byte(x ^ QUOTE) | zero_byte(x ^ BACKSLASH) | (x.wrapping_sub(SPACE) & !x & HIGH);
+        if found != 0 {
+            return j + (found.trailing_zeros() / 8) as usize;
+        }
+        j += 8;
+    }
+    while j < b.len() && !STRING_SPECIAL[usize::from(b[j])] {
+        j += 1;
+    }
+    j
+}
+
 /// Scans the string starting at `i` (its opening quote). Returns the position after the
 /// closing quote and whether it has escapes.
 fn scan_string(b: &[u8], i: usize) -> Result<(usize, bool), ParseError> {
     let mut j = i + 1;
     let mut escaped = false;
     loop {
-        while j < b.len() && !STRING_SPECIAL[usize::from(b[j])] {
-            j += 1;
-        }
+        j = skip_plain(b, j);
         match b.get(j) {
             Some(b'"') => return Ok((j + 1, escaped)),
             Some(b'\\') => {
@@ -615,7 +685,9 @@ pub(crate) fn write_json_string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut copied = 0;
-    for (i, &c) in bytes.iter().enumerate() {
+    // The bytes to escape are the ones that end a plain run when scanning.
+    let mut i = skip_plain(bytes, 0);
+    while let Some(&c) = bytes.get(i) {
         let escape: &[u8] = match c {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -624,8 +696,7 @@ pub(crate) fn write_json_string(s: &str, out: &mut Vec<u8>) {
             b'\t' => b"\\t",
             0x08 => b"\\b",
             0x0c => b"\\f",
-            0..=0x1f => b"",
-            _ => continue,
+            _ => b"",
         };
         out.extend_from_slice(&bytes[copied..i]);
         if escape.is_empty() {
@@ -637,7 +708,74 @@ pub(crate) fn write_json_string(s: &str, out: &mut Vec<u8>) {
             out.extend_from_slice(escape);
         }
         copied = i + 1;
+        i = skip_plain(bytes, i + 1);
     }
     out.extend_from_slice(&bytes[copied..]);
     out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte-by-byte scan `skip_plain` replaces.
+    fn skip_plain_slowly(b: &[u8], mut j: usize) -> usize {
+        while j < b.len() && !STRING_SPECIAL[usize::from(b[j])] {
+            j += 1;
+        }
+        j
+    }
+
+    #[test]
+    fn json_strings_are_escaped_as_serde_json_escapes_them() {
+        let mut every_char: String = (0..=0x7fu8).map(char::from).collect();
+        every_char.push_str("é 😀 \u{2028} plain text after the escapes \"\\");
+        let mut out = Vec::new();
+        for text in [
+            every_char.as_str(),
+            "",
+            "plain",
+            "\"",
+            "12345678\n",
+            "\u{1f}x",
+        ] {
+            out.clear();
+            write_json_string(text, &mut out);
+            assert_eq!(out, serde_json::to_vec(text).unwrap(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn skip_plain_stops_at_the_first_special_byte() {
+        // Every byte value at every offset of words and tails, after plain bytes of both halves
+        // of the byte range (0x7f, 0x80 and 0xff are near the bit tricks' edges).
+        for fill in [b'a', 0x7f, 0x80, 0xff, 0x20, 0x21, 0x5d] {
+            for len in 1..=20 {
+                for at in 0..len {
+                    for special in 0..=255u8 {
+                        let mut text = vec![fill; len];
+                        text[at] = special;
+                        for from in 0..=at.min(3) {
+                            assert_eq!(
+                                skip_plain(&text, from),
+                                skip_plain_slowly(&text, from),
+                                "fill {fill:#x} len {len} byte {special:#x} at {at} from {from}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Two specials in one word: the first one wins, whatever follows (borrows).
+        for first in [0u8, 0x1f, b'"', b'\\'] {
+            for second in [0u8, 0x01, 0x1f, b'"', b'\\'] {
+                for at in 0..7 {
+                    let mut text = [b'x'; 8];
+                    text[at] = first;
+                    text[at + 1] = second;
+                    assert_eq!(skip_plain(&text, 0), at);
+                }
+            }
+        }
+    }
 }

@@ -915,6 +915,19 @@ proptest! {
     }
 
     #[test]
+    fn leaves_are_selected_as_the_full_path_automaton_selects_them(value in json_value()) {
+        let input = serde_json::to_vec_pretty(&value).unwrap();
+        let paths = plan(
+            "  fields: [{path: 'items[*].card'}, {path: 'items[1]', strategy: {type: Nullify}}, {path: '..email', strategy: {type: KeepLast, count: 2}}, {path: 'card'}, {path: '*.name', strategy: {type: KeepFirst, count: 1}}, {path: 'items..items[0]', strategy: {type: Nullify}}, {path: '$[2]'}]\n  detectors: [{type: Email}]\n",
+        );
+        let shortcut = mask_value(&paths, &input);
+        super::json::EVERY_CHILD_A_CONTAINER.with(|full| full.set(true));
+        let full = mask_value(&paths, &input);
+        super::json::EVERY_CHILD_A_CONTAINER.with(|full| full.set(false));
+        prop_assert_eq!(shortcut, full);
+    }
+
+    #[test]
     fn masking_any_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         for plan in idempotent_plans().iter().take(2) {
             let masked = mask_value(plan, &bytes);
