@@ -9,6 +9,8 @@
 
 use streamward_api::audit::{StoredRecords, StoredRecordsBuilder, record_digest};
 
+use kafka_protocol::records::Compression;
+
 use crate::mask::budget::MemoryBudget;
 use crate::mask::compression::{codec, decompress_within};
 
@@ -80,13 +82,18 @@ pub fn for_each_record(
             continue; // a control batch: transaction markers
         }
         let codec = codec(attributes).ok_or(RecordsError::Decompress(base))?;
-        let mut allowance = MemoryBudget::proxy().allowance();
-        decompress_within(codec, &batch[HEADER..], BATCH_LIMIT, &mut plain, &mut |n| {
-            allowance.hold(n)
-        })
-        .map_err(|_| RecordsError::Decompress(base))?;
+        // Uncompressed records are read where they are: no copy, no memory to account for.
+        let mut body: &[u8] = if codec == Compression::None {
+            &batch[HEADER..]
+        } else {
+            let mut allowance = MemoryBudget::proxy().allowance();
+            decompress_within(codec, &batch[HEADER..], BATCH_LIMIT, &mut plain, &mut |n| {
+                allowance.hold(n)
+            })
+            .map_err(|_| RecordsError::Decompress(base))?;
+            &plain
+        };
         let count = i32::from_be_bytes(batch[57..61].try_into().unwrap_or_default());
-        let mut body: &[u8] = &plain;
         for _ in 0..count.max(0) {
             let record = next_record(&mut body, base).ok_or(RecordsError::Record(base))?;
             if !each(record) {
