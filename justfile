@@ -121,9 +121,9 @@ bench-mask records="200000": provision
     cargo run -q --release -p streamward-e2e --bin bench_mask -- --sidecar {{target_dir}}/release/streamward-sidecar --records {{records}}
 
 # Benchmark: proxy throughput and round trips with audit on vs off (to a real collector), same run.
-bench-audit records="1000000": provision
+bench-audit records="1000000" rounds="2": provision
     cargo build -q --release -p streamward-sidecar -p streamward-collector
-    cargo run -q --release -p streamward-e2e --bin bench_audit -- --sidecar {{target_dir}}/release/streamward-sidecar --collector {{target_dir}}/release/streamward-collector --records {{records}}
+    cargo run -q --release -p streamward-e2e --bin bench_audit -- --sidecar {{target_dir}}/release/streamward-sidecar --collector {{target_dir}}/release/streamward-collector --records {{records}} --rounds {{rounds}}
 
 # Benchmark: audit events/s the collector durably stores over HTTP (batches of 500, concurrent senders), release build.
 bench-collector events="200000" senders="8":

@@ -415,7 +415,9 @@ pub enum ApprovalStep {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Payload {
-    /// SHA-256 (hex) of the record batches, as they went to or came from the broker.
+    /// SHA-256 (hex) over the [`record_digest`] of every record the request sent (Produce) or
+    /// the client received (Fetch: after masking), in order: what was delivered, whatever the
+    /// batches' compression.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// The record values, masked, when the audit level is `MaskedPayload`.
@@ -535,6 +537,14 @@ impl AuditEvent {
     /// The request record, unless this event reports dropped events or a query.
     pub fn record(&self) -> Option<&RequestRecord> {
         match &self.data {
+            EventData::Request(record) => Some(record),
+            EventData::Dropped(_) | EventData::Query(_) => None,
+        }
+    }
+
+    /// The request record, to complete, unless this event reports dropped events or a query.
+    pub fn record_mut(&mut self) -> Option<&mut RequestRecord> {
+        match &mut self.data {
             EventData::Request(record) => Some(record),
             EventData::Dropped(_) | EventData::Query(_) => None,
         }

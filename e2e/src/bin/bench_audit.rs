@@ -19,7 +19,6 @@ use streamward_e2e::sidecar::Sidecar;
 use streamward_e2e::{cache, wait_for};
 
 const TOKEN: &str = "bench-audit-token-0123456789";
-const ROUNDS: usize = 2;
 const PROBE_BLOCKS: usize = 6;
 const PROBE_REQUESTS: usize = 2_000;
 
@@ -38,6 +37,9 @@ struct Args {
     /// Bytes per record.
     #[arg(long, default_value_t = 1024)]
     size: u64,
+    /// Rounds, each running both proxies (in alternating order).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
 }
 
 fn main() -> Result<()> {
@@ -90,7 +92,7 @@ fn main() -> Result<()> {
         ("audit on", on.bootstrap.as_str()),
     ];
     let mut totals = [(0.0, 0.0); 2];
-    for round in 0..ROUNDS {
+    for round in 0..args.rounds {
         for step in 0..2 {
             let index = (step + round) % 2;
             let (path, bootstrap) = paths[index];
@@ -100,8 +102,8 @@ fn main() -> Result<()> {
                 "round {round} {path:>9}: produce {:.0} rec/s {:.1} MB/s",
                 p.records_per_sec, p.mb_per_sec
             );
-            totals[index].0 += p.records_per_sec / ROUNDS as f64;
-            totals[index].1 += p.mb_per_sec / ROUNDS as f64;
+            totals[index].0 += p.records_per_sec / args.rounds as f64;
+            totals[index].1 += p.mb_per_sec / args.rounds as f64;
         }
     }
     let probe_topic = format!("bench.probe-{run_id}");
@@ -129,7 +131,7 @@ fn main() -> Result<()> {
     // + 0.0: an empty sum is -0.0.
     let dropped = on.metric("streamward_sidecar_audit_events_total{outcome=\"dropped\"}")? + 0.0;
 
-    println!("\nmean of {ROUNDS} rounds:");
+    println!("\nmean of {} rounds:", args.rounds);
     println!("| proxy | produce rec/s | produce MB/s |");
     println!("|---|---|---|");
     for (index, (path, _)) in paths.iter().enumerate() {

@@ -105,20 +105,37 @@ pub fn for_each_record(
 }
 
 /// Digests of the records of one partition's record set, as [`StoredRecords`]; `budget` is the
-/// event's room for runs of records ([`streamward_api::audit::RecordDigest`]). `None` when it holds no record. Records after a batch
-/// that cannot be read are left out (the offsets say which were covered).
+/// event's room for runs of records ([`streamward_api::audit::RecordDigest`]). `None` when it
+/// holds no record. Records after a batch that cannot be read are left out (the offsets say
+/// which were covered).
 pub fn stored_records(partition: i32, records: &[u8], budget: &mut usize) -> Option<StoredRecords> {
-    let (expected, _) = super::session::batch_stats(records);
-    if expected == 0 {
-        return None;
-    }
-    let mut builder = StoredRecordsBuilder::new(partition, expected, budget);
+    digest_records(records, Some((partition, budget)), &mut |_| {})
+}
+
+/// Reads the records of a record set once: gives `each` every record's [`record_digest`], in
+/// order, and with `partition` (its index, and the event's room for runs) returns the
+/// partition's [`StoredRecords`], as [`stored_records`] does.
+pub fn digest_records(
+    records: &[u8],
+    partition: Option<(i32, &mut usize)>,
+    each: &mut dyn FnMut(&[u8; 32]),
+) -> Option<StoredRecords> {
+    let mut builder = partition.and_then(|(partition, budget)| {
+        let (expected, _) = super::session::batch_stats(records);
+        (expected > 0).then(|| StoredRecordsBuilder::new(partition, expected, budget))
+    });
     // A batch that cannot be read ends what is covered: the offsets say how far.
     let _ = for_each_record(records, &mut |record| {
-        builder.add(record.offset, &record.digest());
+        let digest = record.digest();
+        if let Some(builder) = &mut builder {
+            builder.add(record.offset, &digest);
+        }
+        each(&digest);
         true
     });
-    (builder.records() > 0).then(|| builder.finish())
+    builder
+        .filter(|builder| builder.records() > 0)
+        .map(StoredRecordsBuilder::finish)
 }
 
 /// Reads one record (v2 format) from `body`; `base` is its batch's base offset. `None` when the
@@ -178,7 +195,7 @@ fn varint(bytes: &mut &[u8]) -> Option<i64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use bytes::Bytes;
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
@@ -187,7 +204,7 @@ mod tests {
 
     use super::*;
 
-    fn record(offset: i64, value: &str, header: bool) -> Record {
+    pub(crate) fn record(offset: i64, value: &str, header: bool) -> Record {
         let mut headers = kafka_protocol::indexmap::IndexMap::new();
         if header {
             headers.insert("trace".into(), Some(Bytes::from_static(b"t-1")));
@@ -209,7 +226,7 @@ mod tests {
         }
     }
 
-    fn encode(records: &[Record], compression: Compression) -> Vec<u8> {
+    pub(crate) fn encode(records: &[Record], compression: Compression) -> Vec<u8> {
         let mut out = bytes::BytesMut::new();
         RecordBatchEncoder::encode(
             &mut out,

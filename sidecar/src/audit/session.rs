@@ -12,15 +12,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use jiff::Timestamp;
 use kafka_protocol::messages::{FetchResponse, ProduceRequest, ProduceResponse, TopicName};
-use sha2::{Digest, Sha256};
 use streamward_api::audit::{
-    AuditEvent, Client, Decision, Identity, Masked, OffsetRange, Payload, RECORD_DIGESTS,
-    RecordDigest, Request, RequestRecord, Resource, StoredRecords,
+    AuditEvent, Client, Decision, Identity, Masked, OffsetRange, Payload, Request, RequestRecord,
+    Resource,
 };
 use streamward_api::config::{AuditLevel, ProxyConfig};
 use streamward_api::decide::Principal;
 
 use super::Emitter;
+use super::payload::PayloadWork;
 use super::records;
 use crate::authorize::{Access, TopicNames};
 use crate::frame::RequestStart;
@@ -168,13 +168,10 @@ impl SessionAudit {
             event: Some(Box::new((Timestamp::now(), record))),
             emitter: self.emitter.clone(),
             completed: false,
-            level: AuditLevel::Metadata,
-            digest: None,
+            payload: None,
             values: None,
             masking: None,
             withheld: Vec::new(),
-            digests_left: RECORD_DIGESTS,
-            unanswered: Vec::new(),
         }
     }
 }
@@ -191,9 +188,8 @@ pub struct Draft {
     event: Option<Box<(Timestamp, RequestRecord)>>,
     emitter: Emitter,
     completed: bool,
-    /// How much of the payload the event carries.
-    level: AuditLevel,
-    digest: Option<Sha256>,
+    /// At `PayloadDigest` and up: the record sets to hash, by the audit writer.
+    payload: Option<PayloadWork>,
     /// At `MaskedPayload`: the record values, as the broker (Produce) or the client (Fetch)
     /// got them — after masking, and after the rules that did not apply on the wire.
     values: Option<Values>,
@@ -201,11 +197,6 @@ pub struct Draft {
     masking: Option<AuditMasking>,
     /// Partitions the proxy answered with an error because their records could not be masked.
     withheld: Vec<String>,
-    /// Room left for runs of record digests ([`RECORD_DIGESTS`] per event).
-    digests_left: usize,
-    /// A Produce's records per topic, their offsets relative to their batch until the broker
-    /// answers with where it wrote them.
-    unanswered: Vec<(String, StoredRecords)>,
 }
 
 /// Record values collected for an event, within [`PAYLOAD_RECORDS`] and [`PAYLOAD_BYTES`].
@@ -306,9 +297,8 @@ impl Draft {
     /// Sets how much of the payload the event carries (the highest audit level among the
     /// policies that apply to the client).
     pub fn set_level(&mut self, level: AuditLevel) {
-        self.level = level;
         if level >= AuditLevel::PayloadDigest {
-            self.digest = Some(Sha256::new());
+            self.payload = Some(PayloadWork::default());
         }
         if level >= AuditLevel::MaskedPayload {
             self.values = Some(Values::default());
@@ -327,16 +317,14 @@ impl Draft {
 
     /// Whether the event wants the record batches' digest.
     pub fn wants_payload(&self) -> bool {
-        self.digest.is_some()
+        self.payload.is_some()
     }
 
     /// Adds the records and bytes of a forwarded Produce request to the resources it wrote.
     pub fn produced(&mut self, request: &ProduceRequest, version: i16, names: &dyn TopicNames) {
-        let mut digest = self.digest.take();
+        let mut payload = self.payload.take();
         let mut values = self.values.take();
         let self_masking = self.masking.take();
-        let mut budget = self.digests_left;
-        let mut unanswered = Vec::new();
         if let Some(record) = self.record() {
             for topic in &request.topic_data {
                 let name = topic_name(&topic.name, &topic.topic_id, version, names);
@@ -346,28 +334,25 @@ impl Draft {
                 for partition in &topic.partition_data {
                     stats.partitions.push(partition.index);
                     if let Some(records) = &partition.records {
-                        stats.add(records, &mut digest, &mut values, &mask);
-                        if digest.is_some()
-                            && let Some(stored) =
-                                records::stored_records(partition.index, records, &mut budget)
-                        {
-                            unanswered.push((name.clone(), stored));
+                        stats.add(records, &mut payload, &mut values, &mask);
+                        if let Some(payload) = &mut payload {
+                            payload.produced(&name, partition.index, records);
                         }
                     }
                 }
                 stats.apply(record, &name, "Write");
             }
         }
-        self.digest = digest;
+        self.payload = payload;
         self.values = values;
         self.masking = self_masking;
-        self.digests_left = budget;
-        self.unanswered = unanswered;
     }
 
     /// Whether a Produce's records wait for the offsets the broker wrote them at.
     pub fn awaits_offsets(&self) -> bool {
-        !self.unanswered.is_empty()
+        self.payload
+            .as_ref()
+            .is_some_and(PayloadWork::awaits_offsets)
     }
 
     /// The broker's answer to a Produce: each partition written gets its records' offsets; a
@@ -378,34 +363,20 @@ impl Draft {
         version: i16,
         names: &dyn TopicNames,
     ) {
-        let mut unanswered = std::mem::take(&mut self.unanswered);
-        let Some(record) = self.record() else { return };
+        let Some(payload) = &mut self.payload else {
+            return;
+        };
         for topic in &response.responses {
             let name = topic_name(&topic.name, &topic.topic_id, version, names);
             for answer in &topic.partition_responses {
-                let Some(at) = unanswered
-                    .iter()
-                    .position(|(t, s)| *t == name && s.partition == answer.index)
-                else {
-                    continue;
+                let written = if answer.error_code != 0 || answer.base_offset < 0 {
+                    Err(())
+                } else {
+                    Ok(answer.base_offset)
                 };
-                let (_, mut stored) = unanswered.swap_remove(at);
-                if answer.error_code != 0 || answer.base_offset < 0 {
-                    continue;
-                }
-                let shift = |offset: i64| offset.saturating_add(answer.base_offset);
-                stored.offsets = stored.offsets.map(|r| OffsetRange {
-                    first: shift(r.first),
-                    last: shift(r.last),
-                });
-                for RecordDigest(offset, _) in &mut stored.digests {
-                    *offset = shift(*offset);
-                }
-                attach(record, &name, "Write", stored);
+                payload.answered(&name, answer.index, written);
             }
         }
-        // Partitions the answer did not name: their offsets stay unknown.
-        self.unanswered = unanswered;
     }
 
     /// Records what a Fetch response held as the broker sent it, before masking: per partition,
@@ -416,32 +387,25 @@ impl Draft {
         version: i16,
         names: &dyn TopicNames,
     ) {
-        if self.digest.is_none() {
+        let Some(payload) = &mut self.payload else {
             return;
-        }
-        let mut budget = self.digests_left;
-        if let Some(record) = self.record() {
-            for topic in &response.responses {
-                let name = topic_name(&topic.topic, &topic.topic_id, version, names);
-                for partition in &topic.partitions {
-                    if partition.error_code != 0 {
-                        continue;
-                    }
-                    if let Some(records) = &partition.records
-                        && let Some(stored) =
-                            records::stored_records(partition.partition_index, records, &mut budget)
-                    {
-                        attach(record, &name, "Read", stored);
-                    }
+        };
+        for topic in &response.responses {
+            let name = topic_name(&topic.topic, &topic.topic_id, version, names);
+            for partition in &topic.partitions {
+                if partition.error_code != 0 {
+                    continue;
+                }
+                if let Some(records) = &partition.records {
+                    payload.fetched(&name, partition.partition_index, records);
                 }
             }
         }
-        self.digests_left = budget;
     }
 
     /// Adds what a Fetch response carried (after masking) to the resources it read.
     pub fn fetched(&mut self, response: &FetchResponse, version: i16, names: &dyn TopicNames) {
-        let mut digest = self.digest.take();
+        let mut payload = self.payload.take();
         let mut values = self.values.take();
         let self_masking = self.masking.take();
         if let Some(record) = self.record() {
@@ -456,13 +420,13 @@ impl Draft {
                     }
                     stats.partitions.push(partition.partition_index);
                     if let Some(records) = &partition.records {
-                        stats.add(records, &mut digest, &mut values, &mask);
+                        stats.add(records, &mut payload, &mut values, &mask);
                     }
                 }
                 stats.apply(record, &name, "Read");
             }
         }
-        self.digest = digest;
+        self.payload = payload;
         self.values = values;
         self.masking = self_masking;
     }
@@ -503,18 +467,10 @@ impl Draft {
             return;
         };
         let (time, mut record) = *event;
-        // A Produce never answered (acks=0, or the session ended): what was sent, without
-        // offsets.
-        for (name, mut stored) in std::mem::take(&mut self.unanswered) {
-            stored.offsets = None;
-            stored.digests.clear();
-            attach(&mut record, &name, "Write", stored);
-        }
-        if let Some(digest) = self.digest.take()
-            && self.level >= AuditLevel::PayloadDigest
-        {
+        let payload = self.payload.take();
+        if payload.is_some() {
             record.payload = Some(Payload {
-                sha256: Some(hex::encode(digest.finalize())),
+                sha256: None,
                 records: self.values.take().map(|v| v.values),
             });
         }
@@ -535,7 +491,8 @@ impl Draft {
                 None => note.to_string(),
             });
         }
-        self.emitter.emit(AuditEvent::request(time, record));
+        self.emitter
+            .emit_with(AuditEvent::request(time, record), payload);
     }
 }
 
@@ -554,17 +511,6 @@ fn audit_plan(
 ) -> Option<CachedPlan> {
     values.as_ref()?;
     masking.as_ref()?.plan(name, flow)
-}
-
-/// Adds `stored` to the resource for topic `name` and `operation`.
-fn attach(record: &mut RequestRecord, name: &str, operation: &str, stored: StoredRecords) {
-    if let Some(resource) = record
-        .resources
-        .iter_mut()
-        .find(|r| r.resource_type == "Topic" && r.name == name && r.operation == operation)
-    {
-        resource.stored.push(stored);
-    }
 }
 
 fn effect_of(access: &Access) -> &'static str {
@@ -598,13 +544,13 @@ impl Stats {
     fn add(
         &mut self,
         records: &Bytes,
-        digest: &mut Option<Sha256>,
+        payload: &mut Option<PayloadWork>,
         values: &mut Option<Values>,
         mask: &RecordedValues<'_>,
     ) {
         self.bytes += records.len() as u64;
-        if let Some(digest) = digest {
-            digest.update(records);
+        if let Some(payload) = payload {
+            payload.digest(records);
         }
         if let Some(values) = values {
             values.add(records, mask);
@@ -771,6 +717,111 @@ mod tests {
         )
         .unwrap();
         out.freeze()
+    }
+
+    /// A Produce of two partitions to `orders`, answered: partition 0 written at offset 500,
+    /// partition 1 refused. Its event, with at most `deferred_max` bytes hashed by the writer,
+    /// and whether the writer had work left for it.
+    fn answered_produce(deferred_max: usize) -> (RequestRecord, bool) {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::produce_response::{
+            PartitionProduceResponse, TopicProduceResponse,
+        };
+        use kafka_protocol::protocol::StrBytes;
+
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let (emitter, events) =
+            Emitter::to_queue_deferring(Identity::default(), metrics, deferred_max);
+        let gate = emitter.gate.clone();
+        let mut session = SessionAudit::new(emitter, "127.0.0.1:9".parse().unwrap());
+        let start = RequestStart {
+            api_key: 0,
+            api_version: 9,
+            correlation_id: 1,
+        };
+        let mut draft = session.begin(start, "Produce", &[], &ClientIdentity::default());
+        draft.record().unwrap().resources.push(Resource {
+            resource_type: "Topic".into(),
+            name: "orders".into(),
+            operation: "Write".into(),
+            effect: "Allow".into(),
+            ..Resource::default()
+        });
+        draft.set_level(AuditLevel::PayloadDigest);
+        let topic = || TopicName(StrBytes::from_static_str("orders"));
+        let partition = |index, records| {
+            PartitionProduceData::default()
+                .with_index(index)
+                .with_records(Some(records))
+        };
+        let request = ProduceRequest::default().with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(topic())
+                .with_partition_data(vec![partition(0, batch(0, 3)), partition(1, batch(0, 2))]),
+        ]);
+        let names = crate::topics::TopicIds::default();
+        draft.produced(&request, 9, &names);
+        assert!(draft.awaits_offsets());
+        let response = ProduceResponse::default().with_responses(vec![
+            TopicProduceResponse::default()
+                .with_name(topic())
+                .with_partition_responses(vec![
+                    PartitionProduceResponse::default()
+                        .with_index(0)
+                        .with_base_offset(500),
+                    PartitionProduceResponse::default()
+                        .with_index(1)
+                        .with_error_code(3),
+                ]),
+        ]);
+        draft.produce_answered(&response, 9, &names);
+        assert!(!draft.awaits_offsets());
+        draft.finish();
+        let queued = events.try_recv().unwrap();
+        let deferred = queued.work.is_some();
+        let event = super::super::completed(queued, &gate);
+        assert_eq!(gate.deferred.load(std::sync::atomic::Ordering::Relaxed), 0);
+        (event.record().cloned().unwrap(), deferred)
+    }
+
+    #[test]
+    fn payload_digests_are_the_same_hashed_by_the_writer_or_by_a_session_past_the_bound() {
+        let (by_writer, deferred) = answered_produce(usize::MAX);
+        assert!(deferred, "the writer hashes within the bound");
+        let (by_session, deferred) = answered_produce(0);
+        assert!(!deferred, "past the bound the session hashes");
+
+        // The payload digest: over every record's digest, both partitions, in order.
+        let mut record_digests = Vec::new();
+        for records in [batch(0, 3), batch(0, 2)] {
+            records::for_each_record(&records, &mut |record| {
+                record_digests.extend_from_slice(&record.digest());
+                true
+            })
+            .unwrap();
+        }
+        assert_eq!(record_digests.len(), 5 * 32);
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&record_digests));
+        for record in [&by_writer, &by_session] {
+            let payload = record.payload.as_ref().unwrap();
+            assert_eq!(payload.sha256.as_deref(), Some(sha256.as_str()));
+            // Only the partition written has record digests, at the offsets the broker gave.
+            let [stored] = record.resources[0].stored.as_slice() else {
+                panic!("{:?}", record.resources[0].stored);
+            };
+            assert_eq!(stored.partition, 0);
+            assert_eq!(
+                stored.offsets,
+                Some(OffsetRange {
+                    first: 500,
+                    last: 502
+                })
+            );
+            let offsets: Vec<i64> = stored.digests.iter().map(|d| d.0).collect();
+            assert_eq!(offsets, [500, 501, 502]);
+        }
+        assert_eq!(by_writer.resources, by_session.resources);
+        assert_eq!(by_writer.payload, by_session.payload);
     }
 
     #[test]
