@@ -152,6 +152,11 @@ impl Collector {
     }
 
     /// `127.0.0.1:<port>`.
+    /// The collector's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
     pub fn addr(&self) -> &str {
         &self.addr
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use streamward_e2e::bench::{self, peak_rss_kib, percentile, probe, produce, target};
+use streamward_e2e::bench::{self, cpu_seconds, peak_rss_kib, percentile, probe, produce, target};
 use streamward_e2e::collector::Collector;
 use streamward_e2e::kafka::KafkaCluster;
 use streamward_e2e::sidecar::Sidecar;
@@ -92,12 +92,27 @@ fn main() -> Result<()> {
         ("audit on", on.bootstrap.as_str()),
     ];
     let mut totals = [(0.0, 0.0); 2];
+    // The proxy's CPU-seconds over its runs, and the bytes it carried.
+    let mut cpu = [(0.0, 0.0); 2];
+    // The collector's CPU-seconds while the audited proxy ran.
+    let mut collector_cpu = 0.0;
+    let collector_pid = collector
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("the collector is not running"))?;
     for round in 0..args.rounds {
         for step in 0..2 {
             let index = (step + round) % 2;
             let (path, bootstrap) = paths[index];
             let topic = format!("bench.audit-{index}-{run_id}-{round}");
+            let pid = [off.pid(), on.pid()][index];
+            let before = cpu_seconds(pid)?;
+            let collector_before = cpu_seconds(collector_pid)?;
             let p = produce(dist, bootstrap, &topic, args.records, args.size, -1)?;
+            cpu[index].0 += cpu_seconds(pid)? - before;
+            if index == 1 {
+                collector_cpu += cpu_seconds(collector_pid)? - collector_before;
+            }
+            cpu[index].1 += (args.records * args.size) as f64 / 1e9;
             println!(
                 "round {round} {path:>9}: produce {:.0} rec/s {:.1} MB/s",
                 p.records_per_sec, p.mb_per_sec
@@ -132,18 +147,24 @@ fn main() -> Result<()> {
     let dropped = on.metric("streamward_sidecar_audit_events_total{outcome=\"dropped\"}")? + 0.0;
 
     println!("\nmean of {} rounds:", args.rounds);
-    println!("| proxy | produce rec/s | produce MB/s |");
-    println!("|---|---|---|");
+    println!("| proxy | produce rec/s | produce MB/s | proxy CPU s / GB |");
+    println!("|---|---|---|---|");
     for (index, (path, _)) in paths.iter().enumerate() {
         println!(
-            "| {path} | {:.0} | {:.1} |",
-            totals[index].0, totals[index].1
+            "| {path} | {:.0} | {:.1} | {:.2} |",
+            totals[index].0,
+            totals[index].1,
+            cpu[index].0 / cpu[index].1
         );
     }
     println!(
-        "| on / off | {:.1} % | {:.1} % |",
+        "| on / off | {:.1} % | {:.1} % | |",
         100.0 * totals[1].0 / totals[0].0,
         100.0 * totals[1].1 / totals[0].1
+    );
+    println!(
+        "collector CPU while the audited proxy ran: {:.2} s / GB",
+        collector_cpu / cpu[1].1
     );
     println!(
         "\nsingle Produce round trips ({} per proxy, one connection, one event each):",
