@@ -50,7 +50,7 @@ pub const DEFAULT_QUEUE: usize = 65_536;
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
 /// Bytes of record sets that queued events may hold for the writer to hash; past it, a session
 /// hashes its event's records itself before queueing it.
-pub const DEFERRED_PAYLOAD_BYTES: usize = 4 << 20;
+pub const DEFERRED_PAYLOAD_BYTES: usize = 2 << 20;
 /// How often the writer makes appended events durable.
 const SYNC_EVERY: Duration = Duration::from_millis(200);
 
