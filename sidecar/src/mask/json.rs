@@ -14,7 +14,7 @@ use streamward_api::config::DEFAULT_PLACEHOLDER;
 use streamward_api::masking::Step;
 
 use super::detect::{Normalize, TextFacts, normalized};
-use super::plan::{DetectorMask, JsonStage};
+use super::plan::{DetectorMask, Detectors, JsonStage};
 use super::strategy::Strategy;
 
 /// Deepest nesting accepted (as serde_json's default); deeper values fail to parse.
@@ -335,7 +335,10 @@ thread_local! {
 /// and returns how the child is seen: the field masking it whole, if any, and whether some path
 /// may still select something inside it. A child that is not a `container` (most are leaves)
 /// only needs the first: its states would never be read, so they are not computed.
-#[inline]
+///
+/// Most children are decided here without looking at the paths (inlined into the scanner's
+/// loop); the rest in [`enter_paths`].
+#[inline(always)]
 fn enter(
     stage: &JsonStage,
     states: &mut Vec<u64>,
@@ -343,28 +346,36 @@ fn enter(
     child: Child<'_>,
     container: bool,
 ) -> (Option<u16>, bool) {
-    let fields = &stage.fields;
-    let depth = frames.len();
     let Some(parent) = frames.last() else {
         return (None, false);
     };
     if parent.mask.is_some() || !parent.live {
         return (parent.mask, false);
     }
-    let paths = fields.len();
-    if states.len() < (depth + 1) * paths {
-        states.resize((depth + 1) * paths, 0);
-    }
-    let (before, after) = states.split_at_mut(depth * paths);
-    let parent_states = &before[(depth - 1) * paths..];
-    let child_states = &mut after[..paths];
-    let mut mask = None;
-    let mut live = false;
     let summary = &stage.selectors;
     let can_advance = match child {
         Child::Member(name) => summary.wildcards || summary.may_name(name),
         Child::Element(_) => summary.wildcards || summary.indices,
     };
+    if !container && !can_advance {
+        // No path's last step can select this leaf.
+        return (None, false);
+    }
+    enter_paths(stage, states, frames, child, container, can_advance)
+}
+
+#[inline(never)]
+fn enter_paths(
+    stage: &JsonStage,
+    states: &mut Vec<u64>,
+    frames: &[Frame],
+    child: Child<'_>,
+    container: bool,
+    can_advance: bool,
+) -> (Option<u16>, bool) {
+    let fields = &stage.fields;
+    let depth = frames.len();
+    let paths = fields.len();
     let hit = |step: &Step| match &child {
         Child::Member(name) => step.selector.matches_member(name),
         Child::Element(index) => step.selector.matches_element(*index),
@@ -372,9 +383,7 @@ fn enter(
     if !container {
         // A leaf is selected when a path's last step is active and matches it; the first such
         // path masks it, as below.
-        if !can_advance {
-            return (None, false);
-        }
+        let parent_states = &states[(depth - 1) * paths..depth * paths];
         let pairs = fields.iter().zip(parent_states.iter());
         for (index, (field, &parent)) in pairs.enumerate() {
             let Some(last) = field.steps.len().checked_sub(1) else {
@@ -386,6 +395,14 @@ fn enter(
         }
         return (None, false);
     }
+    if states.len() < (depth + 1) * paths {
+        states.resize((depth + 1) * paths, 0);
+    }
+    let (before, after) = states.split_at_mut(depth * paths);
+    let parent_states = &before[(depth - 1) * paths..];
+    let child_states = &mut after[..paths];
+    let mut mask = None;
+    let mut live = false;
     if !can_advance {
         // No selector matches this child: only descendant steps carry on.
         for ((field, &parent), slot) in fields.iter().zip(parent_states).zip(child_states) {
@@ -462,7 +479,7 @@ fn whole_match<'d>(detectors: &'d [DetectorMask], literal: &str) -> Option<&'d S
 /// when `null_on_nullify` and a `Nullify` detector matched. Without `null_on_nullify`,
 /// `Nullify` removes the match.
 pub(crate) fn mask_text_with(
-    detectors: &[DetectorMask],
+    detectors: &Detectors,
     content: &str,
     texts: &mut [String; 2],
     normal: &mut String,
@@ -474,11 +491,11 @@ pub(crate) fn mask_text_with(
     let mut in_buffer = false;
     let mut total = 0u32;
     // Most strings are too short for any detector: skip them without looking at their bytes.
-    if detectors.iter().all(|d| content.len() < d.finder.min_len()) {
+    if content.len() < detectors.min_len() {
         return Some((0, 0));
     }
     let mut facts = TextFacts::of(content.as_bytes());
-    for detector in detectors {
+    for detector in detectors.iter() {
         if !detector.finder.may_match(&facts) {
             continue;
         }

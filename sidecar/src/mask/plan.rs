@@ -144,6 +144,48 @@ pub(crate) struct DetectorMask {
     pub(crate) strategy: Strategy,
 }
 
+/// Detectors in the order they run, and the shortest text any of them can match (most
+/// strings are shorter: they skip every detector at once).
+#[derive(Debug, Clone)]
+pub(crate) struct Detectors {
+    list: Vec<DetectorMask>,
+    min_len: usize,
+}
+
+impl Default for Detectors {
+    fn default() -> Detectors {
+        Detectors {
+            list: Vec::new(),
+            min_len: usize::MAX,
+        }
+    }
+}
+
+impl Detectors {
+    fn extend(&mut self, more: impl IntoIterator<Item = DetectorMask>) {
+        self.list.extend(more);
+        self.min_len = self
+            .list
+            .iter()
+            .map(|d| d.finder.min_len())
+            .min()
+            .unwrap_or(usize::MAX);
+    }
+
+    /// No detector can match a text shorter than this.
+    pub(crate) fn min_len(&self) -> usize {
+        self.min_len
+    }
+}
+
+impl std::ops::Deref for Detectors {
+    type Target = [DetectorMask];
+
+    fn deref(&self) -> &[DetectorMask] {
+        &self.list
+    }
+}
+
 /// What replaces a value that cannot be parsed: the placeholder (fail closed), or nothing.
 pub(crate) type OnUnparsable = Option<Box<str>>;
 
@@ -151,7 +193,7 @@ pub(crate) type OnUnparsable = Option<Box<str>>;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct JsonStage {
     pub(crate) fields: Vec<FieldMask>,
-    pub(crate) detectors: Vec<DetectorMask>,
+    pub(crate) detectors: Detectors,
     pub(crate) on_unparsable: OnUnparsable,
     /// What the field paths' steps can match, to skip most keys at once.
     pub(crate) selectors: SelectorSummary,
@@ -162,12 +204,21 @@ pub(crate) struct JsonStage {
 /// carries the descendant steps of its parent.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SelectorSummary {
-    /// Bit `n` for a name of `n` bytes (63 for 63 and more).
-    lengths: u64,
-    /// The first bytes of the names, as a 256-bit set.
-    first_bytes: [u64; 4],
+    /// The names' [`name_hash`]es, as a 256-bit set.
+    names: [u64; 4],
     pub(crate) wildcards: bool,
     pub(crate) indices: bool,
+}
+
+/// A hash of a key's length, first and last bytes: together they tell apart most keys that
+/// share a length and a first byte (`city` and `card`, `currency` and `customer`), which the
+/// length and first byte alone let through.
+#[inline]
+fn name_hash(name: &[u8]) -> Option<u8> {
+    let (&first, &last) = (name.first()?, name.last()?);
+    // Fibonacci hashing of the three packed into one word: its top byte.
+    let packed = u32::from(first) << 16 | u32::from(last) << 8 | (name.len() & 0xff) as u32;
+    Some((packed.wrapping_mul(0x9E37_79B1) >> 24) as u8)
 }
 
 impl SelectorSummary {
@@ -175,9 +226,9 @@ impl SelectorSummary {
         for step in steps {
             match &step.selector {
                 Selector::Name(name) => {
-                    self.lengths |= 1 << name.len().min(63);
-                    if let Some(&first) = name.as_bytes().first() {
-                        self.first_bytes[usize::from(first >> 6)] |= 1 << (first & 63);
+                    // Names are never empty (the path parser refuses them).
+                    if let Some(hash) = name_hash(name.as_bytes()) {
+                        self.names[usize::from(hash >> 6)] |= 1 << (hash & 63);
                     }
                 }
                 Selector::Index(_) => self.indices = true,
@@ -189,18 +240,15 @@ impl SelectorSummary {
     /// Whether some name selector could match the key `name`.
     #[inline]
     pub(crate) fn may_name(&self, name: &[u8]) -> bool {
-        let Some(&first) = name.first() else {
-            return false;
-        };
-        self.lengths & (1 << name.len().min(63)) != 0
-            && self.first_bytes[usize::from(first >> 6)] & (1 << (first & 63)) != 0
+        name_hash(name)
+            .is_some_and(|hash| self.names[usize::from(hash >> 6)] & (1 << (hash & 63)) != 0)
     }
 }
 
 /// Masking of UTF-8 text values.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TextStage {
-    pub(crate) detectors: Vec<DetectorMask>,
+    pub(crate) detectors: Detectors,
     pub(crate) on_unparsable: OnUnparsable,
 }
 
@@ -419,6 +467,28 @@ mod tests {
             on_parse_error: OnParseError::Redact,
             placeholder: "****".into(),
             exempt: Subjects::default(),
+        }
+    }
+
+    #[test]
+    fn the_selector_summary_never_rules_out_a_selected_name() {
+        let names = [
+            "customer", "email", "phone", "payment", "card", "number", "iban", "é", "x",
+        ];
+        let mut summary = SelectorSummary::default();
+        for name in names {
+            let path = FieldPath::parse(&format!("['{name}']")).unwrap();
+            summary.add(path.steps());
+        }
+        for name in names {
+            assert!(summary.may_name(name.as_bytes()), "{name}");
+        }
+        assert!(!summary.may_name(b""));
+        // Keys the length and first byte alone let through.
+        for key in [
+            "city", "currency", "carrier", "country", "name", "notes", "expiry",
+        ] {
+            assert!(!summary.may_name(key.as_bytes()), "{key}");
         }
     }
 
