@@ -542,14 +542,6 @@ impl AuditEvent {
         }
     }
 
-    /// The request record, to complete, unless this event reports dropped events or a query.
-    pub fn record_mut(&mut self) -> Option<&mut RequestRecord> {
-        match &mut self.data {
-            EventData::Request(record) => Some(record),
-            EventData::Dropped(_) | EventData::Query(_) => None,
-        }
-    }
-
     /// The workload the event is about; `None` for a query of the audit trail.
     pub fn identity(&self) -> Option<&Identity> {
         match &self.data {

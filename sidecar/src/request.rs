@@ -708,7 +708,7 @@ mod tests {
 
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{MetadataRequest, ProduceRequest, ProduceResponse, TopicName};
-    use streamward_api::audit::{ApprovalStep, Identity, RequestRecord};
+    use streamward_api::audit::{ApprovalStep, AuditEvent, Identity, RequestRecord};
     use streamward_api::compile::{compile, parse_manifests};
     use streamward_api::config::WorkloadIdentity;
 
@@ -795,7 +795,7 @@ spec:
         metrics: Arc<Metrics>,
         topics: TopicIds,
         broker: bool,
-        events: Receiver<Box<crate::audit::Queued>>,
+        events: Receiver<Box<AuditEvent>>,
         emitter: Emitter,
     }
 
@@ -856,11 +856,7 @@ spec:
             event
                 .expect("an audited client's request has an event")
                 .finish();
-            let event = self
-                .events
-                .try_recv()
-                .expect("the event was emitted")
-                .complete();
+            let event = self.events.try_recv().expect("the event was emitted");
             (action, event.record().cloned().expect("a request record"))
         }
     }
@@ -1132,14 +1128,7 @@ spec:
             "{action:?}"
         );
         event.unwrap().finish();
-        let record = proxy
-            .events
-            .try_recv()
-            .unwrap()
-            .complete()
-            .record()
-            .cloned()
-            .unwrap();
+        let record = proxy.events.try_recv().unwrap().record().cloned().unwrap();
         assert_eq!(record.decision.effect, "Allow");
         let approval = record.approval.expect("the approval is in the event");
         assert_eq!(approval.step, ApprovalStep::Approved);
@@ -1160,14 +1149,7 @@ spec:
         assert_eq!(errors[0].1, ResponseError::PolicyViolation.code());
         assert!(errors[0].2.contains("orders-app-produce-x1"), "{errors:?}");
         event.unwrap().finish();
-        let record = proxy
-            .events
-            .try_recv()
-            .unwrap()
-            .complete()
-            .record()
-            .cloned()
-            .unwrap();
+        let record = proxy.events.try_recv().unwrap().record().cloned().unwrap();
         assert_eq!(record.decision.effect, "Deny");
         assert_eq!(record.approval.unwrap().step, ApprovalStep::Pending);
     }

@@ -8,9 +8,7 @@
 //! - A session builds its events ([`session::SessionAudit`]) and hands each to the [`Emitter`],
 //!   which never waits: when the queue is full the event is dropped and counted.
 //! - The writer (a thread of its own, so disk writes and fsyncs never run on the data path's
-//!   workers) hashes what an event's payload still needs ([`payload::PayloadWork`]: the
-//!   record digests at `PayloadDigest`, within [`DEFERRED_PAYLOAD_BYTES`] not yet hashed),
-//!   appends events to the [`spool::Spool`] in order, and writes a
+//!   workers) appends events to the [`spool::Spool`] in order, and writes a
 //!   [`streamward_api::audit::DroppedEvents`] report of anything lost once there is room.
 //! - With `--audit-full=refuse` ([`AuditFull::Refuse`]) the [`AuditGate`] closes while the
 //!   spool is at its bound (or the queue half full): new requests are refused with
@@ -40,7 +38,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{AuditOutcome, Metrics};
-use payload::PayloadWork;
 use sender::{Collector, SenderError};
 use spool::{Spool, SpoolError};
 
@@ -48,9 +45,6 @@ use spool::{Spool, SpoolError};
 pub const DEFAULT_QUEUE: usize = 65_536;
 /// The spool's default bound.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
-/// Bytes of record sets that queued events may hold for the writer to hash; past it, a session
-/// hashes its event's records itself before queueing it.
-pub const DEFERRED_PAYLOAD_BYTES: usize = 2 << 20;
 /// How often the writer makes appended events durable.
 const SYNC_EVERY: Duration = Duration::from_millis(200);
 
@@ -81,10 +75,6 @@ pub struct AuditGate {
     spool_bytes: AtomicU64,
     /// Events in the queue, not yet taken by the writer.
     queued: AtomicUsize,
-    /// Bytes of record sets queued events hold for the writer to hash.
-    deferred: AtomicUsize,
-    /// The bound on `deferred`.
-    deferred_max: usize,
     queue_capacity: usize,
     metrics: Arc<Metrics>,
 }
@@ -96,8 +86,6 @@ impl AuditGate {
             threshold,
             spool_bytes: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
-            deferred: AtomicUsize::new(0),
-            deferred_max: DEFERRED_PAYLOAD_BYTES,
             queue_capacity: queue.max(1),
             metrics,
         }
@@ -163,29 +151,12 @@ pub enum AuditError {
     Thread(std::io::Error),
 }
 
-/// An event on its way to the writer, with the hashing it still needs.
-pub(crate) struct Queued {
-    event: AuditEvent,
-    work: Option<PayloadWork>,
-}
-
-impl Queued {
-    /// The event, its payload hashed.
-    pub(crate) fn complete(self) -> AuditEvent {
-        let Queued { mut event, work } = self;
-        if let (Some(work), Some(record)) = (work, event.record_mut()) {
-            work.complete(record);
-        }
-        event
-    }
-}
-
 /// Hands events to the pipeline without waiting. Cheap to clone; one per session.
 #[derive(Clone)]
 pub struct Emitter {
     // Boxed: the bounded channel preallocates its slots, and a pointer per slot keeps an idle
     // queue of 65,536 at half a megabyte rather than a dozen.
-    queue: SyncSender<Box<Queued>>,
+    queue: SyncSender<Box<AuditEvent>>,
     overflow: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     identity: Arc<Identity>,
@@ -204,36 +175,6 @@ impl Emitter {
     /// Queues `event`, or drops and counts it when the queue is full (the writer reports the
     /// loss as an event of its own).
     pub fn emit(&self, event: AuditEvent) {
-        self.emit_with(event, None);
-    }
-
-    /// Queues `event` with the hashing its payload still needs: done by the writer, or here
-    /// when the writer already has [`DEFERRED_PAYLOAD_BYTES`] to hash.
-    pub fn emit_with(&self, mut event: AuditEvent, work: Option<PayloadWork>) {
-        let work = work.and_then(|work| {
-            let bytes = work.bytes();
-            let gate = &self.gate;
-            let taken = gate
-                .deferred
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                    held.checked_add(bytes).filter(|&n| n <= gate.deferred_max)
-                })
-                .is_ok();
-            if taken {
-                return Some(work);
-            }
-            if let Some(record) = event.record_mut() {
-                work.complete(record);
-            }
-            None
-        });
-        let release = |work: &Option<PayloadWork>| {
-            if let Some(work) = work {
-                self.gate
-                    .deferred
-                    .fetch_sub(work.bytes(), Ordering::Relaxed);
-            }
-        };
         // A request refused because the pipeline is full has no room: its event is lost and
         // reported as such, so the room left stays for requests already forwarded.
         if self.gate.refuse
@@ -242,18 +183,16 @@ impl Emitter {
                 .record()
                 .is_some_and(|record| record.decision.rule == AUDIT_FULL_RULE)
         {
-            release(&work);
             self.overflow.fetch_add(1, Ordering::Relaxed);
             self.metrics.audit_events(AuditOutcome::Dropped, 1);
             return;
         }
-        match self.queue.try_send(Box::new(Queued { event, work })) {
+        match self.queue.try_send(Box::new(event)) {
             Ok(()) => {
                 self.gate.queued.fetch_add(1, Ordering::Relaxed);
                 self.metrics.audit_events(AuditOutcome::Queued, 1);
             }
-            Err(TrySendError::Full(queued) | TrySendError::Disconnected(queued)) => {
-                release(&queued.work);
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.overflow.fetch_add(1, Ordering::Relaxed);
                 self.metrics.audit_events(AuditOutcome::Dropped, 1);
             }
@@ -276,21 +215,14 @@ impl Emitter {
     pub(crate) fn to_queue(
         identity: Identity,
         metrics: Arc<Metrics>,
-    ) -> (Emitter, Receiver<Box<Queued>>) {
-        Emitter::to_queue_deferring(identity, metrics, DEFERRED_PAYLOAD_BYTES)
-    }
-
-    /// [`Emitter::to_queue`], leaving at most `deferred_max` bytes of hashing to the writer.
-    #[cfg(test)]
-    pub(crate) fn to_queue_deferring(
-        identity: Identity,
-        metrics: Arc<Metrics>,
-        deferred_max: usize,
-    ) -> (Emitter, Receiver<Box<Queued>>) {
+    ) -> (Emitter, Receiver<Box<AuditEvent>>) {
         let (queue, events) = std::sync::mpsc::sync_channel(1024);
-        let mut gate = AuditGate::new(AuditFull::Continue, u64::MAX, 1024, metrics.clone());
-        gate.deferred_max = deferred_max;
-        let gate = Arc::new(gate);
+        let gate = Arc::new(AuditGate::new(
+            AuditFull::Continue,
+            u64::MAX,
+            1024,
+            metrics.clone(),
+        ));
         let emitter = Emitter {
             queue,
             overflow: Arc::new(AtomicU64::new(0)),
@@ -434,7 +366,7 @@ impl Audit {
 
 /// The writer: queue → spool, in order, until told to stop and the queue is empty.
 fn write_loop(
-    events: Receiver<Box<Queued>>,
+    events: Receiver<Box<AuditEvent>>,
     spool: &Mutex<Spool>,
     overflow: &AtomicU64,
     notify: &Notify,
@@ -450,10 +382,10 @@ fn write_loop(
         let mut ended = false;
         match events.recv_timeout(Duration::from_millis(100)) {
             Ok(event) => {
-                batch.push(completed(event, gate));
+                batch.push(event);
                 while batch.len() < 4096 {
                     match events.try_recv() {
-                        Ok(event) => batch.push(completed(event, gate)),
+                        Ok(event) => batch.push(event),
                         Err(_) => break,
                     }
                 }
@@ -501,14 +433,6 @@ fn write_loop(
             return;
         }
     }
-}
-
-/// A queued event with its payload hashed, no longer counted as work waiting.
-fn completed(queued: Box<Queued>, gate: &AuditGate) -> AuditEvent {
-    if let Some(work) = &queued.work {
-        gate.deferred.fetch_sub(work.bytes(), Ordering::Relaxed);
-    }
-    queued.complete()
 }
 
 #[cfg(test)]

@@ -8,11 +8,8 @@
 //! Produce), one pass over them serves both.
 //!
 //! The data path only collects the record sets (reference-counted slices of the frames, no
-//! copy) into a [`PayloadWork`]; the audit writer hashes them off the data path, so a
-//! request's round trip does not wait for SHA-256 over its records. The work the writer has
-//! not done yet is bounded ([`super::DEFERRED_PAYLOAD_BYTES`]): past it, a session hashes its
-//! own event's records before handing the event over, so memory stays bounded and no event
-//! goes without its digests.
+//! copy) into a [`PayloadWork`] while the request is under way; they are read and hashed once
+//! the request is done.
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};

@@ -188,7 +188,7 @@ pub struct Draft {
     event: Option<Box<(Timestamp, RequestRecord)>>,
     emitter: Emitter,
     completed: bool,
-    /// At `PayloadDigest` and up: the record sets to hash, by the audit writer.
+    /// At `PayloadDigest` and up: the record sets to hash once the request is done.
     payload: Option<PayloadWork>,
     /// At `MaskedPayload`: the record values, as the broker (Produce) or the client (Fetch)
     /// got them — after masking, and after the rules that did not apply on the wire.
@@ -467,12 +467,12 @@ impl Draft {
             return;
         };
         let (time, mut record) = *event;
-        let payload = self.payload.take();
-        if payload.is_some() {
+        if let Some(payload) = self.payload.take() {
             record.payload = Some(Payload {
                 sha256: None,
                 records: self.values.take().map(|v| v.values),
             });
+            payload.complete(&mut record);
         }
         if !self.withheld.is_empty() {
             if record.decision.effect == "Allow" {
@@ -491,8 +491,7 @@ impl Draft {
                 None => note.to_string(),
             });
         }
-        self.emitter
-            .emit_with(AuditEvent::request(time, record), payload);
+        self.emitter.emit(AuditEvent::request(time, record));
     }
 }
 
@@ -720,9 +719,9 @@ mod tests {
     }
 
     /// A Produce of two partitions to `orders`, answered: partition 0 written at offset 500,
-    /// partition 1 refused. Its event, with at most `deferred_max` bytes hashed by the writer,
-    /// and whether the writer had work left for it.
-    fn answered_produce(deferred_max: usize) -> (RequestRecord, bool) {
+    /// partition 1 refused.
+    #[test]
+    fn a_produce_keeps_the_digests_of_what_the_broker_wrote_at_its_offsets() {
         use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
         use kafka_protocol::messages::produce_response::{
             PartitionProduceResponse, TopicProduceResponse,
@@ -730,9 +729,7 @@ mod tests {
         use kafka_protocol::protocol::StrBytes;
 
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let (emitter, events) =
-            Emitter::to_queue_deferring(Identity::default(), metrics, deferred_max);
-        let gate = emitter.gate.clone();
+        let (emitter, events) = Emitter::to_queue(Identity::default(), metrics);
         let mut session = SessionAudit::new(emitter, "127.0.0.1:9".parse().unwrap());
         let start = RequestStart {
             api_key: 0,
@@ -777,19 +774,7 @@ mod tests {
         draft.produce_answered(&response, 9, &names);
         assert!(!draft.awaits_offsets());
         draft.finish();
-        let queued = events.try_recv().unwrap();
-        let deferred = queued.work.is_some();
-        let event = super::super::completed(queued, &gate);
-        assert_eq!(gate.deferred.load(std::sync::atomic::Ordering::Relaxed), 0);
-        (event.record().cloned().unwrap(), deferred)
-    }
-
-    #[test]
-    fn payload_digests_are_the_same_hashed_by_the_writer_or_by_a_session_past_the_bound() {
-        let (by_writer, deferred) = answered_produce(usize::MAX);
-        assert!(deferred, "the writer hashes within the bound");
-        let (by_session, deferred) = answered_produce(0);
-        assert!(!deferred, "past the bound the session hashes");
+        let record = events.try_recv().unwrap().record().cloned().unwrap();
 
         // The payload digest: over every record's digest, both partitions, in order.
         let mut record_digests = Vec::new();
@@ -802,26 +787,22 @@ mod tests {
         }
         assert_eq!(record_digests.len(), 5 * 32);
         let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&record_digests));
-        for record in [&by_writer, &by_session] {
-            let payload = record.payload.as_ref().unwrap();
-            assert_eq!(payload.sha256.as_deref(), Some(sha256.as_str()));
-            // Only the partition written has record digests, at the offsets the broker gave.
-            let [stored] = record.resources[0].stored.as_slice() else {
-                panic!("{:?}", record.resources[0].stored);
-            };
-            assert_eq!(stored.partition, 0);
-            assert_eq!(
-                stored.offsets,
-                Some(OffsetRange {
-                    first: 500,
-                    last: 502
-                })
-            );
-            let offsets: Vec<i64> = stored.digests.iter().map(|d| d.0).collect();
-            assert_eq!(offsets, [500, 501, 502]);
-        }
-        assert_eq!(by_writer.resources, by_session.resources);
-        assert_eq!(by_writer.payload, by_session.payload);
+        let payload = record.payload.as_ref().unwrap();
+        assert_eq!(payload.sha256.as_deref(), Some(sha256.as_str()));
+        // Only the partition written has record digests, at the offsets the broker gave.
+        let [stored] = record.resources[0].stored.as_slice() else {
+            panic!("{:?}", record.resources[0].stored);
+        };
+        assert_eq!(stored.partition, 0);
+        assert_eq!(
+            stored.offsets,
+            Some(OffsetRange {
+                first: 500,
+                last: 502
+            })
+        );
+        let offsets: Vec<i64> = stored.digests.iter().map(|d| d.0).collect();
+        assert_eq!(offsets, [500, 501, 502]);
     }
 
     #[test]

@@ -22,8 +22,9 @@ use streamward_api::audit::{AuditEvent, DroppedEvents, Identity};
 
 /// Most events in one batch (the collector's contract).
 pub const MAX_BATCH_EVENTS: usize = 1000;
-/// Most bytes in one batch (the collector takes up to 16 MiB).
-pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Most bytes in one batch (the collector takes up to 16 MiB; 1 MiB already spreads a batch's
+/// fixed costs over hundreds of events, and keeps the proxy's memory small).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
 /// The largest segment file (smaller when the whole spool is small).
 const SEGMENT_BYTES: u64 = 4 << 20;
 const SUFFIX: &str = ".jsonl";
