@@ -7,9 +7,9 @@
 //! the records a client got are the ones the broker sent (a Fetch not masked, and always a
 //! Produce), one pass over them serves both.
 //!
-//! The data path only collects the record sets (reference-counted slices of the frames, no
-//! copy) into a [`PayloadWork`] while the request is under way; they are read and hashed once
-//! the request is done.
+//! The data path collects the record sets (reference-counted slices of the frames, no copy)
+//! into a [`PayloadWork`]: a Produce's are read as soon as the request is forwarded (so its
+//! buffer is not held while the broker writes), a Fetch's once the response is fixed.
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -19,21 +19,33 @@ use streamward_api::audit::{
 
 use super::records;
 
-/// The record sets of one event still to be hashed.
-#[derive(Default)]
+/// The record sets of one event, and what was read from them.
 pub struct PayloadWork {
     /// Each record set once, in the order first named.
     sets: Vec<RecordSet>,
     /// The sets the payload digest covers, in order (indexes into `sets`): as the broker got
     /// them (Produce) or as the client got them, after masking (Fetch).
     payload: Vec<usize>,
-    /// Bytes referenced, for the bound on work not yet done.
-    bytes: usize,
+    /// Room left for runs of record digests ([`RECORD_DIGESTS`] per event).
+    budget: usize,
+}
+
+impl Default for PayloadWork {
+    fn default() -> PayloadWork {
+        PayloadWork {
+            sets: Vec::new(),
+            payload: Vec::new(),
+            budget: RECORD_DIGESTS,
+        }
+    }
 }
 
 /// One partition's record set.
 struct RecordSet {
-    records: Bytes,
+    /// The records, until they are read.
+    records: Option<Bytes>,
+    /// Once read, every record's digest, in order, when the payload digest covers them.
+    digests: Vec<[u8; 32]>,
     /// Where it is stored in Kafka, when the event keeps its record digests.
     stored: Option<Stored>,
 }
@@ -43,6 +55,8 @@ struct Stored {
     operation: &'static str,
     partition: i32,
     written: Written,
+    /// Once read, the partition's digests (offsets as the batches carry them).
+    records: Option<StoredRecords>,
 }
 
 /// Where a partition's records are in Kafka.
@@ -57,22 +71,20 @@ enum Written {
 }
 
 impl PayloadWork {
-    /// Bytes of record sets this work holds on to.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// The set holding exactly `records` (the same bytes, not a copy), added if new.
+    /// The set holding exactly `records` (the same bytes, not a copy) and not read yet, added
+    /// if new.
     fn set(&mut self, records: &Bytes) -> usize {
         let same = |set: &RecordSet| {
-            set.records.as_ptr() == records.as_ptr() && set.records.len() == records.len()
+            set.records
+                .as_ref()
+                .is_some_and(|r| r.as_ptr() == records.as_ptr() && r.len() == records.len())
         };
         if let Some(at) = self.sets.iter().position(same) {
             return at;
         }
-        self.bytes += records.len();
         self.sets.push(RecordSet {
-            records: records.clone(),
+            records: Some(records.clone()),
+            digests: Vec::new(),
             stored: None,
         });
         self.sets.len() - 1
@@ -108,7 +120,41 @@ impl PayloadWork {
             operation,
             partition,
             written,
+            records: None,
         });
+    }
+
+    /// Reads and hashes the record sets not read yet, and lets go of them: a Produce's records
+    /// are read before the broker answers, so the request's buffer is not held meanwhile.
+    pub fn read(&mut self) {
+        let mut in_payload = vec![false; self.sets.len()];
+        for &at in &self.payload {
+            in_payload[at] = true;
+        }
+        for (set, in_payload) in self.sets.iter_mut().zip(in_payload) {
+            let Some(records) = set.records.take() else {
+                continue;
+            };
+            let digests = &mut set.digests;
+            let mut each = |digest: &[u8; 32]| {
+                if in_payload {
+                    digests.push(*digest);
+                }
+            };
+            match &mut set.stored {
+                Some(stored) => {
+                    stored.records = records::digest_records(
+                        &records,
+                        Some((stored.partition, &mut self.budget)),
+                        &mut each,
+                    );
+                }
+                None if in_payload => {
+                    records::digest_records(&records, None, &mut each);
+                }
+                None => {}
+            }
+        }
     }
 
     /// Whether produced records wait for the offsets the broker writes them at.
@@ -136,47 +182,26 @@ impl PayloadWork {
         }
     }
 
-    /// Hashes the records and puts the digests on `record`: the payload digest, and per
+    /// Reads what is left and puts the digests on `record`: the payload digest, and per
     /// partition the records' digests in runs, within [`RECORD_DIGESTS`] runs for the event.
-    pub fn complete(self, record: &mut RequestRecord) {
-        let PayloadWork { sets, payload, .. } = self;
-        let mut in_payload = vec![false; sets.len()];
-        for &at in &payload {
-            in_payload[at] = true;
-        }
-        let mut digests: Vec<Vec<[u8; 32]>> = vec![Vec::new(); sets.len()];
-        let mut budget = RECORD_DIGESTS;
-        for (at, set) in sets.into_iter().enumerate() {
-            let kept = &mut digests[at];
-            let mut each = |digest: &[u8; 32]| {
-                if in_payload[at] {
-                    kept.push(*digest);
-                }
-            };
-            let Some(stored) = set.stored else {
-                if in_payload[at] {
-                    records::digest_records(&set.records, None, &mut each);
-                }
-                continue;
-            };
-            let Some(mut records) = records::digest_records(
-                &set.records,
-                Some((stored.partition, &mut budget)),
-                &mut each,
-            ) else {
-                continue;
-            };
-            place(&mut records, stored.written);
-            attach(record, &stored.topic, stored.operation, records);
-        }
+    pub fn complete(mut self, record: &mut RequestRecord) {
+        self.read();
         let mut digest = Sha256::new();
-        for at in payload {
-            for record_digest in &digests[at] {
+        for &at in &self.payload {
+            for record_digest in &self.sets[at].digests {
                 digest.update(record_digest);
             }
         }
         record.payload.get_or_insert_with(Payload::default).sha256 =
             Some(hex::encode(digest.finalize()));
+        for set in self.sets {
+            let Some(stored) = set.stored else { continue };
+            let Some(mut records) = stored.records else {
+                continue;
+            };
+            place(&mut records, stored.written);
+            attach(record, &stored.topic, stored.operation, records);
+        }
     }
 }
 
@@ -285,9 +310,12 @@ mod tests {
         work.fetched("orders", 0, &sent);
         work.digest(&sent);
         assert_eq!(work.sets.len(), 1);
-        assert_eq!(work.bytes(), sent.len());
         // A copy of the same bytes is another record set.
         work.digest(&Bytes::from(sent.to_vec()));
         assert_eq!(work.sets.len(), 2);
+        // Read, the records are let go of; their digests stay.
+        work.read();
+        assert!(work.sets.iter().all(|set| set.records.is_none()));
+        assert!(work.sets.iter().all(|set| set.digests.len() == 1));
     }
 }

@@ -343,6 +343,10 @@ impl Draft {
                 stats.apply(record, &name, "Write");
             }
         }
+        // Read now, while the broker writes them: the request's buffer is not held meanwhile.
+        if let Some(payload) = &mut payload {
+            payload.read();
+        }
         self.payload = payload;
         self.values = values;
         self.masking = self_masking;
