@@ -519,22 +519,31 @@ mod tests {
         out
     }
 
+    /// Compressible text: `records` numbered lines, repeating with period `period`.
+    fn text(records: u32, period: u32) -> Vec<u8> {
+        (0..records)
+            .flat_map(|i| format!("record {i} of {} ", i % period).into_bytes())
+            .collect()
+    }
+
+    /// `len` incompressible bytes (xorshift64 from `seed`).
+    fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn lz4_frames_are_the_bytes_the_frame_api_writes() {
         // Compressible text, incompressible noise, and both in one block; sizes around the
         // block size and the small sizes where a block cannot shrink.
-        let text: Vec<u8> = (0..300_000u32)
-            .flat_map(|i| format!("record {i} of {} ", i % 97).into_bytes())
-            .collect();
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let noise: Vec<u8> = (0..300_000)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let text = text(300_000, 97);
+        let noise = noise(300_000, 0x2545_f491_4f6c_dd1d);
         let mixed: Vec<u8> = text[..40_000]
             .iter()
             .chain(&noise[..40_000])
@@ -581,18 +590,8 @@ mod tests {
     fn lz4_frames_decode_as_the_frame_decoder_decodes_them() {
         use lz4::liblz4::{BlockChecksum, BlockMode, BlockSize, ContentChecksum};
         use std::io::Write;
-        let text: Vec<u8> = (0..20_000u32)
-            .flat_map(|i| format!("record {i} of {} ", i % 89).into_bytes())
-            .collect();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..300_000)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let text = text(20_000, 89);
+        let noise = noise(300_000, 0x9e37_79b9_7f4a_7c15);
         let mut frames = Vec::new();
         for data in [
             &text[..],
