@@ -36,7 +36,7 @@ use streamward_api::decide::Principal;
 
 use crate::authorize::{Fixup, Outcome, TopicNames};
 use crate::mask::budget::{MemoryBudget, OverBudget};
-use crate::mask::{MaskError, MaskStats, MaskingKeys, MaskingPlan, PlanError, mask_batch_within};
+use crate::mask::{MaskError, MaskStats, MaskingKeys, MaskingPlan, PlanError, mask_record_set};
 use crate::metrics::{MaskingFailure, Metrics};
 use crate::policy::ClientIdentity;
 use crate::source::{Loaded, Secrets};
@@ -783,9 +783,7 @@ fn mask_records(
         }
     };
     let mut stats = MaskStats::default();
-    let mut allowance = MemoryBudget::proxy().allowance();
-    let result = mask_batch_within(records, &plan.plan, &mut stats, &mut allowance);
-    drop(allowance);
+    let result = mask_record_set(records, &plan.plan, &mut stats, MemoryBudget::proxy());
     metrics.masked(flow, &plan.rules, &stats);
     if let Some(draft) = tally {
         draft.masked(&plan.rules, stats.fields_masked + stats.headers_masked);

@@ -228,14 +228,19 @@ where
             // Only without a broker; here there is one.
             Action::Close(Close::NoBroker) => return Ok(()),
         };
-        if queue.send(Pending { reply, event }).await.is_err() {
-            return Ok(()); // the response half has ended and says why
-        }
         if let Some(request) = to_send {
             to_broker
                 .send(request)
                 .await
                 .map_err(SessionError::Broker)?;
+        }
+        // A Produce's records are hashed while the broker writes them, not before it gets them.
+        let mut event = event;
+        if let Some(event) = &mut event {
+            event.read_payload();
+        }
+        if queue.send(Pending { reply, event }).await.is_err() {
+            return Ok(()); // the response half has ended and says why
         }
     }
 }

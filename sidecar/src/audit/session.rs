@@ -343,13 +343,18 @@ impl Draft {
                 stats.apply(record, &name, "Write");
             }
         }
-        // Read now, while the broker writes them: the request's buffer is not held meanwhile.
-        if let Some(payload) = &mut payload {
-            payload.read();
-        }
         self.payload = payload;
         self.values = values;
         self.masking = self_masking;
+    }
+
+    /// Reads and hashes the records named so far and lets go of them. The data path calls it
+    /// once a Produce is written to the broker: the hashing overlaps the broker's write instead
+    /// of delaying the request, and the request's buffer is not held until the answer.
+    pub fn read_payload(&mut self) {
+        if let Some(payload) = &mut self.payload {
+            payload.read();
+        }
     }
 
     /// Whether a Produce's records wait for the offsets the broker wrote them at.
@@ -762,6 +767,7 @@ mod tests {
         ]);
         let names = crate::topics::TopicIds::default();
         draft.produced(&request, 9, &names);
+        draft.read_payload(); // as the data path does once the request is written
         assert!(draft.awaits_offsets());
         let response = ProduceResponse::default().with_responses(vec![
             TopicProduceResponse::default()

@@ -150,6 +150,20 @@ pub struct MaskStats {
     pub truncated_batches_dropped: u64,
 }
 
+impl MaskStats {
+    /// Adds `other`'s counts to these.
+    fn add(&mut self, other: &MaskStats) {
+        self.batches += other.batches;
+        self.batches_rewritten += other.batches_rewritten;
+        self.records += other.records;
+        self.records_masked += other.records_masked;
+        self.fields_masked += other.fields_masked;
+        self.headers_masked += other.headers_masked;
+        self.parse_failures += other.parse_failures;
+        self.truncated_batches_dropped += other.truncated_batches_dropped;
+    }
+}
+
 /// Buffers for one call: nothing is allocated per record.
 #[derive(Default)]
 struct BatchScratch {
@@ -202,6 +216,20 @@ pub fn mask_batch_within(
     stats: &mut MaskStats,
     allowance: &mut Allowance<'_>,
 ) -> Result<Option<Bytes>, MaskError> {
+    let room = records.len() + 256;
+    let masked = mask_into(records, plan, stats, allowance, room)?;
+    Ok(masked.map(BytesMut::freeze))
+}
+
+/// [`mask_batch_within`], writing the new record set into a buffer with room for `room` bytes
+/// (taken from `allowance` with it): room for more records after these, or for what masking adds.
+fn mask_into(
+    records: &[u8],
+    plan: &MaskingPlan,
+    stats: &mut MaskStats,
+    allowance: &mut Allowance<'_>,
+    room: usize,
+) -> Result<Option<BytesMut>, MaskError> {
     if plan.is_empty() || records.is_empty() {
         return Ok(None);
     }
@@ -233,9 +261,9 @@ pub fn mask_batch_within(
             }
             stats.truncated_batches_dropped += 1;
             if out.is_none() {
-                hold(allowance, scratch.bytes() + records.len(), position)?;
+                hold(allowance, scratch.bytes() + room, position)?;
             }
-            let out = out.get_or_insert_with(|| BytesMut::with_capacity(records.len()));
+            let out = out.get_or_insert_with(|| BytesMut::with_capacity(room));
             out.extend_from_slice(&records[copied..position]);
             copied = records.len();
             break;
@@ -256,10 +284,10 @@ pub fn mask_batch_within(
         if let Some(new_records) = rewritten {
             if out.is_none() {
                 // mask_one holds what the scratch buffers hold; the new record set comes on top.
-                let total = allowance.held() + records.len() + 256;
+                let total = allowance.held() + room;
                 hold(allowance, total, position)?;
             }
-            let out = out.get_or_insert_with(|| BytesMut::with_capacity(records.len() + 256));
+            let out = out.get_or_insert_with(|| BytesMut::with_capacity(room));
             out.extend_from_slice(&records[copied..position]);
             write_batch(batch, position, new_records, out)?;
             copied = position + length;
@@ -269,8 +297,98 @@ pub fn mask_batch_within(
     }
     Ok(out.map(|mut out| {
         out.extend_from_slice(&records[copied..]);
-        out.freeze()
+        out
     }))
+}
+
+/// Record sets from this size up are masked in two halves at once ([`mask_record_set`]).
+pub const PARALLEL_FROM: usize = 128 << 10;
+
+/// Masks the records of one partition within `budget`: [`mask_batch_within`] with one
+/// allowance, and the same result byte for byte, but a record set of [`PARALLEL_FROM`] bytes
+/// or more that holds more than one batch is split at the first batch boundary past its middle
+/// and its halves are masked at once on rayon's pool (two threads in the proxy), each within
+/// half an allowance. A consumer waits for its Fetch response while the proxy masks it, so two
+/// cores halve that wait; batches are masked independently of each other, so the halves joined
+/// are what one pass would have written. Should either half fail (a batch it cannot read, or
+/// memory), the record set is masked again in one pass: errors, and the positions they name,
+/// are the one-pass ones.
+pub fn mask_record_set(
+    records: &[u8],
+    plan: &MaskingPlan,
+    stats: &mut MaskStats,
+    budget: &MemoryBudget,
+) -> Result<Option<Bytes>, MaskError> {
+    if plan.is_empty() {
+        return Ok(None);
+    }
+    if let Some(masked) = split_point(records).and_then(|middle| {
+        let (first, second) = records.split_at(middle);
+        mask_halves(first, second, plan, stats, budget)
+    }) {
+        return Ok(masked);
+    }
+    mask_batch_within(records, plan, stats, &mut budget.allowance())
+}
+
+/// Where [`mask_record_set`] splits `records`: the end of the first batch that ends past the
+/// middle, when the set is large enough, that batch is not its last, and there are two threads.
+pub(super) fn split_point(records: &[u8]) -> Option<usize> {
+    if records.len() < PARALLEL_FROM || rayon_core::current_num_threads() < 2 {
+        return None;
+    }
+    let mut position = 0;
+    loop {
+        let length = records.get(position + 8..position + LOG_OVERHEAD)?;
+        let length = usize::try_from(i32::from_be_bytes(length.try_into().ok()?)).ok()?;
+        let end = position.checked_add(LOG_OVERHEAD + length)?;
+        if end >= records.len() {
+            return None; // the last batch, whole or cut short: nothing to split off
+        }
+        if end >= records.len() / 2 {
+            return Some(end);
+        }
+        position = end;
+    }
+}
+
+/// Masks `first` and `second` at once and joins them; `None` when either half failed, or the
+/// joined record set does not fit the budget.
+fn mask_halves(
+    first: &[u8],
+    second: &[u8],
+    plan: &MaskingPlan,
+    stats: &mut MaskStats,
+    budget: &MemoryBudget,
+) -> Option<Option<Bytes>> {
+    let half = |records: &[u8], room: usize| {
+        let mut stats = MaskStats::default();
+        let mut allowance = budget.part_allowance(2);
+        let masked = mask_into(records, plan, &mut stats, &mut allowance, room);
+        Some((masked.ok()?, stats, allowance))
+    };
+    // The first half's new records get room for the second's: they are joined without a copy.
+    let whole = first.len() + second.len() + 256;
+    let (a, b) = rayon_core::join(|| half(first, whole), || half(second, second.len() + 256));
+    let ((a, a_stats, _a_held), (b, b_stats, _b_held)) = (a?, b?);
+    stats.add(&a_stats);
+    stats.add(&b_stats);
+    match (a, b.as_deref()) {
+        (None, None) => Some(None),
+        (Some(mut joined), b) => {
+            joined.extend_from_slice(b.unwrap_or(second));
+            Some(Some(joined.freeze()))
+        }
+        (None, Some(b)) => {
+            // Held while the halves' allowances still hold the second half's new records.
+            let mut allowance = budget.allowance();
+            allowance.hold(first.len() + b.len()).ok()?;
+            let mut joined = BytesMut::with_capacity(first.len() + b.len());
+            joined.extend_from_slice(first);
+            joined.extend_from_slice(b);
+            Some(Some(joined.freeze()))
+        }
+    }
 }
 
 fn hold(allowance: &mut Allowance<'_>, total: usize, position: usize) -> Result<(), MaskError> {

@@ -92,8 +92,15 @@ impl MemoryBudget {
 
     /// An empty allowance for one record set.
     pub fn allowance(&self) -> Allowance<'_> {
+        self.part_allowance(1)
+    }
+
+    /// An empty allowance for one of `parts` pieces of a record set masked at once: each may
+    /// hold `1/parts` of what a record set may, so together they stay within one allowance.
+    pub fn part_allowance(&self, parts: usize) -> Allowance<'_> {
         Allowance {
             budget: self,
+            cap: self.per_use / parts.max(1),
             held: 0,
         }
     }
@@ -108,6 +115,8 @@ impl MemoryBudget {
 #[derive(Debug)]
 pub struct Allowance<'b> {
     budget: &'b MemoryBudget,
+    /// The most it may hold.
+    cap: usize,
     held: usize,
 }
 
@@ -117,10 +126,8 @@ impl Allowance<'_> {
         if total <= self.held {
             return Ok(());
         }
-        if total > self.budget.per_use {
-            return Err(OverBudget::Connection {
-                cap: self.budget.per_use,
-            });
+        if total > self.cap {
+            return Err(OverBudget::Connection { cap: self.cap });
         }
         let more = total - self.held;
         self.budget
@@ -169,5 +176,16 @@ mod tests {
         b.hold(60).unwrap();
         drop(b);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn the_parts_of_a_record_set_share_one_allowance() {
+        let budget = MemoryBudget::new(100, 60);
+        let mut a = budget.part_allowance(2);
+        let mut b = budget.part_allowance(2);
+        assert_eq!(a.hold(31), Err(OverBudget::Connection { cap: 30 }));
+        a.hold(30).unwrap();
+        b.hold(30).unwrap();
+        assert_eq!(budget.used(), 60);
     }
 }

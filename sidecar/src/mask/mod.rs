@@ -23,6 +23,8 @@ mod value;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{MaskError, MaskStats, mask_batch, mask_batch_within};
+pub use batch::{
+    MaskError, MaskStats, PARALLEL_FROM, mask_batch, mask_batch_within, mask_record_set,
+};
 pub use plan::{DEFAULT_MAX_DECOMPRESSED_BYTES, MaskingKeys, MaskingPlan, PlanError};
 pub use value::{Masked, mask_value};

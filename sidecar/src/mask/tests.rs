@@ -797,6 +797,112 @@ fn batches_are_masked_within_their_memory_allowance_or_refused() {
 // ---- Properties ----
 
 /// JSON values with the strings detectors look for mixed in.
+/// A record set of `batches` batches of eight ~1 KiB JSON records that do not compress away;
+/// the records of batch `i` hold an email to mask when `with_email(i)`.
+fn large_record_set(
+    batches: usize,
+    codec: Compression,
+    with_email: impl Fn(usize) -> bool,
+) -> BytesMut {
+    let mut set = BytesMut::new();
+    for batch in 0..batches {
+        let records: Vec<Record> = (0..8)
+            .map(|r| {
+                let offset = (batch * 8 + r) as i64;
+                // Letters only: digits could look like card numbers to the detector.
+                let note: String = (0..900u64)
+                    .map(|i| {
+                        let mut noise =
+                            (offset as u64 * 1_000 + i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        noise = (noise ^ (noise >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                        char::from(b'a' + ((noise ^ (noise >> 27)) % 26) as u8)
+                    })
+                    .collect();
+                let value = match with_email(batch) {
+                    true => format!(r#"{{"email": "user{offset}@example.com", "note": "{note}"}}"#),
+                    false => format!(r#"{{"note": "{note}"}}"#),
+                };
+                record(offset, Some(value.as_bytes()), &[])
+            })
+            .collect();
+        set.extend_from_slice(&encode(&records, codec));
+    }
+    set
+}
+
+#[test]
+fn large_record_sets_are_masked_in_halves_with_the_one_pass_result() {
+    use super::batch::split_point;
+    use super::budget::MemoryBudget;
+
+    // Two threads wherever the test runs, as in the proxy.
+    let pool = rayon_core::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let plan = batch_plan();
+    let budget = MemoryBudget::new(64 << 20, 32 << 20);
+    let both = |set: &[u8]| {
+        let mut one_pass_stats = MaskStats::default();
+        let one_pass = mask_batch(set, &plan, &mut one_pass_stats);
+        let mut halves_stats = MaskStats::default();
+        let halves = pool.install(|| {
+            assert!(
+                split_point(set).is_some(),
+                "{} bytes are not split",
+                set.len()
+            );
+            mask_record_set(set, &plan, &mut halves_stats, &budget)
+        });
+        assert_eq!(budget.used(), 0, "every allowance is given back");
+        (one_pass, one_pass_stats, halves, halves_stats)
+    };
+    let all = |_: usize| true;
+    let first_half = |batch: usize| batch < 16;
+    let second_half = |batch: usize| batch >= 16;
+    let none = |_: usize| false;
+    for codec in [Compression::None, Compression::Lz4] {
+        for with_email in [
+            &all as &dyn Fn(usize) -> bool,
+            &first_half,
+            &second_half,
+            &none,
+        ] {
+            let set = large_record_set(32, codec, with_email);
+            assert!(set.len() >= PARALLEL_FROM, "{codec:?}: {} bytes", set.len());
+            let (one_pass, one_pass_stats, halves, halves_stats) = both(&set);
+            assert_eq!(halves.unwrap(), one_pass.unwrap(), "{codec:?}");
+            assert_eq!(halves_stats, one_pass_stats, "{codec:?}");
+        }
+        // What was masked is what one pass masks: every batch with an email is rewritten.
+        let set = large_record_set(32, codec, first_half);
+        let (_, stats, masked, _) = both(&set);
+        assert_eq!(stats.batches_rewritten, 16);
+        let values = decode(masked.unwrap().unwrap());
+        assert_eq!(values.len(), 32 * 8);
+        assert!(values.iter().all(|r| {
+            !String::from_utf8_lossy(r.value.as_deref().unwrap()).contains("@example.com")
+        }));
+
+        // A Fetch whose last batch is cut short: dropped, as in one pass.
+        let mut cut = large_record_set(32, codec, all);
+        cut.truncate(cut.len() - 100);
+        let (one_pass, one_pass_stats, halves, halves_stats) = both(&cut);
+        assert_eq!(halves.unwrap(), one_pass.unwrap());
+        assert_eq!(halves_stats.truncated_batches_dropped, 1);
+        assert_eq!(halves_stats, one_pass_stats);
+
+        // A corrupt batch in the second half: the one-pass error, at its position.
+        let mut corrupt = large_record_set(32, codec, all);
+        let at = corrupt.len() - 200;
+        corrupt[at] ^= 1;
+        let (one_pass, _, halves, _) = both(&corrupt);
+        let (one_pass, halves) = (one_pass.unwrap_err(), halves.unwrap_err());
+        assert!(matches!(halves, MaskError::Crc { .. }), "{halves}");
+        assert_eq!(halves.to_string(), one_pass.to_string());
+    }
+}
+
 fn json_value() -> impl Strategy<Value = Value> {
     let text = prop_oneof![
         "[a-zA-Z0-9 .@+-]{0,20}",
