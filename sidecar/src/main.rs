@@ -215,14 +215,13 @@ fn main() -> anyhow::Result<()> {
         flags.mask_connection_memory_bytes,
     ));
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // Large record sets are masked in two halves at once (mask::mask_record_set) on two
-    // threads; with one core they are masked in one pass.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Large record sets are masked in two halves at once (mask::mask_record_set): the session's
+    // thread masks one, this pool's one thread the other.
     rayon_core::ThreadPoolBuilder::new()
-        .num_threads(cores.min(2))
-        .thread_name(|i| format!("mask-{i}"))
+        .num_threads(1)
+        .thread_name(|_| "mask".into())
         .build_global()
-        .context("starting the masking threads")?;
+        .context("starting the masking thread")?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

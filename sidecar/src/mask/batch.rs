@@ -23,6 +23,8 @@
 //! response's last batch cut short by the broker's size limit, which clients ignore and fetch
 //! again: it is dropped (masking it is impossible, forwarding it would leak its start).
 
+use std::sync::OnceLock;
+
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::Compression;
 use streamward_api::config::Flow;
@@ -307,8 +309,8 @@ pub const PARALLEL_FROM: usize = 128 << 10;
 /// Masks the records of one partition within `budget`: [`mask_batch_within`] with one
 /// allowance, and the same result byte for byte, but a record set of [`PARALLEL_FROM`] bytes
 /// or more that holds more than one batch is split at the first batch boundary past its middle
-/// and its halves are masked at once on rayon's pool (two threads in the proxy), each within
-/// half an allowance. A consumer waits for its Fetch response while the proxy masks it, so two
+/// and its halves are masked at once, the second on rayon's pool (one thread in the proxy),
+/// each within half an allowance. A consumer waits for its Fetch response while the proxy masks it, so two
 /// cores halve that wait; batches are masked independently of each other, so the halves joined
 /// are what one pass would have written. Should either half fail (a batch it cannot read, or
 /// memory), the record set is masked again in one pass: errors, and the positions they name,
@@ -322,19 +324,28 @@ pub fn mask_record_set(
     if plan.is_empty() {
         return Ok(None);
     }
-    if let Some(masked) = split_point(records).and_then(|middle| {
-        let (first, second) = records.split_at(middle);
-        mask_halves(first, second, plan, stats, budget)
-    }) {
+    if let Some(masked) = split_point(records)
+        .filter(|_| two_cores())
+        .and_then(|middle| {
+            let (first, second) = records.split_at(middle);
+            mask_halves(first, second, plan, stats, budget)
+        })
+    {
         return Ok(masked);
     }
     mask_batch_within(records, plan, stats, &mut budget.allowance())
 }
 
+/// Whether the process may use two cores: with one, the halves would only take turns.
+fn two_cores() -> bool {
+    static TWO: OnceLock<bool> = OnceLock::new();
+    *TWO.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2))
+}
+
 /// Where [`mask_record_set`] splits `records`: the end of the first batch that ends past the
-/// middle, when the set is large enough, that batch is not its last, and there are two threads.
+/// middle, when the set is large enough and that batch is not its last.
 pub(super) fn split_point(records: &[u8]) -> Option<usize> {
-    if records.len() < PARALLEL_FROM || rayon_core::current_num_threads() < 2 {
+    if records.len() < PARALLEL_FROM {
         return None;
     }
     let mut position = 0;
@@ -369,7 +380,12 @@ fn mask_halves(
     };
     // The first half's new records get room for the second's: they are joined without a copy.
     let whole = first.len() + second.len() + 256;
-    let (a, b) = rayon_core::join(|| half(first, whole), || half(second, second.len() + 256));
+    // The second half goes to rayon's pool; this thread masks the first meanwhile.
+    let (mut a, mut b) = (None, None);
+    rayon_core::in_place_scope(|scope| {
+        scope.spawn(|_| b = half(second, second.len() + 256));
+        a = half(first, whole);
+    });
     let ((a, a_stats, _a_held), (b, b_stats, _b_held)) = (a?, b?);
     stats.add(&a_stats);
     stats.add(&b_stats);
