@@ -504,11 +504,11 @@ fn init_logging(json: bool) {
 }
 
 /// Keeps glibc's allocator to one arena. By default each thread that allocates gets an arena of
-/// its own (up to eight per core), and each arena keeps what its frees leave behind: with two
-/// runtime workers, the audit writer and the audit sender each holding freed frames and masking
-/// buffers, peak RSS under `just bench`'s masking load was 31.2 MiB, against 25.6 MiB with one
-/// arena (and 23.5 against 19.8 MiB auditing without masking). Small allocations still come from
-/// each thread's own cache without a lock, so the one arena's lock is rarely contended.
+/// its own (up to eight per core), and each arena keeps what its frees leave behind: with the
+/// runtime's two workers, the audit writer and the masking thread each holding freed frames
+/// and buffers, peak RSS in a `just bench` run was 31.2 MiB masking and 23.5 MiB auditing,
+/// against 25.6 and 19.8 MiB with one arena. Small allocations still come from each thread's
+/// own cache without a lock, so the one arena's lock is rarely contended.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn one_malloc_arena() {
     // SAFETY: mallopt only sets an allocator parameter; it is called before any other thread

@@ -8,8 +8,8 @@
 //! Produce), one pass over them serves both.
 //!
 //! The data path collects the record sets (reference-counted slices of the frames, no copy)
-//! into a [`PayloadWork`]: a Produce's are read as soon as the request is forwarded (so its
-//! buffer is not held while the broker writes), a Fetch's once the response is fixed.
+//! into a [`PayloadWork`]: a Produce's are read once the request is written to the broker
+//! (so its buffer is not held while the broker writes), a Fetch's once the response is sent.
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};

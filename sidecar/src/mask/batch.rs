@@ -307,14 +307,14 @@ fn mask_into(
 pub const PARALLEL_FROM: usize = 128 << 10;
 
 /// Masks the records of one partition within `budget`: [`mask_batch_within`] with one
-/// allowance, and the same result byte for byte, but a record set of [`PARALLEL_FROM`] bytes
-/// or more that holds more than one batch is split at the first batch boundary past its middle
-/// and its halves are masked at once, the second on rayon's pool (one thread in the proxy),
-/// each within half an allowance. A consumer waits for its Fetch response while the proxy masks it, so two
-/// cores halve that wait; batches are masked independently of each other, so the halves joined
-/// are what one pass would have written. Should either half fail (a batch it cannot read, or
-/// memory), the record set is masked again in one pass: errors, and the positions they name,
-/// are the one-pass ones.
+/// allowance, and the same result byte for byte. A record set of [`PARALLEL_FROM`] bytes or
+/// more that holds more than one batch is split at the first batch boundary past its middle,
+/// and its halves are masked at once: the first on this thread, the second on rayon's pool
+/// (one thread in the proxy), each within half an allowance. A consumer waits for its Fetch
+/// response while the proxy masks it, so two cores shorten that wait; batches are masked
+/// independently of each other, so the halves joined are what one pass would have written.
+/// Should either half fail (a batch it cannot read, or memory), the record set is masked again
+/// in one pass: errors, and the positions they name, are the one-pass ones.
 pub fn mask_record_set(
     records: &[u8],
     plan: &MaskingPlan,
