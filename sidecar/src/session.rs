@@ -186,7 +186,7 @@ where
         if let Action::Hold(hold) = request.action {
             request = hold_for_approval(shared, &mut client, hold, request.event).await;
         }
-        let Request { action, event } = request;
+        let Request { action, mut event } = request;
         let (reply, to_send) = match action {
             Action::Forward {
                 request,
@@ -235,7 +235,6 @@ where
                 .map_err(SessionError::Broker)?;
         }
         // A Produce's records are hashed while the broker writes them, not before it gets them.
-        let mut event = event;
         if let Some(event) = &mut event {
             event.read_payload();
         }
