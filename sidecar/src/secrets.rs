@@ -3,8 +3,9 @@
 //! An injected proxy asks the operator for them (`--secrets-url`) with a projected token only
 //! its container mounts: they live in the operator's namespace, out of reach of everyone in
 //! the workload's (see `streamward_api::secrets`). They are kept in memory only, asked for
-//! again every minute (a rotated password arrives without a restart) and whenever the config
-//! changes (a new MaskingRule may name a new key). Until the operator first answers, the
+//! again every minute (a rotated password arrives without a restart), every 5 s while the
+//! config names one the last answer lacked, and whenever the config changes (a new
+//! MaskingRule may name a new key). Until the operator first answers, the
 //! proxy fails closed; after that, an operator that is away leaves the last answer in force.
 //!
 //! Outside Kubernetes (`--config` with `--secrets-dir`), they are read from files laid out as
@@ -14,6 +15,7 @@ use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -54,7 +56,11 @@ impl SecretSource {
         match self {
             SecretSource::Mounted(dir) => read_mounted(dir, &names(config)),
             SecretSource::Operator(operator) => match &**operator.answer.load() {
-                Answer::Got(secrets) => Ok(secrets.clone()),
+                Answer::Got(secrets) => {
+                    let wanting = names(config).iter().any(|name| !secrets.contains_key(name));
+                    operator.wanting.store(wanting, Ordering::Relaxed);
+                    Ok(secrets.clone())
+                }
                 Answer::NotYet(reason) => Err(LoadError::Secrets(reason.clone())),
             },
         }
@@ -167,6 +173,9 @@ pub struct OperatorSecrets {
     answer: ArcSwap<Answer>,
     /// Counts the answers that changed the Secrets.
     changes: watch::Sender<u64>,
+    /// The config in force names a Secret the last answer did not serve: ask again soon. Just
+    /// after a StreamTarget or MaskingRule is applied, the operator's view may not have it yet.
+    wanting: AtomicBool,
 }
 
 impl std::fmt::Debug for OperatorSecrets {
@@ -225,6 +234,7 @@ impl OperatorSecrets {
                 "the operator has not answered yet".into(),
             )),
             changes: watch::channel(0).0,
+            wanting: AtomicBool::new(false),
         })
     }
 
@@ -307,10 +317,12 @@ impl OperatorSecrets {
         serde_json::from_slice(&body).map_err(|e| fail(format!("the answer is not valid: {e}")))
     }
 
-    /// Asks every `every` (every 2 s until the first answer), forever.
+    /// Asks every `every` (every 2 s until the first answer, and every 5 s while the config
+    /// names a Secret the last answer did not serve), forever.
     pub async fn keep_fresh(self: Arc<Self>, every: Duration) {
         loop {
             let wait = match self.refresh().await {
+                Ok(()) if self.wanting.load(Ordering::Relaxed) => Duration::from_secs(5),
                 Ok(()) => every,
                 Err(error) => {
                     tracing::warn!(%error, "the operator did not serve this proxy's Secrets");
