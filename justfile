@@ -4,6 +4,9 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 target_dir := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target")
 
+# The programs the images are made of (`just images`, the image and node tests), as cargo builds them.
+release_programs := "-p streamward-operator -p streamward-sidecar -p streamward-collector --bin streamward-operator --bin streamward-sidecar --bin streamward-collector"
+
 # List the recipes.
 default:
     @just --list --unsorted
@@ -56,16 +59,17 @@ provision:
 
 # One OCI image per program (operator, proxy, collector), no container daemon: <cache>/images/<name>-<version>.oci.tar.
 images:
-    cargo build -q --release -p streamward-operator -p streamward-sidecar -p streamward-collector --bin streamward-operator --bin streamward-sidecar --bin streamward-collector
+    cargo build -q --release {{release_programs}}
     cargo run -q --release -p streamward-e2e --bin images -- --binaries {{target_dir}}/release
 
 # Unit tests: fast and pure, no Kafka, no Kubernetes.
 unit:
     cargo test --workspace --lib --bins
 
-# End-to-end tests against real Kafka (1 and 3 nodes), a real kube-apiserver and real clients.
+# End-to-end tests against real Kafka (1 and 3 nodes), a real kube-apiserver and real clients; the harness's own (images, node, helm) last.
 e2e: provision
-    cargo test --workspace --test '*'
+    cargo test --workspace --exclude streamward-e2e --test '*'
+    cargo test -p streamward-e2e --test '*'
 
 # Fuzz decode → mask → encode of record batches for `seconds`, in release (`just e2e` runs it for 10 s).
 fuzz-mask seconds="60":
@@ -92,7 +96,19 @@ krew-archive profile="release":
     echo "$out/streamward.yaml (sha256 $sum)"
 
 # Everything CI runs: lint, unit tests, the samples' policy cases and end-to-end tests.
-test: lint unit policy-test e2e
+test:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # The image and node tests need the three programs' release build (minutes on 2 cores). It
+    # starts first at the lowest CPU priority, so it takes only the CPU the rest leaves idle
+    # while tests wait on Kafka and the API server; those two tests run last and wait on
+    # cargo's lock for whatever is left of it.
+    log=$(mktemp)
+    nice -n 19 cargo build -q --release {{release_programs}} >"$log" 2>&1 &
+    release=$!
+    trap 'kill $release 2>/dev/null || true; rm -f "$log"' EXIT
+    {{just_executable()}} lint unit policy-test e2e
+    wait $release || { echo "the background release build failed (the tests built it again):"; cat "$log"; }
 
 # The demo: real Kafka, the proxy with config/samples/ and the collector, driven by real clients; ends with the audit trail.
 demo: provision
@@ -101,7 +117,7 @@ demo: provision
 
 # The demo in pods, on a one-node Kubernetes built here (root): helm install, config/samples/, injected kcat and Python clients; allowed/denied, masked/exempt, a grant and its revocation; ends with the audit trail.
 demo-cluster: provision
-    cargo build -q --release -p streamward-operator -p streamward-sidecar -p streamward-collector --bin streamward-operator --bin streamward-sidecar --bin streamward-collector
+    cargo build -q --release {{release_programs}}
     cargo run -q -p streamward-e2e --bin demo_cluster -- --binaries {{target_dir}}/release
 
 # Benchmark side by side, one run on one broker: direct, Streamward (policy; +audit; +audit +masking), Kroxylicious (passthrough; +record rewrite). Writes results.md, results.json, throughput.svg to `out`.
