@@ -105,8 +105,7 @@ impl<'a> Cluster<'a> {
 /// The release binaries, built as `just images` builds them (`cargo build --release`);
 /// returns `<target>/release`.
 pub fn release_binaries() -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
+    let mut command = crate::cargo();
     command.args(["build", "-q", "--release"]);
     for program in PROGRAMS {
         command.args(["-p", program, "--bin", program]);

@@ -49,6 +49,47 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// Cargo (the one running this test), to build workspace binaries from inside a test as
+/// `just` builds them from a shell. Cargo gives a test the variables of its own package
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...); build scripts such as ring's declare
+/// `rerun-if-env-changed` on those, so a nested cargo that kept them would rebuild ring and
+/// everything above it (rustls, kube, every workspace crate) whenever a test of another package
+/// or a shell built last: minutes per switch in CI. So they are removed here.
+pub fn cargo() -> std::process::Command {
+    let mut command =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if is_set_by_cargo_for_a_crate(name) {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Whether cargo sets `name` for one crate's build script, compiler or test run (not a
+/// configuration variable such as `CARGO_TARGET_DIR` or `CARGO_HOME`).
+fn is_set_by_cargo_for_a_crate(name: &str) -> bool {
+    const NAMES: [&str; 9] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    const PREFIXES: [&str; 4] = [
+        "CARGO_PKG_",
+        "CARGO_BIN_EXE_",
+        "CARGO_CFG_",
+        "CARGO_FEATURE_",
+    ];
+    NAMES.contains(&name) || PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+}
+
 /// The path of binary `bin` of workspace package `package`, built (debug profile) with the
 /// caller's `CARGO_TARGET_DIR`, for tests that run another crate's binary (the sidecar's tests
 /// run the collector). Cargo only lends `CARGO_BIN_EXE_*` for the package's own binaries.
@@ -64,8 +105,7 @@ pub fn workspace_binaries(wanted: &[(&str, &str)]) -> anyhow::Result<Vec<std::pa
         .parent()
         .context("the e2e crate lives in the workspace")?
         .to_path_buf();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = std::process::Command::new(cargo);
+    let mut command = cargo();
     command.args(["build", "-q"]).current_dir(&root);
     for (package, bin) in wanted {
         command.args(["-p", package, "--bin", bin]);

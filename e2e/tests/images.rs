@@ -25,7 +25,7 @@ const SIDECAR_MAX_COMPRESSED_BYTES: u64 = 10_000_000;
 
 /// The release binaries, built as `just images` builds them; returns `<target>/release`.
 fn release_binaries() -> PathBuf {
-    let mut cargo = Command::new(env!("CARGO"));
+    let mut cargo = streamward_e2e::cargo();
     cargo.args(["build", "-q", "--release"]);
     for program in PROGRAMS {
         cargo.args(["-p", program]);

@@ -61,7 +61,7 @@ fn kubectl_as(server: &KubeApiServer, kubeconfig: &Path, args: &[&str]) -> (bool
 fn sidecar_binary() -> PathBuf {
     run(
         "cargo build -p streamward-sidecar",
-        Command::new(env!("CARGO"))
+        streamward_e2e::cargo()
             .args([
                 "build",
                 "-q",
