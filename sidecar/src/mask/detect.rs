@@ -214,7 +214,8 @@ pub(crate) fn normalized<'t>(
         }
         Normalize::Lowercase => {
             out.clear();
-            out.extend(matched.chars().map(|c| c.to_ascii_lowercase()));
+            out.push_str(matched);
+            out.make_ascii_lowercase();
             out
         }
     }
@@ -1202,6 +1203,11 @@ mod tests {
         assert_eq!(
             normalized(Normalize::Lowercase, "Alice@Example.COM", &mut scratch),
             "alice@example.com"
+        );
+        assert_eq!(
+            normalized(Normalize::Lowercase, "Zoë@Exämple.COM", &mut scratch),
+            "zoë@exämple.com",
+            "only ASCII letters are folded"
         );
         assert_eq!(normalized(Normalize::AsIs, "X y", &mut scratch), "X y");
     }

@@ -160,20 +160,33 @@ impl Strategy {
 
 /// `KeepFirst`/`KeepLast`: characters beyond the kept ones become `*`, the length (in
 /// characters) stays. A text no longer than `count` is masked whole: keeping all of it would
-/// mask nothing.
+/// mask nothing. The kept part is copied as one slice, not character by character.
 fn keep(text: &str, count: usize, first: bool, out: &mut String) {
     let length = text.chars().count();
     if length <= count {
-        out.extend(std::iter::repeat_n('*', length));
+        push_stars(length, out);
         return;
     }
     let hidden = length - count;
+    // The byte offset of character `n` (`n` < `length`).
+    let offset = |n: usize| text.char_indices().nth(n).map_or(text.len(), |(at, _)| at);
     if first {
-        out.extend(text.chars().take(count));
-        out.extend(std::iter::repeat_n('*', hidden));
+        out.push_str(&text[..offset(count)]);
+        push_stars(hidden, out);
     } else {
-        out.extend(std::iter::repeat_n('*', hidden));
-        out.extend(text.chars().skip(hidden));
+        push_stars(hidden, out);
+        out.push_str(&text[offset(hidden)..]);
+    }
+}
+
+/// Appends `count` asterisks.
+fn push_stars(mut count: usize, out: &mut String) {
+    const STARS: &str = "********************************";
+    out.reserve(count);
+    while count > 0 {
+        let now = count.min(STARS.len());
+        out.push_str(&STARS[..now]);
+        count -= now;
     }
 }
 
@@ -324,6 +337,16 @@ mod tests {
             assert_eq!(text(&Strategy::KeepLast(4), masked), masked);
         }
         assert_eq!(text(&Strategy::KeepFirst(2), "Zo*******"), "Zo*******");
+        // More asterisks than one chunk of them.
+        let long = "é".repeat(40) + "1234";
+        assert_eq!(
+            text(&Strategy::KeepLast(4), &long),
+            "*".repeat(40) + "1234"
+        );
+        assert_eq!(
+            text(&Strategy::KeepFirst(3), &long),
+            "ééé".to_owned() + &"*".repeat(41)
+        );
     }
 
     #[test]
