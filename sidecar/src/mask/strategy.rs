@@ -339,10 +339,7 @@ mod tests {
         assert_eq!(text(&Strategy::KeepFirst(2), "Zo*******"), "Zo*******");
         // More asterisks than one chunk of them.
         let long = "é".repeat(40) + "1234";
-        assert_eq!(
-            text(&Strategy::KeepLast(4), &long),
-            "*".repeat(40) + "1234"
-        );
+        assert_eq!(text(&Strategy::KeepLast(4), &long), "*".repeat(40) + "1234");
         assert_eq!(
             text(&Strategy::KeepFirst(3), &long),
             "ééé".to_owned() + &"*".repeat(41)
