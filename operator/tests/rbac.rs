@@ -4,14 +4,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::{Operator, get_json, kubectl, kubectl_apply, service_account_kubeconfig};
 use streamward_e2e::kube::KubeApiServer;
-use streamward_e2e::process::{Process, run};
-use streamward_e2e::{net, wait_for};
+use streamward_e2e::process::Process;
+use streamward_e2e::{net, wait_for, workspace_binary};
 
 const NS: &str = "shop";
 
@@ -56,31 +56,6 @@ fn kubectl_as(server: &KubeApiServer, kubeconfig: &Path, args: &[&str]) -> (bool
     )
 }
 
-/// The proxy binary, built (if stale) with the cargo that runs this test, into the same
-/// target folder.
-fn sidecar_binary() -> PathBuf {
-    run(
-        "cargo build -p streamward-sidecar",
-        streamward_e2e::cargo()
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "streamward-sidecar",
-                "--bin",
-                "streamward-sidecar",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR")),
-    )
-    .unwrap();
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> → target/<profile>/streamward-sidecar
-    exe.parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("streamward-sidecar")
-}
-
 /// Starts the proxy on `--config-map name` as whoever `kubeconfig` names.
 fn proxy(
     server: &KubeApiServer,
@@ -107,7 +82,7 @@ fn proxy(
 #[test]
 fn each_proxy_reads_only_its_own_config_map_and_the_role_goes_with_the_identity() {
     let server = common::cluster();
-    let binary = sidecar_binary();
+    let binary = workspace_binary("streamward-sidecar", "streamward-sidecar").unwrap();
     kubectl(&server, &["create", "namespace", NS]);
     for sa in ["orders", "billing"] {
         kubectl(&server, &["create", "serviceaccount", "-n", NS, sa]);

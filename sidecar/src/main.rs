@@ -515,9 +515,10 @@ fn init_logging(json: bool) {
 ///   (up to 1 MiB per partition by default) lives as the frame read, the masked record sets
 ///   and the re-encoded response. Left to glibc's moving thresholds, those buffers were mapped
 ///   fresh or the heap's top was returned and grown again for nearly every response, and each
-///   first touch of a page faulted: 475,702 page faults in one `bench_mask` run, 77,571 with
-///   these settings, and 19 % less CPU time (7.36 s → 5.96 s) at a peak RSS of 27.0 MiB
-///   against 28.8. Larger allocations are still mapped and returned when freed.
+///   first touch of a page faulted: 475,702 page faults in one `bench_mask` run against
+///   163,225 with these settings, 7.36 s of CPU time against 6.27 s, and a peak RSS of
+///   28.8 MiB against 26.8 (one run each; docs/performance.md has the other thresholds
+///   tried). Larger allocations are still mapped and returned when freed.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_malloc() {
     const MMAP_THRESHOLD: libc::c_int = 2 << 20;
